@@ -1306,7 +1306,8 @@ def softmax(x: npt.ArrayLike, exp_tab: npt.ArrayLike) -> np.ndarray:
     """Integer softmax over the last axis, int8 output ``p`` meaning probability ``p / 127``.
 
     Per row: ``mx = max(x)``, ``d_i = max(x_i - mx, -128)``, ``e_i = exp_tab[d_i + 128]``,
-    ``s = sum(e)`` (``>= exp_tab[128] > 0``), ``R = (127 << 24) // s`` and
+    ``s = max(sum(e), 1)`` (``>= exp_tab[128]``; the ``max`` only matters for a degenerate
+    table, so that no data can make the device trap), ``R = (127 << 24) // s`` and
     ``p_i = min((e_i * R + (1 << 23)) >> 24, 127)``; int64 intermediates.
 
     Parameters
@@ -1314,7 +1315,7 @@ def softmax(x: npt.ArrayLike, exp_tab: npt.ArrayLike) -> np.ndarray:
     x : array_like of int, shape (..., n)
         int8 logits, ``n >= 1``.
     exp_tab : array_like of int, shape (256,)
-        Exponent table (see :func:`exp_table`), values in [0, 65535], ``exp_tab[128] >= 1``.
+        Exponent table (see :func:`exp_table`), values in [0, 65535].
 
     Returns
     -------
@@ -1337,14 +1338,12 @@ def softmax(x: npt.ArrayLike, exp_tab: npt.ArrayLike) -> np.ndarray:
     t = _int_array(exp_tab, "exp_tab", 0, UINT16_MAX)
     if t.shape != (ACT_TABLE_SIZE,):
         raise ValueError(f"exp_tab must have shape ({ACT_TABLE_SIZE},), got {t.shape}")
-    if t[-INT8_MIN] < 1:
-        raise ValueError("exp_tab[128] (exp(0)) must be >= 1")
     x_ = _int_array(x, "x", INT8_MIN, INT8_MAX)
     _check_rows(x_, "x")
     mx = x_.max(axis=-1, keepdims=True)
     d = np.maximum(x_ - mx, INT8_MIN)
     e = t[d - INT8_MIN]
-    s = e.sum(axis=-1, keepdims=True)
+    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)  # a table of zeros must not trap
     r = (np.int64(SOFTMAX_OUT_MAX) << SOFTMAX_RECIP_SHIFT) // s
     p = (e * r + (np.int64(1) << (SOFTMAX_RECIP_SHIFT - 1))) >> SOFTMAX_RECIP_SHIFT
     return np.minimum(p, SOFTMAX_OUT_MAX).astype(np.int8)
@@ -1376,7 +1375,8 @@ def mlgru_gate(f: npt.ArrayLike, c: npt.ArrayLike, h_prev: npt.ArrayLike) -> np.
     Parameters
     ----------
     f : array_like of int
-        Forget gate in [0, 127] (a :func:`sigmoid_table` output, meaning ``f / 128``).
+        Forget gate, int8; meaningful range [0, 127] (a :func:`sigmoid_table` output, meaning
+        ``f / 128``). Negative values are treated as 0.
     c, h_prev : array_like of int
         Candidate and previous state, int8, same scale.  All three broadcast.
 
@@ -1384,7 +1384,8 @@ def mlgru_gate(f: npt.ArrayLike, c: npt.ArrayLike, h_prev: npt.ArrayLike) -> np.
     -------
     numpy.ndarray of int8
     """
-    f_ = _int_array(f, "f", 0, INT8_MAX)
+    # f is clamped below at 0 (the hardware never traps on data); sigmoid tables give [0, 127]
+    f_ = np.maximum(_int_array(f, "f", INT8_MIN, INT8_MAX), 0)
     c_ = _int_array(c, "c", INT8_MIN, INT8_MAX)
     h_ = _int_array(h_prev, "h_prev", INT8_MIN, INT8_MAX)
     one = 1 << MLGRU_Q
