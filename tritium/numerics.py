@@ -778,13 +778,19 @@ def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     return (x >> exponent) + (remainder > threshold)
 
 
-def _mbqm(x: np.ndarray, m: np.ndarray, s: np.ndarray, rounding: str) -> np.ndarray:
-    """MultiplyByQuantizedMultiplier on validated int64 arrays; returns int64 (int32 range)."""
+def _mbqm(
+    x: np.ndarray, m: np.ndarray, s: np.ndarray, rounding: str, strict: bool = True
+) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier on validated int64 arrays; returns int64.
+
+    With ``strict`` (the TFLite function itself) a single-rounding result outside int32 raises;
+    without it (:func:`requantize`) the wide result is returned for the caller's clamp.
+    """
     if rounding == "single":
         total_shift = 31 - s
         rnd = np.int64(1) << (total_shift - 1)
         out = (x * m + rnd) >> total_shift
-        if out.size and (int(out.min()) < INT32_MIN or int(out.max()) > INT32_MAX):
+        if strict and out.size and (int(out.min()) < INT32_MIN or int(out.max()) > INT32_MAX):
             raise OverflowError(
                 "multiply_by_quantized_multiplier: result does not fit in int32 "
                 f"(range [{out.min()}, {out.max()}]); TFLite treats this as undefined"
@@ -879,7 +885,10 @@ def requantize(
 ) -> np.ndarray:
     """Requantize int32 accumulators: ``clamp(mbqm(acc, M0, shift) + zero_point, qmin, qmax)``.
 
-    Bit-identical to the TFLite int8 reference kernels' output stage.
+    Bit-identical to the TFLite int8 reference kernels' output stage.  Where TFLite's
+    ``DCHECK`` would fire (single rounding: the scaled value leaves int32, possible only with
+    large positive shifts) the device keeps the 64-bit value and the clamp saturates it, so
+    requantization never traps on data.
 
     Parameters
     ----------
@@ -910,7 +919,7 @@ def requantize(
     if lo > hi:
         raise ValueError(f"qmin={lo} > qmax={hi}")
     a, m, s = np.broadcast_arrays(a, m, s)
-    y = np.clip(_mbqm(a, m, s, rounding) + zp, lo, hi)
+    y = np.clip(_mbqm(a, m, s, rounding, strict=False) + zp, lo, hi)
     out_dtype = np.int8 if (lo >= INT8_MIN and hi <= INT8_MAX) else np.int32
     return y.astype(out_dtype)
 
