@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -259,3 +260,60 @@ def test_disassembly_is_readable():
     assert "load space=acc, rows=2, row_bytes=32, loc=0x40, dram=0x1000, stride=0x20" in text
     assert "jump target=L_0010" in text
     assert "jump target=0x1234" in text  # outside the program: stays a number
+
+
+# ---------------------------------------------------------------------- docs/isa.md
+def test_isa_doc_is_current():
+    from tritium.firmware.isadoc import render_isa_markdown
+
+    path = ROOT / "docs" / "isa.md"
+    assert path.exists(), "docs/isa.md is missing; run `tritium docs`"
+    assert path.read_text(encoding="utf-8") == render_isa_markdown(), (
+        "docs/isa.md is stale; run `tritium docs`"
+    )
+
+
+def test_isa_doc_covers_the_tables():
+    from tritium.firmware import isadoc
+
+    from tritium.isa import CSR, SEMANTICS, ErrorCode
+
+    assert set(isadoc.ERROR_DOC) == {e.name for e in ErrorCode}
+    assert set(isadoc.CSR_DOC) == {c.name for c in CSR}
+    assert set(SEMANTICS) == set(Op)
+    text = isadoc.render_isa_markdown()
+    for op in Op:
+        assert f"| `{int(op):#04x}` | `{op.name.lower()}` |" in text
+    for fmt in {FORMATS[op] for op in Op}:
+        for f in fmt:
+            hi = f.lsb + f.width - 1
+            bits = f"{hi}:{f.lsb}" if f.width > 1 else f"{f.lsb}"
+            assert f"| `{f.name}` | {bits} | {f.width} |" in text
+    for e in ErrorCode:
+        assert f"| {int(e)} | `{e.name}` |" in text
+
+
+def test_isa_doc_example_runs_on_golden():
+    from tritium.firmware.isadoc import EXAMPLE
+
+    from tritium import golden
+    from tritium.config import preset
+
+    prog = assemble_program(EXAMPLE)
+    s = prog.symbols
+    m, k, n = s["M"], s["K"], s["N"]
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    cfg = preset("base")
+    mem = np.zeros(cfg.dev_mem_bytes, np.uint8)
+    mem[: len(prog.image)] = np.frombuffer(prog.image, np.uint8)
+    mem[s["A_DRAM"] : s["A_DRAM"] + a.size] = a.view(np.uint8).ravel()
+    mem[s["W_DRAM"] : s["W_DRAM"] + w.size] = w.view(np.uint8).ravel()
+    # M0 = 2^30, shift = -8 (right shift): y = round(acc * 2^30 / 2^31 / 2^8) = round(acc / 512)
+    mem[s["P_DRAM"] : s["P_DRAM"] + 8] = np.array([1 << 30, -8], "<i4").view(np.uint8)
+    res = golden.run(cfg, mem)
+    assert res.instret == len(prog.instrs)
+    y = res.mem[s["Y_DRAM"] : s["Y_DRAM"] + m * n].view(np.int8).reshape(m, n)
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    assert np.abs(y.astype(np.int64) - np.clip(np.round(acc / 512), -128, 127)).max() <= 1
