@@ -248,6 +248,9 @@ def _hexdump(addr: int, data: bytes) -> list[str]:
 
 
 def _place(mem, addr: int, data: bytes, what: str) -> None:
+    import numpy as np
+
+    data = np.frombuffer(bytes(data), np.uint8)
     if addr + len(data) > len(mem):
         raise CLIError(
             f"{what}: [{addr:#x}, {addr + len(data):#x}) does not fit in device memory "
@@ -279,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mem = np.zeros(cfg.dev_mem_bytes, np.uint8)
     if args.image:
         _place(mem, 0, _read_bytes(args.image), f"--image {args.image}")
-    _place(mem, args.base, np.frombuffer(image, np.uint8), f"program {args.program}")
+    _place(mem, args.base, image, f"program {args.program}")
     prog_lo, prog_hi = args.base, args.base + len(image)
     for addr, path in args.load or ():
         data = _read_bytes(path)
@@ -288,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"--load {addr:#x}:{path} [{addr:#x}, {addr + len(data):#x}) overlaps the "
                 f"program [{prog_lo:#x}, {prog_hi:#x})"
             )
-        _place(mem, addr, np.frombuffer(data, np.uint8), f"--load {addr:#x}:{path}")
+        _place(mem, addr, data, f"--load {addr:#x}:{path}")
     dumps = args.dump or []
     for addr, length in dumps:
         if addr + length > cfg.dev_mem_bytes:
