@@ -19,8 +19,9 @@ One statement per line; ``#`` or ``;`` starts a comment that runs to the end of 
 - **Symbols**: labels (``name:``, value ``base + 16 * index`` of the next instruction; a label may
   share a line with an instruction), constants (``.equ NAME, expr`` or ``.const NAME = expr``;
   they may refer to labels and to later constants) and the built-ins ``SPAD`` = 0, ``ACC`` = 1,
-  ``INSTR_BYTES`` = 16, ``K_ALIGN`` = 8. In the ``space`` field, ``spad`` and ``acc`` (any case)
-  also name the spaces. Symbols are case-sensitive; a name may be defined only once.
+  ``INSTR_BYTES`` = 16, ``K_ALIGN`` = 8. A bare ``spad`` or ``acc`` (any case) as the whole
+  value of the ``space`` field names the space (before any symbol of that name). Symbols are
+  case-sensitive; a name may be defined only once.
 
 Every value is checked against its field's range (:attr:`~tritium.isa.Field.lo` ..
 :attr:`~tritium.isa.Field.hi`); semantic rules that depend on the configuration (alignment,

@@ -168,6 +168,60 @@ def test_assemble_source_features():
     assert assemble(disassemble(prog.image, base), base) == prog.image
 
 
+@st.composite
+def _spelled(draw, v: int, consts: list[str]) -> str:
+    """``v`` written as a decimal, hex, binary or an expression over a new constant."""
+    how = draw(st.sampled_from(["dec", "hex", "bin", "const", "expr"]))
+    if how == "hex":
+        return f"-{-v:#x}" if v < 0 else f"{v:#x}"
+    if how == "bin":
+        return f"-{-v:#b}" if v < 0 else f"{v:#b}"
+    if how == "const":
+        name = f"C{len(consts)}"
+        consts.append(f".equ {name}, {v}")
+        return name
+    if how == "expr":
+        d = draw(st.integers(-1000, 1000))
+        return f"({v - 3 * d}) + 3*{d}" if d >= 0 else f"{v - 3 * d} - 3 * ({-d})"
+    return str(v)
+
+
+@settings(max_examples=150)
+@given(st.lists(instrs(), min_size=1, max_size=10), st.data())
+def test_assemble_random_sources(prog, data):
+    """Random programs written with shuffled fields, mixed case, comments, constants, labels
+    and jumps to labels assemble to the expected instructions."""
+    base = INSTR_BYTES * data.draw(st.integers(0, 64))
+    consts: list[str] = []
+    lines: list[str] = []
+    expected = list(prog)
+    # every third instruction is replaced by a jump to a random labelled instruction
+    n = len(prog)
+    jumps = {i: data.draw(st.integers(0, n)) for i in range(0, n, 3)}
+    for i, t in jumps.items():
+        expected[i] = Instr.make(Op.JUMP, target=base + INSTR_BYTES * t)
+    targets = set(jumps.values())
+    for i, ins in enumerate(expected):
+        label = f"lbl_{i}:" if i in targets or data.draw(st.booleans()) else ""
+        if label and data.draw(st.booleans()):  # label on its own line
+            lines.append(label)
+            label = ""
+        mnem = ins.op.name.lower()
+        if data.draw(st.booleans()):
+            mnem = mnem.upper()
+        if i in jumps:
+            args = [f"target=lbl_{jumps[i]}"]
+        else:
+            items = [(k, v) for k, v in ins.fields if v != 0 or data.draw(st.booleans())]
+            items = data.draw(st.permutations(items))
+            args = [f"{k}={data.draw(_spelled(v, consts))}" for k, v in items]
+        comment = data.draw(st.sampled_from(["", "  # c", " ; x=1, y"]))
+        lines.append(f"{label}    {mnem} {', '.join(args)}{comment}")
+    lines.append(f"lbl_{n}:")
+    text = "\n".join(data.draw(st.permutations(consts)) + ["", *lines])
+    assert assemble_instrs(text, base=base) == expected
+
+
 @given(st.integers(-(1 << 40), 1 << 40), st.integers(-(1 << 20), 1 << 20),
        st.integers(-1000, 1000))
 def test_expressions_match_python(a, b, c):
