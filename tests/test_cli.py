@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritium.cli import COMMANDS, main
+from tritium.host.cli import COMMANDS, main
 from tritium.config import PRESET_TARGETS, PRESETS
 from tritium.isa import INSTR_BYTES, Instr, Op, decode_program, encode_program
 
@@ -67,7 +67,7 @@ def test_registry_and_help(capsys):
 def test_console_script_info_is_fast_and_light():
     # `tritium info` must not import numpy or the parts (kept inside the command functions)
     code = (
-        "import sys; from tritium.cli import main; rc = main(['info']); "
+        "import sys; from tritium.host.cli import main; rc = main(['info']); "
         "heavy = [m for m in ('numpy', 'tritium.golden', 'tritium.firmware.asm') "
         "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)"
     )

@@ -90,8 +90,11 @@ class AcceleratorConfig:
     clock_mhz : float
         Target clock frequency.
     watchdog_cycles : int
-        Cycles without a retired instruction after which the controller stops with a watchdog
-        error.
+        Reset value of the WATCHDOG CSR: the controller stops with ``ErrorCode.WATCHDOG`` when a
+        program has run this many cycles without reaching HALT. The golden model applies the
+        same number as a limit on retired instructions (never more than cycles), so every
+        program the golden model finishes within the limit also finishes on the RTL when the
+        limit exceeds its cycle count.
     """
 
     name: str = "custom"

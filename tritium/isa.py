@@ -23,7 +23,7 @@ Memory spaces
 ``ACC``   int32 accumulator scratchpad, byte addresses ``[0, cfg.acc_bytes)`` (4-byte elements,
           little-endian).
 
-Alignment: DMA DRAM addresses, row lengths, strides and local addresses are multiples of the bus
+Alignment: the pc (PROG_BASE and JUMP targets) is a multiple of 16; DMA DRAM addresses, row lengths, strides and local addresses are multiples of the bus
 width in bytes (``cfg.bus_bytes``); ACC operand addresses are multiples of 4; GEMM ``k`` is a
 multiple of 8 (:data:`K_ALIGN`).
 """
@@ -198,7 +198,8 @@ SEMANTICS: dict[Op, str] = {
     Op.NOP: "no operation",
     Op.HALT: "wait for all queues to drain, then stop with STATUS=done",
     Op.FENCE: "wait until the load, compute and store queues are idle",
-    Op.JUMP: "continue fetching at `target` (loops; the watchdog bounds run time)",
+    Op.JUMP: "continue fetching at `target` (16-byte aligned); an endless loop ends in the "
+    "WATCHDOG error",
     Op.LOAD: "DMA DRAM -> SPAD/ACC: `rows` rows of `row_bytes` from `dram` (row stride "
     "`stride`) to contiguous `loc`",
     Op.STORE: "DMA SPAD/ACC -> DRAM: contiguous `loc` to `rows` rows at `dram` (row stride "
@@ -246,7 +247,7 @@ class Instr:
                     f"{op.name} has no field {name!r}; fields: {', '.join(known) or 'none'}"
                 )
             f = known[name]
-            if not isinstance(v, int) or not f.lo <= v <= f.hi:
+            if not isinstance(v, int) or isinstance(v, bool) or not f.lo <= v <= f.hi:
                 raise DecodeError(
                     f"{op.name}.{name}={v!r} out of range [{f.lo}, {f.hi}] ({f.width}-bit)"
                 )
@@ -254,6 +255,8 @@ class Instr:
         return cls(op, full)
 
     def __getattr__(self, name: str) -> int:
+        if name.startswith("_") or name in ("op", "fields"):
+            raise AttributeError(name)  # keeps copy/pickle from recursing
         for k, v in self.fields:
             if k == name:
                 return v

@@ -421,6 +421,18 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+@command
+def add_demo(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="first run: GEMMs on every engine + random programs (golden)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tritium.host.demo import demo
+
+    return 0 if demo() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tritium`` parser with every subcommand of :data:`COMMANDS`."""
     from tritium import __version__
