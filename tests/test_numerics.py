@@ -260,6 +260,9 @@ def test_lut_extremes():
 reals = st.one_of(
     st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False),
     st.builds(lambda mant, e: mant * 2.0**e, st.floats(0.5, 1.0), st.integers(-40, 40)),
+    # exact ties of q * 2**31 (half away from zero, not to even)
+    st.builds(lambda k, e: (2**30 + k + 0.5) * 2.0 ** (e - 31), st.integers(0, 2**30 - 1),
+              st.integers(-30, 30)),
     st.sampled_from([0.0, 1.0, 0.5, 2.0**-31, 2.0**-32, 2.0**-33, 2.0**30, 2.0**31,
                      1.0 - 2.0**-33, 5e-324, 1e-300, 1e300, 0.999999999767169]),
 )
@@ -287,6 +290,9 @@ def test_quantize_multiplier_edges():
     assert nx.quantize_multiplier(2.0**40) == (2**31 - 1, 30)  # saturated
     # q * 2**31 rounds up to 2**31 -> halved, shift incremented
     assert nx.quantize_multiplier(1.0 - 2.0**-40) == (2**30, 1)
+    # ties round away from zero: q * 2**31 = 2**30 + 0.5 and 2**30 + 1.5
+    assert nx.quantize_multiplier(0.5 + 2.0**-32) == (2**30 + 1, 0)
+    assert nx.quantize_multiplier(0.5 + 3 * 2.0**-32) == (2**30 + 2, 0)
     for bad in (-1.0, float("nan"), float("inf"), "x"):
         with pytest.raises(ValueError):
             nx.quantize_multiplier(bad)
@@ -528,8 +534,13 @@ def test_rmsnorm_vs_float(rows, n, log2_real, zp, rounding, seed):
     real = m0 * 2.0 ** (sh - 31)
     y = nx.rmsnorm(x, gamma, m0, sh, zero_point=zp, rounding=rounding)
     assert y.dtype == np.int8 and y.shape == x.shape
+    ref_fn = ref_mbqm_single if rounding == "single" else ref_mbqm_double
     for i in range(rows):
         ss = int(np.sum(x[i] ** 2))
+        r = (math.isqrt(n << 16) << 15) // max(math.isqrt(ss << 16), 1)
+        exact = [clamp(ref_fn(int(a) * int(b) * r, m0, sh) + zp, -128, 127)
+                 for a, b in zip(x[i], gamma)]
+        assert [int(v) for v in y[i]] == exact
         if ss == 0:
             assert np.all(y[i] == clamp(zp, -128, 127))
             continue
@@ -563,6 +574,13 @@ def test_rmsnorm_exact_and_extremes():
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
+
+
+def test_make_table_ties_round_half_away():
+    t = nx.make_table(lambda v: v, 1.0, 2.0)  # T[i] = round_half_away((i - 128) / 2)
+    for i in range(256):
+        assert int(t[i]) == round_away(Fraction(i - 128, 2))
+    assert int(t[128 + 3]) == 2 and int(t[128 - 3]) == -2 and int(t[128 - 1]) == -1
 
 
 def test_float_functions_vs_math():
