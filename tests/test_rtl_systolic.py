@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tritium.config import PRESETS
 from tritium.rtl.systolic import SystolicArray
 from tritium.sim.build import run_cocotb
+
+from tritium.config import PRESETS
 
 TB_DIR = Path(__file__).parent / "cocotb"
 TOP = "tritium_systolic"

@@ -11,8 +11,6 @@ import random
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles
-
-from tritium.numerics import gemm_i8
 from tritium.rtl.systolic import systolic_latency
 from tritium.sim.build import tb_report, test_params
 from tritium.sim.stream import (
@@ -24,6 +22,8 @@ from tritium.sim.stream import (
     pack_vec,
     unpack_vec,
 )
+
+from tritium.numerics import gemm_i8
 
 INT32_MAX = (1 << 31) - 1
 
@@ -39,7 +39,7 @@ class SystolicTB:
         self.R, self.C = cfg.sa_rows, cfg.sa_cols
         self.rng = random.Random(seed)
         self.np = np.random.default_rng(seed)
-        kw = dict(rng=self.rng, counter=counter)
+        kw = {"rng": self.rng, "counter": counter}
         self.cmd = StreamDriver(dut, "cmd", **kw)
         self.act = StreamDriver(dut, "act", **kw)
         self.wgt = StreamDriver(dut, "wgt", **kw)
