@@ -66,6 +66,7 @@ TARGETS: dict[str, str] = {"ecp5": "synth_ecp5", "ice40": "synth_ice40 -dsp"}
 UNITS: dict[str, tuple[Callable[[AcceleratorConfig], Any] | str, str | None]] = {
     "systolic": ("tritium.rtl.systolic:SystolicArray", "systolic"),
     "ternary": ("tritium.rtl.ternary:TernaryEngine", "ternary"),
+    "lut": ("tritium.rtl.lut_core:LutCore", "lut"),
 }
 
 # cell type -> resource class (anything else counts only in "total")
@@ -224,13 +225,15 @@ def synth_unit(
         if res.get("digest") == digest:
             return res
 
+    # Relative paths from the synthesis directory: YoWASP's WASI sandbox may not reach every
+    # absolute path (e.g. /tmp), but always preopens the working directory and its parents.
     script = (
-        f"read_verilog {vfile}; {TARGETS[target]} -top {top} -json {netlist}; "
-        "stat"
+        f"read_verilog ../{vfile.name}; {TARGETS[target]} -top {top} -json {netlist.name}; stat"
     )
     t0 = time.monotonic()
     proc = subprocess.run(
-        [_yosys(), "-q", "-l", str(log), "-p", script],
+        [_yosys(), "-q", "-l", log.name, "-p", script],
+        cwd=sdir,
         capture_output=True,
         text=True,
         check=False,
