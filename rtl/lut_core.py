@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig, ConfigError
@@ -35,7 +35,8 @@ __all__ = [
 #: ``k`` and ``acc`` sit where the systolic engine's ``GEMM_CMD_LAYOUT`` has ``beats``/``acc``.
 LUT_CMD_LAYOUT = data.StructLayout({"k": unsigned(16), "acc": unsigned(1), "bits": unsigned(3)})
 
-#: Register stages a ``wgt`` beat passes after its transfer: lookup, accumulate, result.
+#: Pipeline depth D: clock edges from a tile's last ``wgt`` transfer to its ``res`` beat being
+#: valid: lookup register, accumulators, output FIFO write.
 LUT_DEPTH = 3
 
 #: Width of the per-lane plane-weighted accumulators and of the activation-sum accumulator.
@@ -101,6 +102,19 @@ def lut_wgt_beats(packed: Any, g: int) -> list[list[int]]:
     return beats
 
 
+def _mux_tree(sel: Value, entries: list[Value]) -> Value:
+    """``entries[sel]`` as a binary tree of 2:1 muxes (``len(entries) == 2**len(sel)``).
+
+    Written out because indexing a ``lib.data`` array with a signal emits ``table >> (idx *
+    width)`` (a ``$mul`` by a constant feeding a barrel shifter).
+    """
+    level = list(entries)
+    for b in range(len(sel)):
+        level = [Mux(sel[b], level[i + 1], level[i]) for i in range(0, len(level), 2)]
+    assert len(level) == 1
+    return level[0]
+
+
 class LutCore(wiring.Component):
     """LUT tensor core: one output row (``L = cfg.lut_lanes`` channels) per tile, table lookup
     with symmetric tables of groups of ``g = cfg.lut_group`` int8 activations, weights of
@@ -116,24 +130,27 @@ class LutCore(wiring.Component):
     ``P`` select ``T[P & m]`` if bit ``g-1`` of ``P`` is set, else ``-T[~P & m]``
     (``m = 2**(g-1) - 1``), and its accumulator adds that value shifted left by ``i`` (a
     shift mux). Plane 0 of each group also adds ``T[m] = sum(x)`` to a shared activation-sum
-    accumulator; at the tile's last beat the result register takes
-    ``(acc[n] - asum) >> 1`` per lane (exact: ``sum_i 2**i (2 b_i - 1) = 2 u - (2**bits - 1)``
+    accumulator; after the tile's last beat ``(acc[n] - asum) >> 1`` of every lane is written
+    into a 2-entry output FIFO (exact: ``sum_i 2**i (2 b_i - 1) = 2 u - (2**bits - 1)``
     hence ``= 2 w + 1``). Accumulators are :data:`LUT_ACC_BITS` = 33 bits, results int32 (mod
     ``2**32`` across ``acc`` chains, as the golden model wraps).
 
     Cycle contract: the ``wgt`` stream moves one beat per cycle, the ``act`` stream one beat per
     group (every ``bits`` cycles), ``cmd`` one per tile; a tile takes ``(K // g) * bits`` ``wgt``
     beats (group-major, plane-minor: :func:`lut_wgt_beats`). With inputs never idle and ``res``
-    ready, ``res`` transfers exactly ``(K // g) * bits + LUT_DEPTH`` cycles after the tile's
-    ``cmd`` transfer, ``LUT_DEPTH = 3`` (:func:`lut_tile_cycles`; ``cmd`` and the first group
-    are registered in the cmd cycle, then lookup, accumulate and result registers), and
+    ready, a full tile (``L`` channels x ``K``) takes exactly
+    ``T = (K / g) * bits + D`` cycles from its ``cmd`` transfer to its ``res`` transfer, with
+    pipeline depth ``D = LUT_DEPTH = 3`` (:func:`lut_tile_cycles`): on an idle core ``cmd`` and
+    the first ``act`` group transfer in cycle 0 (cmd and table registers), the ``wgt`` beats in
+    cycles ``1 .. (K/g)*bits``, and the last beat passes the lookup register, the accumulators
+    and the output FIFO write, so ``res`` is valid in cycle ``(K/g)*bits + 3``. Further,
     back-to-back tiles keep ``wgt`` moving every cycle (the next ``cmd`` is taken in the cycle
     of the previous tile's last ``wgt`` beat, the next group's table is loaded in the cycle of
     the previous group's last plane), so tiles complete every ``(K // g) * bits`` cycles.
     ``act`` is prefetched one group ahead, across tile boundaries. What stalls the core: a
     missing ``wgt`` beat (bubble), a missing ``act`` group or ``cmd`` (``wgt`` not ready), and
     ``res`` backpressure, which holds the whole pipeline (``stall``) only in a cycle where a
-    finished tile meets a full, not-ready result register; nothing is dropped. ``K`` must be a
+    finished tile meets a full output FIFO; nothing is dropped. ``K`` must be a
     positive multiple of ``g`` (the ISA's multiple of 8 is); the core takes ``max(1, K // g)``
     groups. ``bits`` outside ``1 .. lut_max_bits`` is clamped into that range (the controller
     rejects such instructions first), so the core never hangs.
@@ -206,7 +223,7 @@ class LutCore(wiring.Component):
         accf = Signal()
         first = Signal()  # the next beat is the tile's first
         tv = Signal()  # the table register holds the current group's table
-        table = Signal(data.ArrayLayout(signed(tw), e), reset_less=True)
+        table = Signal(data.ArrayLayout(signed(tw), e), name="tab", reset_less=True)
 
         fire = Signal()  # a wgt beat transfers
         last_plane = Signal()
@@ -272,17 +289,15 @@ class LutCore(wiring.Component):
             for n in range(L):
                 pat = self.wgt.payload[n]
                 top = pat[g - 1]
-                if e == 1:
-                    looked = table[0]
-                else:
-                    low = pat[: g - 1]
-                    looked = table[Mux(top, low, ~low)]
+                idx = pat[: g - 1] ^ ~top.replicate(g - 1)  # P or ~P, low g-1 bits
+                looked = Signal(signed(tw), name=f"look{n}")
+                m.d.comb += looked.eq(_mux_tree(idx, [table[p] for p in range(e)]))
                 m.d.sync += val0[n].eq(Mux(top, looked, -looked))
 
         # ------------------------------------------------------------------ accumulate (stage 2)
         acc = [Signal(signed(LUT_ACC_BITS), name=f"acc{n}", reset_less=True) for n in range(L)]
         asum = Signal(signed(LUT_ACC_BITS), reset_less=True)
-        pend = Signal()  # the accumulators hold a finished tile for the result register
+        pend = Signal()  # the accumulators hold a finished tile for the output FIFO
         with m.If(adv):
             m.d.sync += pend.eq(v0 & last0)
             with m.If(v0):
@@ -291,16 +306,18 @@ class LutCore(wiring.Component):
                 m.d.sync += asum.eq(Mux(clr0, 0, asum) + sum0)
 
         # ------------------------------------------------------------------ result (stage 3)
-        m.d.comb += adv.eq(~(pend & self.res.valid & ~self.res.ready))
-        with m.If(pend & adv):
-            m.d.sync += self.res.valid.eq(1)
-            for n in range(L):
-                m.d.sync += self.res.payload[n].eq((acc[n] - asum)[1 : LUT_ACC_BITS])
-        with m.Elif(self.res.ready):
-            m.d.sync += self.res.valid.eq(0)
-
+        # A finished tile's (acc - asum) >> 1 goes into a 2-entry output FIFO (as in the other
+        # GEMM engines): res backpressure holds the pipeline only when a tile finishes while
+        # the FIFO is full.
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * L, depth=2)
         m.d.comb += [
+            adv.eq(~pend | ofifo.w_rdy),
+            ofifo.w_en.eq(pend & ofifo.w_rdy),
+            ofifo.w_data.eq(Cat((acc[n] - asum)[1:LUT_ACC_BITS] for n in range(L))),
+            self.res.valid.eq(ofifo.r_rdy),
+            self.res.payload.eq(ofifo.r_data),
+            ofifo.r_en.eq(self.res.ready),
             self.stall.eq(~adv),
-            self.busy.eq(busy | v0 | pend | self.res.valid),
+            self.busy.eq(busy | v0 | pend | ofifo.r_rdy),
         ]
         return m

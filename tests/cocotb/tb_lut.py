@@ -13,7 +13,7 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from tritium.rtl.lut_core import LUT_DEPTH, lut_act_beats, lut_cmd, lut_tile_cycles, lut_wgt_beats
 from tritium.sim.build import tb_report, test_params
 from tritium.sim.stream import (
@@ -27,6 +27,14 @@ from tritium.sim.stream import (
 )
 
 from tritium.numerics import gemm_i8, gemm_lut, pack_lut_weights, unpack_lut_weights
+
+
+async def _count_high(clk, sig, box: list[int]) -> None:
+    """Count the cycles in which ``sig`` is 1 (coverage of the backpressure path)."""
+    while True:
+        await RisingEdge(clk)
+        await ReadOnly()
+        box[0] += int(sig.value)
 
 
 def _wrap32(x: np.ndarray) -> np.ndarray:
@@ -125,7 +133,9 @@ async def lut_random(dut):
     target = p.nvec or 4000
     await clock_and_reset(dut)
     tb = LutTB(dut, p.cfg, p.seed)
-    stalls = [(0.0, 0.0), (0.2, 0.2), (0.4, 0.1), (0.1, 0.5), (0.5, 0.5), (0.05, 0.3)]
+    stalls = [(0.0, 0.0), (0.2, 0.2), (0.4, 0.1), (0.1, 0.5), (0.5, 0.5), (0.0, 0.85)]
+    held = [0]  # cycles the core was held by res backpressure (dut.stall)
+    cocotb.start_soon(_count_high(dut.clk, dut.stall, held))
     batch = 0
     sent = 0
     while sent < target:
@@ -138,6 +148,16 @@ async def lut_random(dut):
         await tb.wgt.wait_idle()
         await tb.sb_lut.wait_done(timeout_cycles=20_000, clk=dut.clk)
         batch += 1
+    # minimum-size tiles (K = 8) under heavy res backpressure: the output FIFO fills up
+    tb.set_stalls(0.0, 0.9)
+    for t in range(60):
+        bits = 1 + t % min(2, tb.max_bits)
+        half = 1 << (bits - 1)
+        a = tb.np.integers(-128, 128, size=8)
+        w = tb.np.integers(-half, half, size=(tb.L, 8))
+        tb.send_tile(a, w, bits, acc=t % 7 == 3)
+    await tb.wgt.wait_idle()
+    await tb.sb_lut.wait_done(timeout_cycles=20_000, clk=dut.clk)
     # a K-split chain of extreme tiles (acc=1), every bits value, then a fresh tile
     tb.set_stalls(0.2, 0.2)
     for bits in range(1, tb.max_bits + 1):
@@ -160,6 +180,7 @@ async def lut_random(dut):
         checked_i8=res_i8["elements"],
         tiles=tb.tiles,
         bits_seen=sorted(tb.bits_seen),
+        stall_cycles=held[0],
     )
 
 
