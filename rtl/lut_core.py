@@ -244,11 +244,11 @@ class LutCore(wiring.Component):
                 m.d.sync += plane.eq(plane + 1)
             with m.If(last_beat):
                 m.d.sync += busy.eq(0)
+        c = self.cmd.payload
+        groups = c.k >> lg
+        bits = Signal(3)  # cmd bits clamped into 1 .. lut_max_bits
+        m.d.comb += bits.eq(Mux(c.bits == 0, 1, Mux(c.bits > mb, mb, c.bits)))
         with m.If(self.cmd.valid & self.cmd.ready):
-            c = self.cmd.payload
-            groups = c.k >> lg
-            bits = Signal(3)
-            m.d.comb += bits.eq(Mux(c.bits == 0, 1, Mux(c.bits > mb, mb, c.bits)))
             m.d.sync += [
                 busy.eq(1),
                 rem_g.eq(Mux(groups == 0, 0, groups - 1)),
@@ -278,6 +278,14 @@ class LutCore(wiring.Component):
         plane0 = Signal(pw)
         val0 = [Signal(signed(tw + 1), name=f"val{n}", reset_less=True) for n in range(L)]
         sum0 = Signal(signed(tw), reset_less=True)
+        vals = []
+        for n in range(L):
+            pat = self.wgt.payload[n]
+            top = pat[g - 1]
+            idx = pat[: g - 1] ^ ~top.replicate(g - 1)  # P or ~P, low g-1 bits
+            looked = Signal(signed(tw), name=f"look{n}")
+            m.d.comb += looked.eq(_mux_tree(idx, [table[p] for p in range(e)]))
+            vals.append(Mux(top, looked, -looked))
         with m.If(adv):
             m.d.sync += [
                 v0.eq(fire),
@@ -286,13 +294,7 @@ class LutCore(wiring.Component):
                 plane0.eq(plane),
                 sum0.eq(Mux(plane == 0, table[e - 1], 0)),
             ]
-            for n in range(L):
-                pat = self.wgt.payload[n]
-                top = pat[g - 1]
-                idx = pat[: g - 1] ^ ~top.replicate(g - 1)  # P or ~P, low g-1 bits
-                looked = Signal(signed(tw), name=f"look{n}")
-                m.d.comb += looked.eq(_mux_tree(idx, [table[p] for p in range(e)]))
-                m.d.sync += val0[n].eq(Mux(top, looked, -looked))
+            m.d.sync += [val0[n].eq(vals[n]) for n in range(L)]
 
         # ------------------------------------------------------------------ accumulate (stage 2)
         acc = [Signal(signed(LUT_ACC_BITS), name=f"acc{n}", reset_less=True) for n in range(L)]
