@@ -407,6 +407,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("tritium.isa", ("DecodeError",)),
         ("tritium.firmware.asm", ("AsmError",)),
         ("tritium.golden", ("DeviceError",)),
+        ("tritium.fpga.synth", ("SynthError",)),
     ):
         mod = sys.modules.get(module)
         for name in names:
@@ -419,6 +420,13 @@ def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror and e.filename is not None:
         return f"{e.filename}: {e.strerror}"
     return str(e)
+
+
+@command
+def add_build(sub: Subparsers) -> None:
+    from tritium.fpga.synth import add_build_parser
+
+    add_build_parser(sub)
 
 
 @command
