@@ -1,0 +1,1 @@
+"""Language-model step kernels (placeholder; filled in below)."""

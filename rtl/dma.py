@@ -1,0 +1,458 @@
+"""DMA: 2-D strided AXI4 bursts between device memory and the scratchpads (LOAD / STORE).
+
+Two independent units execute the load and store queues of the controller:
+
+* :class:`LoadUnit` (``LOAD``): reads ``rows`` rows of ``row_bytes`` at ``dram + r * stride``
+  over AR/R and writes them to contiguous words of SPAD or ACC from ``loc``;
+* :class:`StoreUnit` (``STORE``): reads contiguous SPAD/ACC words from ``loc`` and writes them
+  over AW/W/B to ``rows`` rows at ``dram + r * stride``.
+
+Each row is split into ``INCR`` bursts of at most 256 beats that never cross a 4 KiB page;
+several bursts are outstanding at once (``max_outstanding``). An ``SLVERR``/``DECERR``
+response (``xRESP[1]`` set) marks the instruction as failed (``ErrorCode.BUS_ERROR``): the unit
+still completes every burst it issued (the AXI protocol requires it), writes nothing of an
+error beat, and reports ``done`` with ``err``.
+
+:class:`AxiJoin` merges instruction fetch, the load unit and the store unit onto the single
+AXI4 manager port of the top: AR is arbitrated (fetch first, the choice held while ``arvalid``
+waits for ``arready``), R is routed by ``rid`` (:data:`ID_LOAD`, :data:`ID_FETCH`), AW/W/B
+belong to the store unit.
+
+Abort (``CTRL.RESET``, watchdog): a unit stops issuing bursts, drains the outstanding ones
+(sending ``wstrb = 0`` beats for write bursts whose data had not been sent) and goes idle
+without ``done``, so the AXI slave is never left with half a transaction.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tritium.config import AcceleratorConfig
+from tritium.isa import Op
+
+from .axi import BURST_INCR, MAX_BURST_BEATS, PAGE_BYTES, Axi4Signature
+from .controller import instr_layout
+from .scratchpad import MemPortSignature
+
+__all__ = ["ID_FETCH", "ID_LOAD", "AxiJoin", "LoadUnit", "StoreUnit", "axi_signature"]
+
+#: AXI IDs: the load unit's reads and all writes use 0, instruction fetch uses 1.
+ID_LOAD = 0
+ID_FETCH = 1
+ID_WIDTH = 2
+ADDR_WIDTH = 32
+
+
+def axi_signature(cfg: AcceleratorConfig) -> Axi4Signature:
+    """The device-memory AXI4 port of a config: 32-bit addresses, ``cfg.bus_width`` data."""
+    return Axi4Signature(addr_width=ADDR_WIDTH, data_width=cfg.bus_width, id_width=ID_WIDTH)
+
+
+def _log2(v: int) -> int:
+    return (v - 1).bit_length()
+
+
+class _BurstSplitter:
+    """Walks the rows of a 2-D transfer and cuts them into AXI bursts (shared by both units).
+
+    ``start(d)`` loads an instruction view; ``beats``/``addr`` is the next burst; ``take()``
+    consumes it; ``more`` is 1 while bursts remain.
+    """
+
+    def __init__(self, m: Module, cfg: AcceleratorConfig, name: str):
+        self.m = m
+        self.bb = cfg.bus_bytes
+        self.lb = _log2(self.bb)
+        page_words = PAGE_BYTES // self.bb
+        self.addr = Signal(ADDR_WIDTH, name=f"{name}_addr")
+        self.row_addr = Signal(ADDR_WIDTH, name=f"{name}_row_addr")
+        self.stride = Signal(24, name=f"{name}_stride")
+        self.row_words = Signal(16, name=f"{name}_row_words")
+        self.rem = Signal(16, name=f"{name}_rem")  # words left in the current row
+        self.rows = Signal(12, name=f"{name}_rows")  # rows left, current included
+        self.more = Signal(name=f"{name}_more")
+        self.beats = Signal(range(MAX_BURST_BEATS + 1), name=f"{name}_beats")
+        page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
+        word = self.addr[self.lb :]
+        m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
+        b = Mux(self.rem < page_left, self.rem, page_left)
+        m.d.comb += self.beats.eq(Mux(b < MAX_BURST_BEATS, b, MAX_BURST_BEATS))
+
+    def start(self, d) -> list:
+        words = d.row_bytes >> self.lb
+        return [
+            self.addr.eq(d.dram),
+            self.row_addr.eq(d.dram),
+            self.stride.eq(d.stride),
+            self.row_words.eq(words),
+            self.rem.eq(words),
+            self.rows.eq(d.rows),
+            self.more.eq(1),
+        ]
+
+    def take(self) -> None:
+        m = self.m
+        with m.If(self.rem == self.beats):
+            m.d.sync += [
+                self.rows.eq(self.rows - 1),
+                self.row_addr.eq(self.row_addr + self.stride),
+                self.addr.eq(self.row_addr + self.stride),
+                self.rem.eq(self.row_words),
+            ]
+            with m.If(self.rows == 1):
+                m.d.sync += self.more.eq(0)
+        with m.Else():
+            m.d.sync += [
+                self.rem.eq(self.rem - self.beats),
+                self.addr.eq(self.addr + (self.beats << self.lb)),
+            ]
+
+
+def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
+    bb = cfg.bus_bytes
+    return {
+        "cmd": In(stream.Signature(instr_layout(Op.LOAD))),
+        "axi": Out(axi_signature(cfg)),
+        "spad": Out(MemPortSignature(spad_bits, bb)),
+        "acc": Out(MemPortSignature(acc_bits, bb)),
+        "done": Out(1),
+        "err": Out(1),
+        "abort": In(1),
+        "busy": Out(1),
+        "stall": Out(1),
+        "idle": Out(1),
+    }
+
+
+class LoadUnit(wiring.Component):
+    """Executes ``LOAD``: device memory (AXI AR/R) -> SPAD/ACC.
+
+    Cycle contract: one instruction at a time; bursts are issued back to back while fewer than
+    ``max_outstanding`` are outstanding, and every R beat is written to the scratchpad in the
+    cycle it is accepted (``rready`` follows the scratchpad port's ``ack``), so throughput is
+    one beat per cycle when the memory and the scratchpad allow. ``done`` pulses (with ``err``
+    on an error response) one cycle after the last beat.
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    spad_bits, acc_bits : int
+        Word-address widths of the SPAD and ACC ports.
+    max_outstanding : int
+        Read bursts in flight at most.
+
+    Members
+    -------
+    cmd : In(stream.Signature(instr_layout(Op.LOAD)))
+        The instruction (accepted when idle).
+    axi : Out(Axi4Signature)
+        AR/R channels used (AW/W/B idle).
+    spad, acc : Out(MemPortSignature)
+        Write ports into the scratchpads.
+    done, err : Out(1)
+        Completion pulse and its error flag (BUS_ERROR).
+    abort : In(1)
+        Stop issuing, drain outstanding bursts, go idle without ``done``.
+    busy, stall : Out(1)
+        Executing an instruction; executing but no beat moved this cycle.
+    idle : Out(1)
+        Nothing in progress and no AXI transaction outstanding.
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
+                 max_outstanding: int = 4):
+        self.cfg = cfg
+        self.max_out = max_outstanding
+        super().__init__(_unit_members(cfg, spad_bits, acc_bits))
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        lb = _log2(cfg.bus_bytes)
+        axi = self.axi
+        sp = _BurstSplitter(m, cfg, "ld")
+
+        active = Signal()
+        aborting = Signal()
+        space = Signal()
+        errflag = Signal()
+        wptr = Signal(20)
+        outstanding = Signal(range(self.max_out + 2))
+        ar_valid = Signal()
+        ar_addr = Signal(ADDR_WIDTH)
+        ar_len = Signal(8)
+
+        m.d.comb += [
+            axi.arid.eq(ID_LOAD),
+            axi.araddr.eq(ar_addr),
+            axi.arlen.eq(ar_len),
+            axi.arsize.eq(lb),
+            axi.arburst.eq(BURST_INCR),
+            axi.arvalid.eq(ar_valid),
+            self.cmd.ready.eq(~active),
+        ]
+
+        # ------------------------------------------------------------------ AR issue
+        ar_free = ~ar_valid | axi.arready
+        issue = Signal()
+        m.d.comb += issue.eq(
+            ar_free & active & sp.more & ~aborting & ~self.abort & (outstanding < self.max_out)
+        )
+        r_last = Signal()
+        m.d.comb += r_last.eq(axi.rvalid & axi.rready & axi.rlast)
+        with m.If(issue):
+            m.d.sync += [ar_valid.eq(1), ar_addr.eq(sp.addr), ar_len.eq(sp.beats - 1)]
+            sp.take()
+        with m.Elif(ar_free):
+            m.d.sync += ar_valid.eq(0)
+        m.d.sync += outstanding.eq(outstanding + issue - r_last)
+
+        # ------------------------------------------------------------------ R -> scratchpad
+        bad = axi.rresp[1]
+        write = Signal()
+        m.d.comb += write.eq(axi.rvalid & ~bad & ~aborting & ~self.abort)
+        for port, sel in ((self.spad, ~space), (self.acc, space)):
+            m.d.comb += [
+                port.addr.eq(wptr),
+                port.en.eq(write & sel),
+                port.we.eq(1),
+                port.wdata.eq(axi.rdata),
+                port.wmask.eq(-1),
+            ]
+        acked = Mux(space, self.acc.ack, self.spad.ack)
+        m.d.comb += axi.rready.eq(Mux(write, acked, 1))
+        with m.If(axi.rvalid & axi.rready):
+            m.d.sync += wptr.eq(wptr + 1)
+            with m.If(bad):
+                m.d.sync += errflag.eq(1)
+
+        # ------------------------------------------------------------------ start / finish
+        with m.If(self.cmd.valid & self.cmd.ready):
+            d = self.cmd.payload
+            m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0),
+                         wptr.eq(d.loc >> lb), aborting.eq(0)]
+            m.d.sync += sp.start(d)
+        with m.If(active & self.abort):
+            m.d.sync += aborting.eq(1)
+        finished = Signal()
+        m.d.comb += finished.eq(
+            active & (~sp.more | aborting) & ~ar_valid & (outstanding == 0)
+        )
+        with m.If(finished):
+            m.d.sync += [active.eq(0), aborting.eq(0)]
+            m.d.comb += [self.done.eq(~aborting & ~self.abort), self.err.eq(errflag)]
+
+        m.d.comb += [
+            self.busy.eq(active),
+            self.stall.eq(active & ~(axi.rvalid & axi.rready)),
+            self.idle.eq(~active & ~ar_valid & (outstanding == 0)),
+        ]
+        return m
+
+
+class StoreUnit(wiring.Component):
+    """Executes ``STORE``: SPAD/ACC -> device memory (AXI AW/W/B).
+
+    Cycle contract: a prefetcher reads scratchpad words into a ``fifo_depth`` FIFO (one per
+    cycle when the scratchpad port is free); AW bursts are issued while fewer than
+    ``max_outstanding`` await their B response; W beats follow the AW order, one per cycle
+    while data is buffered. ``done`` pulses (with ``err`` on an error response) once every B
+    response has arrived.
+
+    Parameters and members as :class:`LoadUnit` (``spad``/``acc`` are read ports here; ``axi``
+    uses AW/W/B).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
+                 max_outstanding: int = 4, fifo_depth: int = 4):
+        self.cfg = cfg
+        self.max_out = max_outstanding
+        self.fifo_depth = fifo_depth
+        super().__init__(_unit_members(cfg, spad_bits, acc_bits))
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        bb = cfg.bus_bytes
+        lb = _log2(bb)
+        axi = self.axi
+        sp = _BurstSplitter(m, cfg, "st")
+
+        active = Signal()
+        aborting = Signal()
+        space = Signal()
+        errflag = Signal()
+        rptr = Signal(20)
+        rleft = Signal(32)  # words still to read from the scratchpad
+        held = Signal(range(self.fifo_depth + 1))  # FIFO entries + reads in flight
+        b_out = Signal(range(self.max_out + 2))  # AW bursts awaiting B
+        aw_valid = Signal()
+        aw_addr = Signal(ADDR_WIDTH)
+        aw_len = Signal(8)
+        w_left = Signal(range(MAX_BURST_BEATS + 1))  # beats left in the current W burst
+        stop = Signal()
+        m.d.comb += stop.eq(aborting | self.abort)
+
+        m.submodules.dfifo = dfifo = fifo.SyncFIFO(width=8 * bb, depth=self.fifo_depth)
+        m.submodules.lfifo = lfifo = fifo.SyncFIFO(width=9, depth=self.max_out + 1)
+
+        m.d.comb += [
+            axi.awid.eq(ID_LOAD),
+            axi.awaddr.eq(aw_addr),
+            axi.awlen.eq(aw_len),
+            axi.awsize.eq(lb),
+            axi.awburst.eq(BURST_INCR),
+            axi.awvalid.eq(aw_valid),
+            axi.bready.eq(1),
+            self.cmd.ready.eq(~active),
+        ]
+
+        # ------------------------------------------------------------------ scratchpad reads
+        rd = Signal()
+        m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < self.fifo_depth))
+        for port, sel in ((self.spad, ~space), (self.acc, space)):
+            m.d.comb += [port.addr.eq(rptr), port.en.eq(rd & sel), port.we.eq(0)]
+        acked = Signal()
+        m.d.comb += acked.eq(rd & Mux(space, self.acc.ack, self.spad.ack))
+        with m.If(acked):
+            m.d.sync += [rptr.eq(rptr + 1), rleft.eq(rleft - 1)]
+        rvalid = Mux(space, self.acc.rvalid, self.spad.rvalid)
+        m.d.comb += [
+            dfifo.w_en.eq(rvalid),
+            dfifo.w_data.eq(Mux(space, self.acc.rdata, self.spad.rdata)),
+        ]
+
+        # ------------------------------------------------------------------ AW issue
+        aw_free = ~aw_valid | axi.awready
+        issue = Signal()
+        m.d.comb += issue.eq(
+            aw_free & active & sp.more & ~stop & (b_out < self.max_out) & lfifo.w_rdy
+        )
+        with m.If(issue):
+            m.d.sync += [aw_valid.eq(1), aw_addr.eq(sp.addr), aw_len.eq(sp.beats - 1)]
+            sp.take()
+        with m.Elif(aw_free):
+            m.d.sync += aw_valid.eq(0)
+        m.d.comb += [lfifo.w_en.eq(issue), lfifo.w_data.eq(sp.beats)]
+        b_done = Signal()
+        m.d.comb += b_done.eq(axi.bvalid)
+        m.d.sync += b_out.eq(b_out + issue - b_done)
+        with m.If(axi.bvalid & axi.bresp[1]):
+            m.d.sync += errflag.eq(1)
+
+        # ------------------------------------------------------------------ W beats
+        m.d.comb += lfifo.r_en.eq((w_left == 0) & lfifo.r_rdy)
+        with m.If(lfifo.r_en):
+            m.d.sync += w_left.eq(lfifo.r_data)
+        m.d.comb += [
+            axi.wvalid.eq((w_left != 0) & (dfifo.r_rdy | stop)),
+            axi.wdata.eq(dfifo.r_data),
+            axi.wstrb.eq(Mux(stop, 0, (1 << bb) - 1)),
+            axi.wlast.eq(w_left == 1),
+        ]
+        w_fire = Signal()
+        m.d.comb += w_fire.eq(axi.wvalid & axi.wready)
+        with m.If(w_fire):
+            m.d.sync += w_left.eq(w_left - 1)
+        pop = Signal()
+        m.d.comb += pop.eq(dfifo.r_rdy & ((w_fire & ~stop) | stop))
+        m.d.comb += dfifo.r_en.eq(pop)
+        m.d.sync += held.eq(held + acked - pop)
+
+        # ------------------------------------------------------------------ start / finish
+        with m.If(self.cmd.valid & self.cmd.ready):
+            d = self.cmd.payload
+            m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0),
+                         rptr.eq(d.loc >> lb), rleft.eq(d.rows * (d.row_bytes >> lb))]
+            m.d.sync += sp.start(d)
+        with m.If(active & self.abort):
+            m.d.sync += aborting.eq(1)
+        finished = Signal()
+        m.d.comb += finished.eq(
+            active
+            & (~sp.more | aborting)
+            & ~aw_valid
+            & (b_out == 0)
+            & ~lfifo.r_rdy
+            & (w_left == 0)
+            & (held == 0)
+        )
+        with m.If(finished):
+            m.d.sync += [active.eq(0), aborting.eq(0)]
+            m.d.comb += [self.done.eq(~aborting & ~self.abort), self.err.eq(errflag)]
+
+        m.d.comb += [
+            self.busy.eq(active),
+            self.stall.eq(active & ~w_fire),
+            self.idle.eq(~active & ~aw_valid & (b_out == 0) & (w_left == 0)),
+        ]
+        return m
+
+
+class AxiJoin(wiring.Component):
+    """Merge instruction fetch (reads), the load unit (reads) and the store unit (writes)
+    onto one AXI4 manager port.
+
+    Members
+    -------
+    fetch, load, store : In(Axi4Signature)
+        The three managers (fetch and load use AR/R only, store AW/W/B only).
+    bus : Out(Axi4Signature)
+        The shared port.
+    """
+
+    def __init__(self, cfg: AcceleratorConfig):
+        sig = axi_signature(cfg)
+        super().__init__(
+            {"fetch": In(sig), "load": In(sig), "store": In(sig), "bus": Out(sig)}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, f, ld, st = self.bus, self.fetch, self.load, self.store
+        locked = Signal()
+        owner_r = Signal()  # 1: fetch
+        owner = Signal()
+        m.d.comb += owner.eq(Mux(locked, owner_r, f.arvalid))
+        m.d.sync += [locked.eq(bus.arvalid & ~bus.arready), owner_r.eq(owner)]
+        m.d.comb += [
+            bus.arid.eq(Mux(owner, ID_FETCH, ID_LOAD)),
+            bus.araddr.eq(Mux(owner, f.araddr, ld.araddr)),
+            bus.arlen.eq(Mux(owner, f.arlen, ld.arlen)),
+            bus.arsize.eq(Mux(owner, f.arsize, ld.arsize)),
+            bus.arburst.eq(Mux(owner, f.arburst, ld.arburst)),
+            bus.arvalid.eq(Mux(owner, f.arvalid, ld.arvalid)),
+            f.arready.eq(owner & bus.arready),
+            ld.arready.eq(~owner & bus.arready),
+        ]
+        to_fetch = bus.rid == ID_FETCH
+        for dst, sel in ((f, to_fetch), (ld, ~to_fetch)):
+            m.d.comb += [
+                dst.rid.eq(bus.rid),
+                dst.rdata.eq(bus.rdata),
+                dst.rresp.eq(bus.rresp),
+                dst.rlast.eq(bus.rlast),
+                dst.rvalid.eq(bus.rvalid & sel),
+            ]
+        m.d.comb += bus.rready.eq(Mux(to_fetch, f.rready, ld.rready))
+        m.d.comb += [
+            bus.awid.eq(st.awid),
+            bus.awaddr.eq(st.awaddr),
+            bus.awlen.eq(st.awlen),
+            bus.awsize.eq(st.awsize),
+            bus.awburst.eq(st.awburst),
+            bus.awvalid.eq(st.awvalid),
+            st.awready.eq(bus.awready),
+            bus.wdata.eq(st.wdata),
+            bus.wstrb.eq(st.wstrb),
+            bus.wlast.eq(st.wlast),
+            bus.wvalid.eq(st.wvalid),
+            st.wready.eq(bus.wready),
+            st.bid.eq(bus.bid),
+            st.bresp.eq(bus.bresp),
+            st.bvalid.eq(bus.bvalid),
+            bus.bready.eq(st.bready),
+        ]
+        return m

@@ -1,0 +1,225 @@
+"""Banked on-chip scratchpads (SPAD int8 data, ACC int32 accumulators) with arbitrated ports.
+
+The accelerator has two local memories (see :mod:`tritium.isa`, "Memory spaces"):
+
+* ``SPAD``: ``cfg.spad_bytes`` bytes in ``cfg.spad_banks`` banks;
+* ``ACC``: ``cfg.acc_bytes`` bytes (little-endian int32 elements) in one bank.
+
+Both are built by :class:`BankedMemory` from :class:`amaranth.lib.memory.Memory` blocks whose
+words are ``cfg.bus_bytes`` wide (one AXI beat), so a DMA beat is one memory access. Word ``i``
+lives in bank ``i % banks`` at row ``i // banks`` (low-order interleaving: streaming clients
+walk across banks, so two streams rarely collide for long).
+
+Every client (DMA load/store units, GEMM sequencers, vector unit, parameter checker) owns one
+:class:`MemPortSignature` port; the memory arbitrates them per bank, separately for reads and
+writes (each bank is a simple dual-port memory: one read and one write per cycle), round-robin,
+so no client starves another.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from tritium.config import AcceleratorConfig
+
+__all__ = ["BankedMemory", "MemPortSignature", "acc_memory", "rr_arbiter", "spad_memory"]
+
+
+class MemPortSignature(wiring.Signature):
+    """A word-wide request port into a :class:`BankedMemory` (client view).
+
+    Protocol: the client holds ``en`` (and ``addr``/``we``/``wdata``/``wmask``) until the
+    memory answers ``ack`` in the same cycle; a request takes effect in its ``ack`` cycle. The
+    data of an acknowledged read (``we = 0``) is on ``rdata`` in the next cycle, flagged by
+    ``rvalid``. Writes update the bytes whose ``wmask`` bit is set. A read in the same cycle as
+    a write to the same word sees the written bytes (write-first).
+
+    Parameters
+    ----------
+    addr_bits : int
+        Word-address width.
+    word_bytes : int
+        Bytes per word.
+
+    Members
+    -------
+    addr : Out(addr_bits)
+        Word address (byte address // word_bytes).
+    en, we : Out(1)
+        Request valid; write (1) or read (0).
+    wdata : Out(8 * word_bytes)
+    wmask : Out(word_bytes)
+        Byte enables of a write.
+    ack : In(1)
+        The request is accepted this cycle.
+    rvalid : In(1)
+        ``rdata`` holds the word of the read acknowledged in the previous cycle.
+    rdata : In(8 * word_bytes)
+    """
+
+    def __init__(self, addr_bits: int, word_bytes: int):
+        self.addr_bits = addr_bits
+        self.word_bytes = word_bytes
+        super().__init__(
+            {
+                "addr": Out(addr_bits),
+                "en": Out(1),
+                "we": Out(1),
+                "wdata": Out(8 * word_bytes),
+                "wmask": Out(word_bytes),
+                "ack": In(1),
+                "rvalid": In(1),
+                "rdata": In(8 * word_bytes),
+            }
+        )
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, MemPortSignature)
+            and self.addr_bits == other.addr_bits
+            and self.word_bytes == other.word_bytes
+        )
+
+    def __hash__(self):
+        return hash((MemPortSignature, self.addr_bits, self.word_bytes))
+
+    def __repr__(self):
+        return f"MemPortSignature({self.addr_bits}, {self.word_bytes})"
+
+
+def rr_arbiter(m: Module, reqs: list, name: str) -> list[Signal]:
+    """Round-robin arbiter: one-hot grants for the request bits ``reqs`` (Amaranth values).
+
+    The requester granted last has the lowest priority in the next cycle.
+    """
+    n = len(reqs)
+    grants = [Signal(name=f"{name}_gnt{i}") for i in range(n)]
+    if n == 1:
+        m.d.comb += grants[0].eq(reqs[0])
+        return grants
+    last = Signal(range(n), name=f"{name}_last", init=n - 1)
+    with m.Switch(last):
+        for lst in range(n):
+            with m.Case(lst):
+                taken = Const(0, 1)
+                for j in range(n):
+                    idx = (lst + 1 + j) % n
+                    m.d.comb += grants[idx].eq(reqs[idx] & ~taken)
+                    taken = taken | reqs[idx]
+    for i in range(n):
+        with m.If(grants[i]):
+            m.d.sync += last.eq(i)
+    return grants
+
+
+class BankedMemory(wiring.Component):
+    """``banks`` x ``Memory(word_bytes * 8 bits)`` with ``n_ports`` arbitrated client ports.
+
+    Cycle contract: per bank, one read and one write are acknowledged per cycle (round-robin
+    among the ports requesting that bank); a port whose request names a busy bank waits (no
+    ``ack``). Read data arrive one cycle after the ``ack`` (synchronous read port,
+    write-first). With no conflicts every port moves one word per cycle.
+
+    Parameters
+    ----------
+    word_bytes : int
+        Bytes per word.
+    words : int
+        Total words (a multiple of ``banks``).
+    banks : int
+        Number of banks (a power of two).
+    n_ports : int
+        Number of client ports.
+    name : str
+        Used in signal names.
+
+    Members
+    -------
+    ports : In(MemPortSignature).array(n_ports)
+        Client ports (see :class:`MemPortSignature`).
+    """
+
+    def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem"):
+        if words % banks:
+            raise ValueError(f"words={words} must be a multiple of banks={banks}")
+        if banks & (banks - 1):
+            raise ValueError(f"banks={banks} must be a power of two")
+        self.word_bytes = word_bytes
+        self.words = words
+        self.banks = banks
+        self.n_ports = n_ports
+        self.mem_name = name
+        self.addr_bits = max(1, (words - 1).bit_length())
+        super().__init__(
+            {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        nb, wb = self.banks, self.word_bytes
+        bbits = (nb - 1).bit_length()
+        rows = self.words // nb
+        ports = self.ports
+
+        def bank_of(p):
+            return p.addr[:bbits] if bbits else Const(0, 1)
+
+        def row_of(p):
+            return p.addr[bbits:] if bbits else p.addr
+
+        acks = [Signal(name=f"ack{i}") for i in range(self.n_ports)]
+        bank_sel = [Signal(range(max(nb, 2)), name=f"rbank{i}") for i in range(self.n_ports)]
+        rdatas = []
+        for b in range(nb):
+            mem = memory.Memory(shape=8 * wb, depth=rows, init=[])
+            m.submodules[f"{self.mem_name}_bank{b}"] = mem
+            wp = mem.write_port(granularity=8)
+            rp = mem.read_port(transparent_for=(wp,))
+            rdatas.append(rp.data)
+            rreq = [p.en & ~p.we & (bank_of(p) == b) for p in ports]
+            wreq = [p.en & p.we & (bank_of(p) == b) for p in ports]
+            rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r")
+            wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w")
+            raddr = Const(0, max(1, (rows - 1).bit_length()))
+            waddr = raddr
+            wdata = Const(0, 8 * wb)
+            wmask = Const(0, wb)
+            for i, p in enumerate(ports):
+                raddr = Mux(rg[i], row_of(p), raddr)
+                waddr = Mux(wg[i], row_of(p), waddr)
+                wdata = Mux(wg[i], p.wdata, wdata)
+                wmask = Mux(wg[i], p.wmask, wmask)
+            m.d.comb += [
+                rp.addr.eq(raddr),
+                rp.en.eq(1),
+                wp.addr.eq(waddr),
+                wp.data.eq(wdata),
+                wp.en.eq(wmask),
+            ]
+            for i in range(self.n_ports):
+                with m.If(rg[i] | wg[i]):
+                    m.d.comb += acks[i].eq(1)
+        for i, p in enumerate(ports):
+            rv = Signal(name=f"rvalid{i}")
+            m.d.sync += rv.eq(acks[i] & ~p.we)
+            with m.If(acks[i]):
+                m.d.sync += bank_sel[i].eq(bank_of(p))
+            data = rdatas[0]
+            for b in range(1, nb):
+                data = Mux(bank_sel[i] == b, rdatas[b], data)
+            m.d.comb += [p.ack.eq(acks[i]), p.rvalid.eq(rv), p.rdata.eq(data)]
+        return m
+
+
+def spad_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
+    """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words."""
+    return BankedMemory(
+        cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad"
+    )
+
+
+def acc_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
+    """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words."""
+    return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc")

@@ -1,0 +1,832 @@
+"""The accelerator top: controller + DMA + scratchpads + compute engines + vector unit + CSRs.
+
+``TritiumTop(cfg)`` has three ports: an AXI4 manager for device memory (``m_axi``), an
+AXI4-Lite subordinate for the CSRs (``s_axil``) and ``irq``. Inside::
+
+            s_axil -> CsrBlock <-> Controller --fetch--\\
+                                     |  load/store/compute queues
+                         LoadUnit  StoreUnit  ComputeUnit
+                            |  \\     /  |      |  GemmUnit(systolic|ternary|lut), VectorUnit
+                            |   AxiJoin -> m_axi
+                         SPAD (BankedMemory)   ACC (BankedMemory)   <- every unit has ports
+
+The compute unit runs one instruction at a time. A GEMM goes to the :class:`GemmUnit` of its
+engine: three walkers turn ``C[m,n] (+)= A[m,k] W^T`` into the engine's tiles (``cmd``), its
+activation beats and its weight beats, each beat assembled by a :class:`Gather` from the SPAD;
+a writer stores the ``res`` beats into ACC (read-add-write when ``accumulate``). Vector
+instructions go to :class:`tritium.rtl.vector.VectorUnit` through stream-to-port adapters;
+VREQ/VMUL/VRMS first have their (M0, shift) parameters checked (``BAD_OPERAND`` as
+:mod:`tritium.golden`). Engines absent from ``cfg.engines`` are not built (the controller
+rejects their GEMMs with ``ENGINE_ABSENT``).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tritium.config import ENGINES, AcceleratorConfig
+from tritium.isa import ENGINE_GEMM, INSTR_BITS, UNITS, ErrorCode, Op
+
+from .axi import AxiLiteSignature
+from .controller import SERIAL_OPS, VEC_OPS, Controller, instr_layout
+from .csr import CSR_ADDR_WIDTH, CsrBlock
+from .dma import AxiJoin, LoadUnit, StoreUnit, axi_signature
+from .scratchpad import MemPortSignature, acc_memory, spad_memory
+
+__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop"]
+
+
+def _log2(v: int) -> int:
+    return (v - 1).bit_length()
+
+
+def _engine_class(name: str):
+    if name == "systolic":
+        from .systolic import SystolicArray
+
+        return SystolicArray
+    if name == "ternary":
+        from .ternary import TernaryEngine
+
+        return TernaryEngine
+    from .lut_core import LutCore
+
+    return LutCore
+
+
+def _div_const(m: Module, x, d: int, nbits: int, name: str) -> Signal:
+    """``x // d`` for a constant ``d`` and ``0 <= x < 2**nbits`` (multiply by reciprocal)."""
+    out = Signal(nbits, name=name)
+    if d & (d - 1) == 0:
+        m.d.comb += out.eq(x >> _log2(d))
+        return out
+    s = nbits + d.bit_length()
+    mul = -(-(1 << s) // d)
+    m.d.comb += out.eq((x * mul) >> s)
+    return out
+
+
+class Gather(wiring.Component):
+    """Assembles one beat of ``lanes`` bytes from the SPAD, with a one-word cache per lane.
+
+    Lane ``i`` reads the byte at ``base + (i // group) * gstride + (i % group)`` when
+    ``i // group < glim`` and ``i % group < klim`` (else it gives 0). Each lane keeps the last
+    word it used, so a walker that steps through rows of A/W hits the cache for
+    ``word_bytes`` consecutive beats; missing words are read one per cycle and every lane that
+    needs a returned word takes it (lanes reading the same word share one read).
+
+    Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
+    combinational from the cache, so a beat can be taken every cycle while lanes hit. ``flush``
+    empties the caches (done at each instruction start, so no stale SPAD data survive).
+
+    Members
+    -------
+    base, gstride : In(24)
+    glim, klim : In(24)
+    req, flush : In(1)
+    valid : Out(1)
+    data : Out(ArrayLayout(unsigned(8), lanes))
+    port : Out(MemPortSignature)
+    """
+
+    def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int):
+        self.lanes = lanes
+        self.group = group
+        self.word_bytes = word_bytes
+        self.addr_bits = addr_bits
+        super().__init__(
+            {
+                "base": In(24),
+                "gstride": In(24),
+                "glim": In(24),
+                "klim": In(24),
+                "req": In(1),
+                "flush": In(1),
+                "valid": Out(1),
+                "data": Out(data.ArrayLayout(unsigned(8), lanes)),
+                "port": Out(MemPortSignature(addr_bits, word_bytes)),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        n, g, wb = self.lanes, self.group, self.word_bytes
+        lb = _log2(wb)
+        aw = self.addr_bits
+        port = self.port
+        if_tag = Signal(aw)
+        hits, misses, needs, masks = [], [], [], []
+        for i in range(n):
+            addr = Signal(26, name=f"addr{i}")
+            need = Signal(aw, name=f"need{i}")
+            mask = Signal(name=f"mask{i}")
+            tag = Signal(aw, name=f"tag{i}")
+            tv = Signal(name=f"tv{i}")
+            line = Signal(8 * wb, name=f"line{i}")
+            hit = Signal(name=f"hit{i}")
+            miss = Signal(name=f"miss{i}")
+            grp, off = divmod(i, g)
+            m.d.comb += [
+                addr.eq(self.base + grp * self.gstride + off),
+                need.eq(addr[lb:]),
+                mask.eq((grp < self.glim) & (off < self.klim)),
+                hit.eq(tv & (tag == need)),
+                miss.eq(mask & ~hit & ~(port.rvalid & (if_tag == need))),
+                self.data[i].eq(Mux(mask, line.word_select(addr[:lb], 8) if lb else line, 0)),
+            ]
+            with m.If(self.flush):
+                m.d.sync += tv.eq(0)
+            with m.Elif(port.rvalid & (if_tag == need)):
+                m.d.sync += [tag.eq(if_tag), line.eq(port.rdata), tv.eq(1)]
+            hits.append(hit | ~mask)
+            misses.append(miss)
+            needs.append(need)
+            masks.append(mask)
+        sel = Signal(aw)
+        for i in reversed(range(n)):
+            sel = Mux(misses[i], needs[i], sel)
+        any_miss = Cat(misses).any()
+        m.d.comb += [
+            port.en.eq(self.req & any_miss & ~self.flush),
+            port.we.eq(0),
+            port.addr.eq(sel),
+            self.valid.eq(self.req & Cat(hits).all() & ~self.flush),
+        ]
+        with m.If(port.ack):
+            m.d.sync += if_tag.eq(sel)
+        return m
+
+
+class _TileLoop:
+    """Outer (``LM`` rows of A per tile) x inner (``LN`` output channels per tile) loop."""
+
+    def __init__(self, m: Module, name: str, lm: int, ln: int, mm, nn):
+        self.m, self.lm, self.ln, self.mm, self.nn = m, lm, ln, mm, nn
+        self.orem = Signal(13, name=f"{name}_orem")  # rows left: m - row0
+        self.nrem = Signal(17, name=f"{name}_nrem")  # channels left: n - n0
+        self.last_n = Signal(name=f"{name}_last_n")
+        self.last = Signal(name=f"{name}_last")
+        m.d.comb += [
+            self.last_n.eq(self.nrem <= ln),
+            self.last.eq(self.last_n & (self.orem <= lm)),
+        ]
+
+    def reset(self) -> list:
+        return [self.orem.eq(self.mm), self.nrem.eq(self.nn)]
+
+    def advance(self) -> None:
+        m = self.m
+        with m.If(self.last_n):
+            m.d.sync += [self.orem.eq(self.orem - self.lm), self.nrem.eq(self.nn)]
+        with m.Else():
+            m.d.sync += self.nrem.eq(self.nrem - self.ln)
+
+
+class GemmUnit(wiring.Component):
+    """Runs GEMM instructions on one engine (``systolic``, ``ternary`` or ``lut``).
+
+    Tiles: systolic ``R x C`` blocks of C (``cfg.sa_rows`` x ``cfg.sa_cols``), K beats of one
+    column of A and one column of W^T each; ternary/LUT one row of A times ``L`` output
+    channels (``cfg.ternary_lanes`` / ``cfg.lut_lanes``), ``ceil(k / ternary_k)`` beats /
+    ``k / lut_group`` activation groups and ``k / lut_group * bits`` weight planes. Every tile
+    starts from zero (``acc = 0``); ``accumulate`` is applied by the writer (ACC read + add +
+    write, int32 wrap-around as the golden model). Lanes beyond ``m``/``n``/``k`` are fed zeros
+    and their results are not written.
+
+    Cycle contract: the activation and weight gathers each deliver a beat per cycle while their
+    lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row; LUT
+    weights and systolic ``wt=1`` weights need one read per lane per beat); the writer stores
+    one int32 per cycle (three with ``accumulate``). ``done`` pulses when the last result is in
+    ACC.
+
+    Members
+    -------
+    cmd : In(stream.Signature(128))
+        The (checked) GEMM instruction word.
+    done : Out(1)
+    act_port, wgt_port : Out(MemPortSignature)   (SPAD)
+    wb_port : Out(MemPortSignature)              (ACC)
+    busy, stall : Out(1)
+        Executing; executing while the engine takes no weight beat.
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int):
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r}; must be one of {ENGINES}")
+        self.cfg = cfg
+        self.engine = engine
+        bb = cfg.bus_bytes
+        if engine == "systolic":
+            self.lm, self.ln = cfg.sa_rows, cfg.sa_cols
+            self.act_lanes, self.act_group = cfg.sa_rows, 1
+            self.wgt_lanes, self.wgt_group = cfg.sa_cols, 1
+        elif engine == "ternary":
+            self.lm, self.ln = 1, cfg.ternary_lanes
+            self.act_lanes, self.act_group = cfg.ternary_k, cfg.ternary_k
+            self.wgt_lanes = cfg.ternary_lanes * cfg.ternary_k // 4
+            self.wgt_group = cfg.ternary_k // 4
+        else:
+            self.lm, self.ln = 1, cfg.lut_lanes
+            self.act_lanes, self.act_group = cfg.lut_group, cfg.lut_group
+            self.wgt_lanes, self.wgt_group = cfg.lut_lanes, 1
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
+                "done": Out(1),
+                "act_port": Out(MemPortSignature(spad_bits, bb)),
+                "wgt_port": Out(MemPortSignature(spad_bits, bb)),
+                "wb_port": Out(MemPortSignature(acc_bits, bb)),
+                "busy": Out(1),
+                "stall": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        eng_name = self.engine
+        bb = cfg.bus_bytes
+        lb = _log2(bb)
+        LM, LN = self.lm, self.ln
+        m.submodules.engine = eng = _engine_class(eng_name)(cfg)
+        m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr))
+        m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr))
+        wiring.connect(m, wiring.flipped(self.act_port), ag.port)
+        wiring.connect(m, wiring.flipped(self.wgt_port), wg.port)
+
+        # ------------------------------------------------------------------ instruction
+        f = data.View(instr_layout(Op.GEMM_I8), self.cmd.payload)
+        mm = Signal(12)
+        kk = Signal(16)
+        nn = Signal(16)
+        a = Signal(21)
+        w = Signal(21)
+        c = Signal(21)
+        accum = Signal()
+        wt = Signal()
+        bits = Signal(3)
+        run = Signal()
+        setup = Signal()
+        m.d.comb += [self.cmd.ready.eq(~run & ~setup)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [
+                mm.eq(f.m), kk.eq(f.k), nn.eq(f.n), a.eq(f.a), w.eq(f.w), c.eq(f.c),
+                accum.eq(f.accumulate), wt.eq(f.wt), bits.eq(f.bits), setup.eq(1),
+            ]
+        m.d.comb += [ag.flush.eq(setup), wg.flush.eq(setup)]
+
+        # derived per-instruction constants (registered in the setup cycle)
+        k4 = kk >> 2
+        kb = kk >> 3
+        bkb = Signal(20)  # bits * k/8: LUT weight bytes per channel
+        m.d.sync += bkb.eq(bits * kb)
+        n4 = Signal(20)
+        m.d.comb += n4.eq(nn << 2)
+
+        ci = _TileLoop(m, "ci", LM, LN, mm, nn)
+        aw_ = _TileLoop(m, "aw", LM, LN, mm, nn)
+        ww_ = _TileLoop(m, "ww", LM, LN, mm, nn)
+        ci_done = Signal()
+        a_done = Signal()
+        w_done = Signal()
+
+        # ------------------------------------------------------------------ tile commands
+        desc_layout = data.StructLayout(
+            {"addr": unsigned(22), "rows": unsigned(8), "cols": unsigned(9)}
+        )
+        m.submodules.dfifo = dfifo = fifo.SyncFIFO(width=desc_layout.size, depth=4)
+        crow = Signal(24)  # c + 4 * row0 * n
+        cn0 = Signal(20)  # 4 * n0
+        if eng_name == "lut":
+            beats_cmd = kk
+            m.d.comb += [
+                eng.cmd.payload.k.eq(kk),
+                eng.cmd.payload.bits.eq(bits),
+                eng.cmd.payload.acc.eq(0),
+            ]
+        elif eng_name == "ternary":
+            beats_cmd = _div_const(m, kk + (cfg.ternary_k - 1), cfg.ternary_k, 17, "tbeats")
+            m.d.comb += [eng.cmd.payload.beats.eq(beats_cmd), eng.cmd.payload.acc.eq(0)]
+        else:
+            m.d.comb += [eng.cmd.payload.beats.eq(kk), eng.cmd.payload.acc.eq(0)]
+        desc = Signal(desc_layout)
+        m.d.comb += [
+            desc.addr.eq(crow + cn0),
+            desc.rows.eq(Mux(ci.orem < LM, ci.orem, LM)),
+            desc.cols.eq(Mux(ci.nrem < LN, ci.nrem, LN)),
+            eng.cmd.valid.eq(run & ~ci_done & dfifo.w_rdy),
+            dfifo.w_en.eq(eng.cmd.valid & eng.cmd.ready),
+            dfifo.w_data.eq(desc),
+        ]
+        with m.If(eng.cmd.valid & eng.cmd.ready):
+            ci.advance()
+            with m.If(ci.last):
+                m.d.sync += ci_done.eq(1)
+            with m.If(ci.last_n):
+                m.d.sync += [crow.eq(crow + (n4 * LM)), cn0.eq(0)]
+            with m.Else():
+                m.d.sync += cn0.eq(cn0 + 4 * LN)
+
+        # ------------------------------------------------------------------ walkers
+        a_fire = Signal()
+        w_fire = Signal()
+        m.d.comb += [
+            a_fire.eq(eng.act.valid & eng.act.ready),
+            w_fire.eq(eng.wgt.valid & eng.wgt.ready),
+            ag.req.eq(run & ~a_done),
+            wg.req.eq(run & ~w_done),
+            eng.act.valid.eq(ag.valid),
+            eng.wgt.valid.eq(wg.valid),
+        ]
+        abase = Signal(24)
+        aoff = Signal(17)  # beat offset along k (kk, j*T or q*g)
+        wbase = Signal(24)
+        woff = Signal(24)
+        wsub = Signal(17)  # systolic wt: kk index; ternary: j*T; lut: q*g
+        plane = Signal(3)
+        pk = Signal(20)  # lut: plane * k/8
+
+        start_stmts = [
+            abase.eq(a), aoff.eq(0), wbase.eq(w), woff.eq(0), wsub.eq(0), plane.eq(0),
+            pk.eq(0), crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
+            *ci.reset(), *aw_.reset(), *ww_.reset(),
+        ]
+        if eng_name == "systolic":
+            a_last_beat = aoff == kk - 1
+            m.d.comb += [
+                ag.base.eq(abase + aoff),
+                ag.gstride.eq(kk),
+                ag.glim.eq(aw_.orem),
+                ag.klim.eq(1),
+                eng.act.payload.eq(ag.data),
+                wg.base.eq(wbase + Mux(wt, woff, wsub)),
+                wg.gstride.eq(Mux(wt, 1, kk)),
+                wg.glim.eq(ww_.nrem),
+                wg.klim.eq(1),
+                eng.wgt.payload.eq(wg.data),
+            ]
+            with m.If(a_fire):
+                m.d.sync += aoff.eq(aoff + 1)
+                with m.If(a_last_beat):
+                    m.d.sync += aoff.eq(0)
+                    aw_.advance()
+                    with m.If(aw_.last_n):
+                        m.d.sync += abase.eq(abase + kk * LM)
+                    with m.If(aw_.last):
+                        m.d.sync += a_done.eq(1)
+            with m.If(w_fire):
+                m.d.sync += [wsub.eq(wsub + 1), woff.eq(woff + nn)]
+                with m.If(wsub == kk - 1):
+                    m.d.sync += [wsub.eq(0), woff.eq(0)]
+                    ww_.advance()
+                    with m.If(ww_.last_n):
+                        m.d.sync += wbase.eq(w)
+                    with m.Else():
+                        m.d.sync += wbase.eq(wbase + Mux(wt, LN, kk * LN))
+                    with m.If(ww_.last):
+                        m.d.sync += w_done.eq(1)
+        elif eng_name == "ternary":
+            T = cfg.ternary_k
+            m.d.comb += [
+                ag.base.eq(abase + aoff),
+                ag.gstride.eq(0),
+                ag.glim.eq(1),
+                ag.klim.eq(kk - aoff),
+                eng.act.payload.eq(ag.data),
+                wg.base.eq(wbase + woff),
+                wg.gstride.eq(k4),
+                wg.glim.eq(ww_.nrem),
+                wg.klim.eq(k4 - woff),
+                eng.wgt.payload.eq(wg.data),
+            ]
+            with m.If(a_fire):
+                m.d.sync += aoff.eq(aoff + T)
+                with m.If(aoff + T >= kk):
+                    m.d.sync += aoff.eq(0)
+                    aw_.advance()
+                    with m.If(aw_.last_n):
+                        m.d.sync += abase.eq(abase + kk)
+                    with m.If(aw_.last):
+                        m.d.sync += a_done.eq(1)
+            with m.If(w_fire):
+                m.d.sync += [wsub.eq(wsub + T), woff.eq(woff + T // 4)]
+                with m.If(wsub + T >= kk):
+                    m.d.sync += [wsub.eq(0), woff.eq(0)]
+                    ww_.advance()
+                    with m.If(ww_.last_n):
+                        m.d.sync += wbase.eq(w)
+                    with m.Else():
+                        m.d.sync += wbase.eq(wbase + k4 * LN)
+                    with m.If(ww_.last):
+                        m.d.sync += w_done.eq(1)
+        else:  # lut
+            G = cfg.lut_group
+            gmask = (1 << G) - 1
+            m.d.comb += [
+                ag.base.eq(abase + aoff),
+                ag.gstride.eq(0),
+                ag.glim.eq(1),
+                ag.klim.eq(G),
+                eng.act.payload.eq(ag.data),
+                wg.base.eq(wbase + pk + (wsub >> 3)),
+                wg.gstride.eq(bkb),
+                wg.glim.eq(ww_.nrem),
+                wg.klim.eq(1),
+            ]
+            shift = wsub[:3] if G < 8 else Const(0, 3)
+            for i in range(LN):
+                m.d.comb += eng.wgt.payload[i].eq((wg.data[i] >> shift) & gmask)
+            with m.If(a_fire):
+                m.d.sync += aoff.eq(aoff + G)
+                with m.If(aoff + G >= kk):
+                    m.d.sync += aoff.eq(0)
+                    aw_.advance()
+                    with m.If(aw_.last_n):
+                        m.d.sync += abase.eq(abase + kk)
+                    with m.If(aw_.last):
+                        m.d.sync += a_done.eq(1)
+            with m.If(w_fire):
+                m.d.sync += [plane.eq(plane + 1), pk.eq(pk + kb)]
+                with m.If(plane == bits - 1):
+                    m.d.sync += [plane.eq(0), pk.eq(0), wsub.eq(wsub + G)]
+                    with m.If(wsub + G >= kk):
+                        m.d.sync += wsub.eq(0)
+                        ww_.advance()
+                        with m.If(ww_.last_n):
+                            m.d.sync += wbase.eq(w)
+                        with m.Else():
+                            m.d.sync += wbase.eq(wbase + bkb * LN)
+                        with m.If(ww_.last):
+                            m.d.sync += w_done.eq(1)
+
+        # ------------------------------------------------------------------ writer
+        rbuf = Signal(32 * LN)
+        rfull = Signal()
+        m.d.comb += eng.res.ready.eq(~rfull)
+        with m.If(eng.res.valid & eng.res.ready):
+            m.d.sync += [rbuf.eq(eng.res.payload), rfull.eq(1)]
+        cur = data.View(desc_layout, dfifo.r_data)
+        beats_per_tile = LM  # systolic: R rows per tile; ternary/LUT: 1
+        rb = Signal(range(beats_per_tile + 1))  # res beat within the tile
+        el = Signal(range(LN + 1))
+        rowb = Signal(24)  # ACC byte address of element el of res beat rb
+        started = Signal()  # rowb is set up for the current descriptor
+        phase = Signal(2)  # accumulate: 0 read, 1 wait data, 2 write
+        old = Signal(32)
+        port = self.wb_port
+        val = rbuf.word_select(el, 32)
+        lane = rowb[2:lb] if lb > 2 else Const(0, 1)
+        wdata = Signal(32)
+        m.d.comb += wdata.eq(Mux(accum, old + val, val))
+        m.d.comb += [
+            port.addr.eq(rowb >> lb),
+            port.wdata.eq(Cat([wdata] * (bb // 4))),
+            port.wmask.eq(Const(0xF, bb) << (lane * 4) if lb > 2 else Const(0xF, 4)),
+        ]
+        row_ok = rb < cur.rows
+        beat_end = Signal()
+        with m.If(dfifo.r_rdy & ~started):
+            m.d.sync += [rowb.eq(cur.addr), started.eq(1), rb.eq(0), el.eq(0), phase.eq(0)]
+        with m.If(dfifo.r_rdy & started & rfull):
+            with m.If(~row_ok):
+                m.d.comb += beat_end.eq(1)
+            with m.Elif(~accum | (phase == 2)):
+                m.d.comb += [port.en.eq(1), port.we.eq(1)]
+                with m.If(port.ack):
+                    m.d.sync += [el.eq(el + 1), rowb.eq(rowb + 4), phase.eq(0)]
+                    with m.If(el == cur.cols - 1):
+                        m.d.comb += beat_end.eq(1)
+            with m.Elif(phase == 0):
+                m.d.comb += [port.en.eq(1), port.we.eq(0)]
+                with m.If(port.ack):
+                    m.d.sync += phase.eq(1)
+            with m.Else(), m.If(port.rvalid):
+                m.d.sync += [old.eq(port.rdata.word_select(lane, 32) if lb > 2
+                                    else port.rdata[:32]), phase.eq(2)]
+        last_beat = rb == beats_per_tile - 1
+        with m.If(beat_end):
+            m.d.sync += [rfull.eq(0), el.eq(0), rb.eq(rb + 1), phase.eq(0),
+                         rowb.eq(cur.addr + (rb + 1) * n4)]
+            with m.If(last_beat):
+                m.d.sync += [started.eq(0), rb.eq(0)]
+        m.d.comb += dfifo.r_en.eq(beat_end & last_beat)
+
+        # ------------------------------------------------------------------ sequencing
+        with m.If(setup):
+            m.d.sync += [setup.eq(0), run.eq(1), *start_stmts]
+        fin = Signal()
+        m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~setup)
+        with m.If(fin):
+            m.d.sync += run.eq(0)
+        m.d.comb += [
+            self.done.eq(fin),
+            self.busy.eq(run | setup),
+            self.stall.eq((run | setup) & ~w_fire),
+        ]
+        return m
+
+
+class _ReadAdapter:
+    """VectorUnit element read stream -> word MemPort (1-cycle latency, byte/word select)."""
+
+    def __init__(self, m, req, resp, port, elem_bytes: int, word_bytes: int, name: str):
+        lb = _log2(word_bytes)
+        le = _log2(elem_bytes)
+        off = Signal(max(1, lb - le), name=f"{name}_off")
+        m.d.comb += [
+            port.en.eq(req.valid),
+            port.we.eq(0),
+            port.addr.eq(req.payload >> lb),
+            req.ready.eq(port.ack),
+            resp.valid.eq(port.rvalid),
+        ]
+        if lb > le:
+            with m.If(port.ack):
+                m.d.sync += off.eq(req.payload[le:lb])
+            m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
+        else:
+            m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
+
+
+def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int) -> None:
+    lb = _log2(word_bytes)
+    le = _log2(elem_bytes)
+    emask = (1 << elem_bytes) - 1
+    m.d.comb += [
+        port.en.eq(wr.valid),
+        port.we.eq(1),
+        port.addr.eq(wr.payload.addr >> lb),
+        port.wdata.eq(Cat([wr.payload.data] * (word_bytes // elem_bytes))),
+        wr.ready.eq(port.ack),
+    ]
+    if lb > le:
+        sel = wr.payload.addr[le:lb]
+        m.d.comb += port.wmask.eq(Const(emask, word_bytes) << (sel * elem_bytes))
+    else:
+        m.d.comb += port.wmask.eq(emask)
+
+
+class ComputeUnit(wiring.Component):
+    """The compute queue's executor: one GEMM or vector instruction at a time.
+
+    Cycle contract: an instruction is accepted when the previous one is done; GEMMs run on
+    their engine's :class:`GemmUnit`, vector ops on the VectorUnit; VREQ/VMUL/VRMS first read
+    their ``2 * count`` parameter words from ACC (two cycles each) and finish at once with
+    ``err`` and ``code = BAD_OPERAND`` when an M0 is negative or a shift is outside
+    ``[-31, 30]`` (nothing written). ``done`` pulses at the end of every instruction.
+
+    Members
+    -------
+    cmd : In(stream.Signature(128))
+    done, err : Out(1)
+    code : Out(4)
+    sp : Out(MemPortSignature).array(n_sp)     SPAD ports (see :attr:`sp_ports`)
+    ac : Out(MemPortSignature).array(n_ac)     ACC ports
+    unit_busy, unit_stall : Out(4)
+        systolic, ternary, lut, vector (the compute part of :data:`tritium.isa.UNITS`).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int):
+        self.cfg = cfg
+        self.spad_bits = spad_bits
+        self.acc_bits = acc_bits
+        self.engines = tuple(cfg.engines)
+        #: port names, in order
+        self.sp_ports = [f"{e}_{p}" for e in self.engines for p in ("act", "wgt")] + [
+            "vec_rd", "vec_wr"]
+        self.ac_ports = [f"{e}_wb" for e in self.engines] + ["vec_rd", "vec_wr", "param"]
+        bb = cfg.bus_bytes
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
+                "done": Out(1),
+                "err": Out(1),
+                "code": Out(4),
+                "sp": Out(MemPortSignature(spad_bits, bb)).array(len(self.sp_ports)),
+                "ac": Out(MemPortSignature(acc_bits, bb)).array(len(self.ac_ports)),
+                "unit_busy": Out(4),
+                "unit_stall": Out(4),
+            }
+        )
+
+    def elaborate(self, platform):
+        from .vector import VectorUnit
+
+        m = Module()
+        cfg = self.cfg
+        bb = cfg.bus_bytes
+        lb = _log2(bb)
+        sp = dict(zip(self.sp_ports, self.sp))
+        ac = dict(zip(self.ac_ports, self.ac))
+
+        gemms = {}
+        for e in self.engines:
+            gu = GemmUnit(cfg, e, self.spad_bits, self.acc_bits)
+            m.submodules[f"gemm_{e}"] = gu
+            gemms[e] = gu
+            wiring.connect(m, wiring.flipped(sp[f"{e}_act"]), gu.act_port)
+            wiring.connect(m, wiring.flipped(sp[f"{e}_wgt"]), gu.wgt_port)
+            wiring.connect(m, wiring.flipped(ac[f"{e}_wb"]), gu.wb_port)
+        m.submodules.vector = vu = VectorUnit(cfg)
+        _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
+        _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")
+        _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb)
+        _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb)
+
+        word = Signal(INSTR_BITS)
+        opc = word[:8]
+        v = data.View(instr_layout(Op.VREQ), word)
+        m.d.comb += vu.cmd.payload.eq(word[: len(vu.cmd.payload.as_value())])
+        for e, gu in gemms.items():
+            m.d.comb += gu.cmd.payload.eq(word)
+
+        # parameter checker
+        pport = ac["param"]
+        paddr = Signal(24)
+        pleft = Signal(18)  # words left to check
+        pm0 = Signal(18)  # of which M0 words (the rest are shifts)
+        pval = Signal(32)
+        m.d.comb += [pport.addr.eq(paddr >> lb), pport.we.eq(0)]
+        if lb > 2:
+            pword = pport.rdata.word_select(paddr[2:lb], 32)
+        else:
+            pword = pport.rdata[:32]
+        m.d.comb += pval.eq(pword)
+        sval = pval.as_signed()
+        vbusy = Signal()
+        pbusy = Signal()
+
+        with m.FSM(name="comp"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += word.eq(self.cmd.payload)
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                for e, gu in gemms.items():
+                    with m.If(opc == ENGINE_GEMM[e]):
+                        m.d.comb += gu.cmd.valid.eq(1)
+                        with m.If(gu.cmd.ready):
+                            m.next = f"WAIT_{e}"
+                is_param = Cat(opc == int(o) for o in SERIAL_OPS).any()
+                is_vec = Cat(opc == int(o) for o in VEC_OPS).any()
+                with m.If(is_param):
+                    count = Mux((opc == Op.VREQ) & v.per_channel, v.n, 1)
+                    m.d.sync += [paddr.eq(v.param), pleft.eq(count << 1), pm0.eq(count)]
+                    m.next = "PREAD"
+                with m.Elif(is_vec):
+                    m.next = "VEC"
+            with m.State("PREAD"):
+                m.d.comb += [pbusy.eq(1), pport.en.eq(1)]
+                with m.If(pport.ack):
+                    m.next = "PCHECK"
+            with m.State("PCHECK"):
+                m.d.comb += pbusy.eq(1)
+                with m.If(pport.rvalid):
+                    bad = Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30))
+                    with m.If(bad):
+                        m.d.comb += [self.done.eq(1), self.err.eq(1),
+                                     self.code.eq(ErrorCode.BAD_OPERAND)]
+                        m.next = "IDLE"
+                    with m.Elif(pleft == 1):
+                        m.next = "VEC"
+                    with m.Else():
+                        m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
+                        with m.If(pm0 != 0):
+                            m.d.sync += pm0.eq(pm0 - 1)
+                        m.next = "PREAD"
+            with m.State("VEC"):
+                m.d.comb += vu.cmd.valid.eq(1)
+                with m.If(vu.cmd.ready):
+                    m.next = "WAIT_VEC"
+            with m.State("WAIT_VEC"), m.If(vu.done):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            for e, gu in gemms.items():
+                with m.State(f"WAIT_{e}"), m.If(gu.done):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        m.d.comb += vbusy.eq(vu.busy | pbusy)
+
+        order = ("systolic", "ternary", "lut")
+        for i, e in enumerate(order):
+            if e in gemms:
+                m.d.comb += [self.unit_busy[i].eq(gemms[e].busy),
+                             self.unit_stall[i].eq(gemms[e].stall)]
+        m.d.comb += [self.unit_busy[3].eq(vbusy), self.unit_stall[3].eq(vu.stall)]
+        return m
+
+
+class TritiumTop(wiring.Component):
+    """The tritium accelerator (see the module docstring for the block diagram).
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    queue_depth : int
+        Slots per controller queue.
+
+    Members
+    -------
+    m_axi : Out(Axi4Signature(addr_width=32, data_width=cfg.bus_width, id_width=2))
+        Device memory. Reads use ids 0 (DMA) and 1 (instruction fetch); writes use id 0.
+    s_axil : In(AxiLiteSignature(addr_width=8))
+        CSRs (:mod:`tritium.rtl.csr`).
+    irq : Out(1)
+        ``CTRL.IRQ_EN & (STATUS.DONE | STATUS.ERROR)``.
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, queue_depth: int = 4):
+        self.cfg = cfg
+        self.queue_depth = queue_depth
+        super().__init__(
+            {
+                "m_axi": Out(axi_signature(cfg)),
+                "s_axil": In(AxiLiteSignature(addr_width=CSR_ADDR_WIDTH)),
+                "irq": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        spad_words = cfg.spad_bytes // cfg.bus_bytes
+        acc_words = cfg.acc_bytes // cfg.bus_bytes
+        sbits = max(1, _log2(spad_words))
+        abits = max(1, _log2(acc_words))
+
+        m.submodules.csr = csr = CsrBlock(cfg)
+        m.submodules.ctrl = ctrl = Controller(cfg, self.queue_depth, axi_signature(cfg))
+        m.submodules.load = ld = LoadUnit(cfg, sbits, abits)
+        m.submodules.store = st = StoreUnit(cfg, sbits, abits)
+        comp = ComputeUnit(cfg, sbits, abits)
+        m.submodules.compute = ResetInserter({"sync": ctrl.abort})(comp)
+        m.submodules.join = join = AxiJoin(cfg)
+        n_sp = 2 + len(comp.sp_ports)
+        n_ac = 2 + len(comp.ac_ports)
+        m.submodules.spad = spad = spad_memory(cfg, n_sp)
+        m.submodules.acc = acc = acc_memory(cfg, n_ac)
+
+        wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
+        wiring.connect(m, wiring.flipped(self.m_axi), join.bus)
+        wiring.connect(m, ctrl.axi, join.fetch)
+        wiring.connect(m, ld.axi, join.load)
+        wiring.connect(m, st.axi, join.store)
+        wiring.connect(m, ld.spad, spad.ports[0])
+        wiring.connect(m, st.spad, spad.ports[1])
+        wiring.connect(m, ld.acc, acc.ports[0])
+        wiring.connect(m, st.acc, acc.ports[1])
+        for i in range(len(comp.sp_ports)):
+            wiring.connect(m, comp.sp[i], spad.ports[2 + i])
+        for i in range(len(comp.ac_ports)):
+            wiring.connect(m, comp.ac[i], acc.ports[2 + i])
+
+        m.d.comb += [
+            ctrl.start.eq(csr.start),
+            ctrl.reset.eq(csr.reset),
+            ctrl.prog_base.eq(csr.prog_base),
+            ctrl.watchdog.eq(csr.watchdog),
+            csr.busy.eq(ctrl.busy),
+            csr.done.eq(ctrl.done),
+            csr.error.eq(ctrl.error),
+            csr.err_code.eq(ctrl.err_code),
+            csr.err_pc.eq(ctrl.err_pc),
+            csr.retire.eq(ctrl.retire),
+            self.irq.eq(csr.irq),
+            # queues
+            ld.cmd.valid.eq(ctrl.load_cmd.valid),
+            ld.cmd.payload.eq(ctrl.load_cmd.payload),
+            ctrl.load_cmd.ready.eq(ld.cmd.ready),
+            st.cmd.valid.eq(ctrl.store_cmd.valid),
+            st.cmd.payload.eq(ctrl.store_cmd.payload),
+            ctrl.store_cmd.ready.eq(st.cmd.ready),
+            comp.cmd.valid.eq(ctrl.comp_cmd.valid),
+            comp.cmd.payload.eq(ctrl.comp_cmd.payload),
+            ctrl.comp_cmd.ready.eq(comp.cmd.ready),
+            ctrl.load_done.eq(ld.done),
+            ctrl.load_err.eq(ld.err),
+            ctrl.store_done.eq(st.done),
+            ctrl.store_err.eq(st.err),
+            ctrl.comp_done.eq(comp.done),
+            ctrl.comp_err.eq(comp.err),
+            ctrl.comp_code.eq(comp.code),
+            ctrl.load_idle.eq(ld.idle),
+            ctrl.store_idle.eq(st.idle),
+            ld.abort.eq(ctrl.abort),
+            st.abort.eq(ctrl.abort),
+        ]
+        ub = Signal(len(UNITS))
+        us = Signal(len(UNITS))
+        m.d.comb += [
+            ub[UNITS.index("load")].eq(ld.busy),
+            us[UNITS.index("load")].eq(ld.stall),
+            ub[UNITS.index("store")].eq(st.busy),
+            us[UNITS.index("store")].eq(st.stall),
+        ]
+        for i, u in enumerate(("systolic", "ternary", "lut", "vector")):
+            m.d.comb += [ub[UNITS.index(u)].eq(comp.unit_busy[i]),
+                         us[UNITS.index(u)].eq(comp.unit_stall[i])]
+        m.d.comb += [csr.unit_busy.eq(ub), csr.unit_stall.eq(us)]
+        return m
