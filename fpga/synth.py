@@ -67,6 +67,7 @@ UNITS: dict[str, tuple[Callable[[AcceleratorConfig], Any] | str, str | None]] = 
     "systolic": ("tritium.rtl.systolic:SystolicArray", "systolic"),
     "ternary": ("tritium.rtl.ternary:TernaryEngine", "ternary"),
     "lut": ("tritium.rtl.lut_core:LutCore", "lut"),
+    "vector": ("tritium.rtl.vector:VectorUnit", None),
 }
 
 # cell type -> resource class (anything else counts only in "total")

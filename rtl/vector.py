@@ -70,8 +70,8 @@ _INDEXES = ("i", "c", "r")
 
 # Output clamp classes.
 _CLS_I8, _CLS_Q127, _CLS_I32 = 0, 1, 2
-# Multiplier X operand sources in stage 2.
-_X_REG, _X_SP, _X_T16, _X_T8 = 0, 1, 2, 3
+# Multiplier X operand sources in stage 2: register, small product, table entry.
+_X_REG, _X_SP, _X_TAB = 0, 1, 2
 
 _ISQRT_BITS = 48  # isqrt input width: sum_sq << 16 < 2**46, n << 16 < 2**32
 _DIV_BITS = 32  # divider: numerator < 2**31, divisor < 2**32
@@ -104,11 +104,41 @@ def _wr_layout(aw: int, dw: int) -> data.StructLayout:
 
 
 # ------------------------------------------------------------------------------ helpers
+_Q_BITS = 11  # p >> (ts - 1) is kept saturated to this many bits (see VectorUnit.elaborate)
+
+
+def _rshift_sat(m: Module, v, sh, w_out: int) -> Signal:
+    """``clamp(v >> sh, w_out-bit signed)`` for a signed ``v`` and an unsigned ``sh``.
+
+    A logarithmic shifter (largest step first) that keeps, after each step, only the bits that
+    can still reach the ``w_out``-bit result; a bit dropped unshifted must equal the sign, or
+    the result saturates. About ``w_out * len(sh) + 2**len(sh)`` muxes instead of
+    ``len(v) * len(sh)``.
+    """
+    sign = v[-1]
+    cur, width = v.as_unsigned(), len(v)
+    ovf_terms = []
+    for k in reversed(range(len(sh))):
+        amt = 1 << k
+        keep = min(width, w_out + amt - 1)
+        if keep < width:  # not shifting now: these bits leave the window for good
+            ovf_terms.append(~sh[k] & (cur[keep:width] != sign.replicate(width - keep)))
+        shifted = Cat(cur[amt:width], sign.replicate(amt))[:keep]
+        nxt = Signal(keep, name=f"rsh_{k}")
+        m.d.comb += nxt.eq(Mux(sh[k], shifted, cur[:keep]))
+        cur, width = nxt, keep
+    ovf_terms.append(cur[-1] != sign)
+    out = Signal(signed(w_out), name="rsh_sat")
+    lim = 1 << (w_out - 1)
+    m.d.comb += out.eq(Mux(Cat(*ovf_terms).any(), Mux(sign, -lim, lim - 1), cur.as_signed()))
+    return out
+
+
 class _Isqrt(Elaboratable):
-    """Digit-by-digit integer square root, one result bit per cycle (``_ISQRT_BITS // 2``)."""
+    """``root = isqrt(x << 16)``, digit by digit, one result bit per cycle (24 cycles)."""
 
     def __init__(self):
-        self.x = Signal(_ISQRT_BITS)
+        self.x = Signal(_ISQRT_BITS - 16)
         self.start = Signal()
         self.busy = Signal()
         self.root = Signal(_ISQRT_BITS // 2)
@@ -116,7 +146,7 @@ class _Isqrt(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         steps = _ISQRT_BITS // 2
-        xr = Signal(_ISQRT_BITS)
+        xr = Signal(_ISQRT_BITS - 16)  # digits of x, then zeros (the << 16)
         rem = Signal(steps + 4)
         cnt = Signal(range(steps + 1))
         rem2 = Signal(steps + 4)
@@ -446,11 +476,13 @@ class VectorUnit(wiring.Component):
         col = _Walker(m, ctx, aw, "col")
 
         # ---------------------------------------------------------------- state
-        m0 = Signal(signed(32))  # M0 (per-tensor)
-        ts_reg = Signal(6)  # 31 - shift (per-tensor)
-        scale = Signal(signed(32))  # VSCALE row scale
+        # The multiplier's Y operand: M0 (VREQ per-tensor, VMUL), the row scale (VSCALE), the row
+        # reciprocal (VRMS r, VQUANT / VSOFTMAX R) or 1 (the rest go through the multiplier as
+        # x * 1). VRMS multiplies twice: by r (preg), then by M0 (qreg).
+        preg = Signal(signed(32))
+        qreg = Signal(signed(32))
+        ts_reg = Signal(6)  # rounding shift: 31 - shift, 24 (VQUANT, VSOFTMAX), 7 (VGATE), 0
         num = Signal(16)  # VRMS isqrt(n << 16)
-        rq = Signal(signed(32))  # row reciprocal: VRMS r, VQUANT / VSOFTMAX R
         ss = Signal(32)  # VRMS sum of squares
         esum = Signal(32)  # VSOFTMAX sum of exp
         amax = Signal(8)  # VQUANT max |x|
@@ -479,7 +511,8 @@ class VectorUnit(wiring.Component):
                 ctx.pc.eq(p.per_channel),
                 ctx.rows.eq(p.rows),
                 ctx.n.eq(p.n),
-                ctx.zp.eq(p.zp),
+                ctx.zp.eq(Mux((p.op == int(Op.VREQ)) | (p.op == int(Op.VMUL))
+                              | (p.op == int(Op.VRMS)), p.zp, 0)),
                 ctx.base["src"].eq(p.src),
                 ctx.base["src2"].eq(p.src2),
                 ctx.base["dst"].eq(p.dst),
@@ -527,7 +560,7 @@ class VectorUnit(wiring.Component):
         s1_first = Signal()
         s1_a = Signal(signed(32))
         s1_b = Signal(signed(32))
-        s1_c = Signal(signed(32))
+        s1_c = Signal(signed(8))
         s1_col = Signal(16)
         s1_waddr = Signal(aw)
         s1_wacc = Signal()
@@ -543,7 +576,7 @@ class VectorUnit(wiring.Component):
         s2_off = Signal(signed(9))
         s2_cls = Signal(2)
         s2_rms = Signal()
-        s2_sp = Signal(signed(16))
+        s2_sp = Signal(signed(18))
         s2_waddr = Signal(aw)
         s2_wacc = Signal()
         # S3: product
@@ -557,7 +590,7 @@ class VectorUnit(wiring.Component):
         s3_wacc = Signal()
         # S4: shifted, saturated to 36 bits
         s4_v = Signal()
-        s4_w = Signal(signed(36))
+        s4_val = Signal(signed(32))
         s4_rnd = Signal()
         s4_off = Signal(signed(9))
         s4_cls = Signal(2)
@@ -639,11 +672,11 @@ class VectorUnit(wiring.Component):
         with m.If(pop), m.Switch(col.kind):
             with m.Case(_PARAM):
                 with m.If(col.c == 0):
-                    m.d.sync += m0.eq(rdata)
+                    m.d.sync += [preg.eq(rdata), qreg.eq(rdata)]
                 with m.Else():
                     m.d.sync += ts_reg.eq(31 - rdata[:6])
             with m.Case(_SCALE):
-                m.d.sync += scale.eq(rdata)
+                m.d.sync += preg.eq(rdata)
             with m.Case(_TAB):
                 m.d.sync += tab_lo.eq(rdata[:8])
             with m.Default():
@@ -654,7 +687,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += [
             t_wr.en.eq(pop & (col.kind == _TAB) & (is_[Op.VACT] | col.c[0])),
             t_wr.addr.eq(Mux(is_[Op.VACT], col.c, col.c >> 1)),
-            t_wr.data.eq(Mux(is_[Op.VACT], rdata[:8], Cat(tab_lo, rdata[:8]))),
+            t_wr.data.eq(Mux(is_[Op.VACT], rdata[:16], Cat(tab_lo, rdata[:8]))),  # VACT: sext
         ]
 
         # S1 load
@@ -665,7 +698,7 @@ class VectorUnit(wiring.Component):
                 s1_red2.eq(col.pidx == 2),
                 s1_first.eq(col.c == 0),
                 s1_a.eq(Mux(col.k == 0, rdata, slot0)),
-                s1_b.eq(Mux(col.k == 1, rdata, Mux(col.k == 2, slot1, scale))),
+                s1_b.eq(Mux(col.k == 1, rdata, Mux(col.k == 2, slot1, preg))),
                 s1_c.eq(rdata),
                 s1_col.eq(col.c),
                 s1_waddr.eq(ctx.base["dst"] + Mux(out_acc_op, col.i << 2, col.i)),
@@ -681,8 +714,26 @@ class VectorUnit(wiring.Component):
         m.d.comb += d_sm.eq(a8 - mx + 128)
         m.d.comb += tidx.eq(Mux(is_[Op.VACT], s1_a[:8] ^ 0x80, Mux(d_sm < 0, 0, d_sm[:8])))
         m.d.comb += [t_rd.addr.eq(tidx), t_rd.en.eq(s1_leave)]
-        sp_next = Signal(signed(16))
-        m.d.comb += sp_next.eq(a8 * Mux(s1_red, a8, s1_b[:8].as_signed()))
+        b8 = s1_b[:8].as_signed()
+        c8 = s1_c[:8].as_signed()
+        sp_next = Signal(signed(18))  # x*x, x*g, a*b, or VGATE's max(f, 0) * (h - c)
+        m.d.comb += sp_next.eq(
+            Mux(is_[Op.VGATE], Mux(a8 < 0, 0, a8), a8)
+            * Mux(is_[Op.VGATE], c8 - b8, Mux(s1_red, a8, b8))
+        )
+        add_sum = Signal(signed(33))  # VADD, VADD32 (int8 operands are sign-extended)
+        m.d.comb += add_sum.eq(s1_a + s1_b)
+        # per-instruction constants of the S2 load
+        y_from_b = Signal()
+        xsel = Signal(2)
+        cls = Signal(2)
+        m.d.comb += [
+            y_from_b.eq(is_[Op.VREQ] | is_[Op.VSCALE] | is_[Op.VQUANT] | is_[Op.VSOFTMAX]
+                        | is_[Op.VACT]),
+            xsel.eq(Mux(is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VGATE], _X_SP,
+                        Mux(is_[Op.VACT] | is_[Op.VSOFTMAX], _X_TAB, _X_REG))),
+            cls.eq(Mux(out_acc_op, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))),
+        ]
 
         with m.If(s1_leave):
             m.d.sync += [
@@ -693,50 +744,17 @@ class VectorUnit(wiring.Component):
                 s2_sp.eq(sp_next),
                 s2_waddr.eq(s1_waddr),
                 s2_wacc.eq(s1_wacc),
-                s2_xsel.eq(_X_REG),
-                s2_x.eq(s1_a),
-                s2_y.eq(1),
-                s2_ts.eq(0),
-                s2_off.eq(0),
-                s2_cls.eq(_CLS_I8),
-                s2_rms.eq(0),
+                s2_xsel.eq(xsel),
+                s2_x.eq(Mux(is_[Op.VADD] | is_[Op.VADD32],
+                            Mux(add_sum > 2**31 - 1, 2**31 - 1,
+                                Mux(add_sum < -(2**31), -(2**31), add_sum)),
+                            s1_a)),
+                s2_y.eq(Mux(y_from_b, s1_b, preg)),
+                s2_ts.eq(Mux(is_[Op.VREQ] & ctx.pc, 31 - s1_c[:6], ts_reg)),
+                s2_off.eq(Mux(is_[Op.VGATE], b8, ctx.zp)),
+                s2_cls.eq(cls),
+                s2_rms.eq(is_[Op.VRMS]),
             ]
-            with m.If(is_[Op.VREQ]):
-                m.d.sync += [
-                    s2_y.eq(Mux(ctx.pc, s1_b, m0)),
-                    s2_ts.eq(Mux(ctx.pc, 31 - s1_c[:6], ts_reg)),
-                    s2_off.eq(ctx.zp),
-                ]
-            with m.If(is_[Op.VADD]):
-                m.d.sync += s2_x.eq(a8 + s1_b[:8].as_signed())
-            with m.If(is_[Op.VADD32]):
-                s = Signal(signed(33))
-                m.d.comb += s.eq(s1_a + s1_b)
-                m.d.sync += [
-                    s2_x.eq(Mux(s > 2**31 - 1, 2**31 - 1, Mux(s < -(2**31), -(2**31), s))),
-                    s2_cls.eq(_CLS_I32),
-                ]
-            with m.If(is_[Op.VMUL]):
-                m.d.sync += [s2_xsel.eq(_X_SP), s2_y.eq(m0), s2_ts.eq(ts_reg),
-                             s2_off.eq(ctx.zp)]
-            with m.If(is_[Op.VSCALE]):
-                m.d.sync += [s2_y.eq(s1_b), s2_cls.eq(_CLS_I32)]
-            with m.If(is_[Op.VACT]):
-                m.d.sync += s2_xsel.eq(_X_T8)
-            with m.If(is_[Op.VRMS]):
-                m.d.sync += [s2_xsel.eq(_X_SP), s2_y.eq(rq), s2_ts.eq(ts_reg), s2_off.eq(ctx.zp),
-                             s2_rms.eq(1)]
-            with m.If(is_[Op.VQUANT]):
-                m.d.sync += [s2_y.eq(rq), s2_ts.eq(24), s2_cls.eq(_CLS_Q127)]
-            with m.If(is_[Op.VGATE]):
-                m.d.sync += [
-                    s2_x.eq(Mux(a8 < 0, 0, a8)),
-                    s2_y.eq(s1_c[:8].as_signed() - s1_b[:8].as_signed()),
-                    s2_ts.eq(7),
-                    s2_off.eq(s1_b[:8].as_signed()),
-                ]
-            with m.If(is_[Op.VSOFTMAX]):
-                m.d.sync += [s2_xsel.eq(_X_T16), s2_y.eq(rq), s2_ts.eq(24)]
             # reductions at S1
             with m.If(s1_red):
                 with m.If(is_[Op.VQUANT]):
@@ -769,7 +787,7 @@ class VectorUnit(wiring.Component):
         # reductions at S2
         with m.If(s2_leave & ~s2_main):
             with m.If(is_[Op.VRMS]):
-                m.d.sync += ss.eq(Mux(s2_first, 0, ss) + s2_sp.as_unsigned()[:15])
+                m.d.sync += ss.eq(Mux(s2_first, 0, ss) + s2_sp[:15])
             with m.If(is_[Op.VSOFTMAX] & s2_red2):
                 m.d.sync += esum.eq(Mux(s2_first, 0, esum) + t_rd.data)
 
@@ -777,18 +795,12 @@ class VectorUnit(wiring.Component):
         mul_x = Signal(signed(32))
         mul_y = Signal(signed(32))
         x2 = Signal(signed(32))
-        with m.Switch(s2_xsel):
-            with m.Case(_X_REG):
-                m.d.comb += x2.eq(s2_x)
-            with m.Case(_X_SP):
-                m.d.comb += x2.eq(s2_sp)
-            with m.Case(_X_T16):
-                m.d.comb += x2.eq(t_rd.data)
-            with m.Case(_X_T8):
-                m.d.comb += x2.eq(t_rd.data[:8].as_signed())
+        tab = Signal(signed(17))  # VACT entries are stored sign-extended, exp entries unsigned
         m.d.comb += [
+            tab.eq(Cat(t_rd.data, is_[Op.VACT] & t_rd.data[15])),
+            x2.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
             mul_x.eq(Mux(recirc, s3_prod[:32].as_signed(), x2)),
-            mul_y.eq(Mux(recirc, m0, s2_y)),
+            mul_y.eq(Mux(recirc, qreg, s2_y)),
         ]
         prod = Signal(signed(64))
         m.d.comb += prod.eq(mul_x * mul_y)
@@ -807,17 +819,21 @@ class VectorUnit(wiring.Component):
             ]
 
         # ---------------------------------------------------------------- S3 -> S4: shift
+        # Rounding shifts by ts >= 1 ((p + 2^(ts-1)) >> ts) are done as ((p >> (ts-1)) + 1) >> 1;
+        # p >> (ts-1) only matters saturated to _Q_BITS (the result is clamped to int8 later).
+        # ts == 0 (no shift): the int32 saturation of the product.
         shamt = Signal(6)
-        shifted = Signal(signed(64))
-        m.d.comb += [
-            shamt.eq(Mux(s3_ts == 0, 0, s3_ts - 1)),
-            shifted.eq(s3_prod >> shamt),
-        ]
-        w_hi, w_lo = (1 << 35) - 1, -(1 << 35)
+        m.d.comb += shamt.eq(Mux(s3_ts == 0, 0, s3_ts - 1))
+        q = _rshift_sat(m, s3_prod, shamt, _Q_BITS)
+        sign = s3_prod[-1]
+        hi33 = s3_prod[31:]
+        sat32 = Signal(signed(32))
+        m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), s3_prod[:32],
+                                 Mux(sign, -(2**31), 2**31 - 1)))
         with m.If(s4_ready):
             m.d.sync += [
                 s4_v.eq(s3_v & ~s3_pend),
-                s4_w.eq(Mux(shifted > w_hi, w_hi, Mux(shifted < w_lo, w_lo, shifted))),
+                s4_val.eq(Mux(s3_ts == 0, sat32, q)),
                 s4_rnd.eq(s3_ts != 0),
                 s4_off.eq(s3_off),
                 s4_cls.eq(s3_cls),
@@ -826,24 +842,24 @@ class VectorUnit(wiring.Component):
             ]
 
         # ---------------------------------------------------------------- S4 -> OUT: clamp
-        w = Signal(signed(36))
-        t = Signal(signed(37))
-        lo = Signal(signed(33))
-        hi = Signal(signed(33))
-        y = Signal(signed(37))
+        # Every int8-class value fits 12 bits here: rounded (+-512) + off, or a+b / table.
+        r10 = Signal(signed(_Q_BITS))
+        t12 = Signal(signed(12))
+        lo8 = Signal(signed(8))
+        y8 = Signal(signed(8))
         m.d.comb += [
-            w.eq(Mux(s4_rnd, (s4_w + 1) >> 1, s4_w)),
-            t.eq(w + s4_off),
-            lo.eq(Mux(s4_cls == _CLS_I32, -(2**31), Mux(s4_cls == _CLS_Q127, -127, -128))),
-            hi.eq(Mux(s4_cls == _CLS_I32, 2**31 - 1, 127)),
-            y.eq(Mux(t > hi, hi, Mux(t < lo, lo, t))),
+            r10.eq((s4_val[:_Q_BITS].as_signed() + 1) >> 1),
+            t12.eq(Mux(s4_rnd, r10 + s4_off, s4_val[:12].as_signed())),
+            lo8.eq(Mux(s4_cls == _CLS_Q127, -127, -128)),
+            y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
         ]
+        y = Mux(s4_cls == _CLS_I32, s4_val, y8)
         with m.If(o_ready):
             m.d.sync += [
                 o_v.eq(s4_v),
                 o_acc.eq(s4_wacc),
                 o_addr.eq(s4_waddr),
-                o_data.eq(y[:32]),
+                o_data.eq(y),
             ]
         m.d.comb += [
             self.sp_wr.valid.eq(o_v & ~o_acc),
@@ -866,12 +882,25 @@ class VectorUnit(wiring.Component):
         ]
         m_q = Signal(8)
         m.d.comb += m_q.eq(Mux(amax == 0, 1, amax))
+        # sequential units' operands (sampled on start): isqrt(n << 16) in the VRMS prologue,
+        # isqrt(ss << 16) per row; r = num // root (VRMS), R = (127 << 24) // m or // sum
+        m.d.comb += [
+            isq.x.eq(Mux(state == START, ctx.n, ss)),
+            div.num.eq(Mux(is_[Op.VRMS], num << 15, 127 << 24)),
+            div.den.eq(Mux(is_[Op.VRMS], Mux(isq.root == 0, 1, isq.root),
+                           Mux(is_[Op.VQUANT], m_q, Mux(esum == 0, 1, esum)))),
+        ]
         with m.Switch(state):
             with m.Case(IDLE), m.If(accept):
                 m.d.sync += state.eq(Mux(known, START, FINISH))
             with m.Case(START):
+                m.d.sync += [
+                    preg.eq(1),
+                    ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 24,
+                                  Mux(is_[Op.VGATE], 7, 0))),
+                ]
                 with m.If(is_[Op.VRMS]):
-                    m.d.comb += [isq.start.eq(1), isq.x.eq(ctx.n << 16)]
+                    m.d.comb += isq.start.eq(1)
                     m.d.sync += state.eq(PRO)
                 with m.Else():
                     m.d.sync += state.eq(RUN)
@@ -889,22 +918,18 @@ class VectorUnit(wiring.Component):
                     ]
             with m.Case(DRAIN), m.If(front_empty):
                 with m.If(is_[Op.VRMS]):
-                    m.d.comb += [isq.start.eq(1), isq.x.eq(ss << 16)]
+                    m.d.comb += isq.start.eq(1)
                     m.d.sync += state.eq(RE_SQRT)
                 with m.Elif(is_[Op.VQUANT]):
                     m.d.comb += [
                         inject.eq(1),
                         inject_data.eq(m_q),
                         div.start.eq(1),
-                        div.num.eq(127 << 24),
-                        div.den.eq(m_q),
                     ]
                     m.d.sync += state.eq(RE_DIV)
                 with m.Elif(is_[Op.VSOFTMAX]):
                     m.d.comb += [
                         div.start.eq(1),
-                        div.num.eq(127 << 24),
-                        div.den.eq(Mux(esum == 0, 1, esum)),
                     ]
                     m.d.sync += state.eq(RE_DIV)
                 with m.Else():  # VARGMAX
@@ -913,12 +938,10 @@ class VectorUnit(wiring.Component):
             with m.Case(RE_SQRT), m.If(~isq.busy):
                 m.d.comb += [
                     div.start.eq(1),
-                    div.num.eq(num << 15),
-                    div.den.eq(Mux(isq.root == 0, 1, isq.root)),
                 ]
                 m.d.sync += state.eq(RE_DIV)
             with m.Case(RE_DIV), m.If(~div.busy):
-                m.d.sync += [rq.eq(div.q), state.eq(RUN)]
+                m.d.sync += [preg.eq(div.q), state.eq(RUN)]
             with m.Case(FINISH), m.If(empty):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += state.eq(IDLE)
