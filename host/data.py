@@ -17,9 +17,9 @@ by :meth:`CharTokenizer.encode`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -27,12 +27,12 @@ __all__ = [
     "CORPUS_PATH",
     "CORPUS_SHA256",
     "VOCAB_PADDED",
-    "DataError",
     "CharTokenizer",
+    "DataError",
+    "encoded_split",
     "load_corpus",
     "split",
     "tokenizer",
-    "encoded_split",
 ]
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"

@@ -31,13 +31,19 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
 from tritium.host import data
 from tritium.host.models import checkpoint
 from tritium.host.models.common import cross_entropy
 
-__all__ = ["CHECKPOINT_DIR", "windows", "calibration_tokens", "load_float", "load_int",
-           "evaluate", "main"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "calibration_tokens",
+    "evaluate",
+    "load_float",
+    "load_int",
+    "main",
+    "windows",
+]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 #: Calibration set: this many windows of ctx+1 characters, evenly spaced over the train split.

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tritium.host import data
 from tritium.host.models import checkpoint, gpt, mmfree
 from tritium.host.models.common import RANGE_PREFIX, NumpyBackend

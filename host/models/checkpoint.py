@@ -24,13 +24,14 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "digest", "save", "load"]
+__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "digest", "load", "save"]
 
 #: Value of the header's ``format`` field.
 FORMAT = "tritium-checkpoint-v1"
@@ -69,7 +70,7 @@ def digest(header: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> str:
     hb = _header_bytes(header)
     h.update(len(hb).to_bytes(8, "little") + hb)
     for name in sorted(params):
-        a = np.ascontiguousarray(params[name], dtype="<f4")
+        a = np.array(params[name], dtype="<f4", order="C")
         meta = json.dumps([name, list(a.shape)]).encode()
         h.update(len(meta).to_bytes(8, "little") + meta)
         h.update(a.tobytes())
@@ -90,7 +91,7 @@ def save(path: str | Path, header: Mapping[str, Any], params: Mapping[str, np.nd
     for name, a in params.items():
         if name.startswith("__"):
             raise CheckpointError(f"parameter name {name!r} may not start with '__'")
-        arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
+        arrays[name] = np.array(a, dtype=np.float32, order="C")
     d = digest(header, arrays)
     members = {
         _HEADER: np.frombuffer(_header_bytes(header), dtype=np.uint8),

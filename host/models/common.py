@@ -32,13 +32,14 @@ produce the same numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from tritium import numerics
 
-__all__ = ["NumpyBackend", "QUANT_MODES", "rmsnorm", "cross_entropy", "RANGE_PREFIX"]
+__all__ = ["QUANT_MODES", "RANGE_PREFIX", "NumpyBackend", "cross_entropy", "rmsnorm"]
 
 QUANT_MODES = ("float", "apply", "calibrate", "train")
 #: Checkpoint parameter-name prefix of stored quantization ranges (``range.<point>``).

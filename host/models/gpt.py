@@ -24,14 +24,15 @@ quantization ranges ``range.<point>``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .common import NumpyBackend, cross_entropy, ranges_from_params, rmsnorm
 
-__all__ = ["GPTConfig", "init_params", "forward", "init_cache", "step", "GPTModel"]
+__all__ = ["GPTConfig", "GPTModel", "forward", "init_cache", "init_params", "step"]
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ Float logits for the loss: ``acc * logit_scale[c]`` (``s_lnf * s_w[c]``), column
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -52,8 +52,14 @@ from tritium.config import AcceleratorConfig, preset
 from .gpt import GPTConfig
 from .intops import IntMachine, Requant, RMSNormInt, align, ceil8, quant_static, scale_of
 
-__all__ = ["GPTLayerInt", "GPTInt", "quantize", "layer_step", "memory_footprint",
-           "PROGRAM_RESERVE"]
+__all__ = [
+    "PROGRAM_RESERVE",
+    "GPTInt",
+    "GPTLayerInt",
+    "layer_step",
+    "memory_footprint",
+    "quantize",
+]
 
 #: Bytes reserved for the instruction stream and activation buffers (not part of the model).
 PROGRAM_RESERVE = 8 * 1024
@@ -177,7 +183,7 @@ def quantize(cfg: GPTConfig, params: Mapping[str, np.ndarray], ranges: Mapping[s
              ) -> GPTInt:
     """Build the integer GPT from float parameters and quantization ``ranges``."""
     R = dict(ranges)
-    sc = lambda name: scale_of(R, name)  # noqa: E731
+    sc = lambda name: scale_of(R, name)
     P = {k: np.asarray(v, np.float64) for k, v in params.items()}
     S = sc("res")
     tok = np.zeros((cfg.vocab_padded, cfg.d), np.int8)
@@ -227,7 +233,7 @@ def memory_footprint(model: GPTInt, config: AcceleratorConfig | str = "base") ->
     embeddings, gains, (M0, shift) parameter blocks, tables, the KV cache for the whole
     context, and :data:`PROGRAM_RESERVE`. ``"total"`` is their sum."""
     cfg = preset(config) if isinstance(config, str) else config
-    al = lambda n: align(n, cfg.bus_bytes)  # noqa: E731
+    al = lambda n: align(n, cfg.bus_bytes)
     c = model.cfg
     out = {"weights_int8": 0, "embedding": al(model.tok_emb.nbytes) + al(model.pos_emb.nbytes),
            "gains": 0, "requant_params": 0, "tables": 0,

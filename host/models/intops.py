@@ -34,8 +34,17 @@ import numpy as np
 
 from tritium import numerics
 
-__all__ = ["Requant", "RMSNormInt", "OpRecord", "IntMachine", "scale_of", "quant_gamma",
-           "quant_static", "align", "ceil8"]
+__all__ = [
+    "IntMachine",
+    "OpRecord",
+    "RMSNormInt",
+    "Requant",
+    "align",
+    "ceil8",
+    "quant_gamma",
+    "quant_static",
+    "scale_of",
+]
 
 
 def scale_of(ranges: dict[str, float], name: str) -> float:

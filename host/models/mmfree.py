@@ -43,14 +43,15 @@ weight [d, H]}``; ``norm`` [d]; ``lm_head.{norm [d], weight [V, d]}``; quantizat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .common import NumpyBackend, cross_entropy, ranges_from_params, rmsnorm
 
-__all__ = ["MMFreeConfig", "init_params", "forward", "init_state", "step", "MMFreeModel"]
+__all__ = ["MMFreeConfig", "MMFreeModel", "forward", "init_params", "init_state", "step"]
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ VSCALE, ``logit_scale = a * s_u / 127``), columns ``:65``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
@@ -62,8 +62,16 @@ from tritium.config import AcceleratorConfig, preset
 from .intops import IntMachine, Requant, RMSNormInt, align, quant_static, scale_of
 from .mmfree import MMFreeConfig
 
-__all__ = ["BitLinearInt", "MMFreeLayerInt", "MMFreeInt", "quantize", "bitlinear",
-           "layer_step", "memory_footprint", "PROGRAM_RESERVE"]
+__all__ = [
+    "PROGRAM_RESERVE",
+    "BitLinearInt",
+    "MMFreeInt",
+    "MMFreeLayerInt",
+    "bitlinear",
+    "layer_step",
+    "memory_footprint",
+    "quantize",
+]
 
 #: Bytes reserved for the instruction stream and activation buffers (not part of the model).
 PROGRAM_RESERVE = 8 * 1024
@@ -257,7 +265,7 @@ def quantize(cfg: MMFreeConfig, params: Mapping[str, np.ndarray],
     the real ratios of the scales; tables: ``numerics.sigmoid_table`` / ``silu_table``.
     """
     R = dict(ranges)
-    sc = lambda name: scale_of(R, name)  # noqa: E731
+    sc = lambda name: scale_of(R, name)
     P = {k: np.asarray(v, np.float64) for k, v in params.items()}
     S = sc("res")
     emb = quant_static(P["embed"], S)
@@ -303,7 +311,7 @@ def memory_footprint(model: MMFreeInt, config: AcceleratorConfig | str = "tiny"
     :data:`PROGRAM_RESERVE` for the program and activation buffers. ``"total"`` is their sum.
     """
     cfg = preset(config) if isinstance(config, str) else config
-    al = lambda n: align(n, cfg.bus_bytes)  # noqa: E731
+    al = lambda n: align(n, cfg.bus_bytes)
     out = {"weights_ternary": 0, "embedding": al(model.embed.nbytes), "gains": 0,
            "requant_params": 0, "tables": 0, "state": 0, "program_reserve": PROGRAM_RESERVE}
 
