@@ -1,0 +1,284 @@
+"""UART receiver and transmitter (8N1) with byte streams, for the board bridge.
+
+:func:`baud_divisor` turns a clock frequency (``cfg.clock_mhz`` or the frequency a PLL really
+reaches) and a baud rate into clocks per bit, and refuses a rate the clock cannot make within
+:data:`MAX_BAUD_ERROR`. :class:`UartTx` and :class:`UartRx` are the two halves;
+:class:`Uart` joins them with a receive FIFO so that a consumer which pauses for a few
+byte times (the bridge while it waits on the AXI bus) loses nothing.
+
+Line format: idle high, one start bit (0), 8 data bits LSB first, one stop bit (1), no parity.
+
+Example
+-------
+>>> from tritium.rtl.uart import Uart, baud_divisor
+>>> baud_divisor(24e6, 115_200)
+208
+>>> uart = Uart(divisor=baud_divisor(24e6, 115_200))     # doctest: +SKIP
+>>> # uart.rxd <- pin, uart.txd -> pin; uart.rx: bytes received, uart.tx: bytes to send
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["MAX_BAUD_ERROR", "MIN_DIVISOR", "Uart", "UartError", "UartRx", "UartTx",
+           "baud_divisor"]
+
+#: Largest relative baud-rate error :func:`baud_divisor` accepts (both ends together may be off
+#: by about 4% before the last bit is sampled outside its cell).
+MAX_BAUD_ERROR = 0.02
+#: Fewest clocks per bit: the receiver samples in the middle of a bit and needs room for the
+#: two-flip-flop synchronizer.
+MIN_DIVISOR = 4
+
+
+class UartError(ValueError):
+    """A baud rate the clock cannot make (divisor too small or rate error too large)."""
+
+
+def baud_divisor(clock_hz: float, baud: int) -> int:
+    """Clocks per bit for ``baud`` at ``clock_hz``, rounded to the nearest integer.
+
+    Raises
+    ------
+    UartError
+        When the divisor is below :data:`MIN_DIVISOR` or the resulting rate is off by more than
+        :data:`MAX_BAUD_ERROR` (the message gives the rate the clock would make).
+    """
+    if baud <= 0 or clock_hz <= 0:
+        raise UartError(f"baud={baud}, clock={clock_hz} Hz; both must be > 0")
+    div = round(clock_hz / baud)
+    if div < MIN_DIVISOR:
+        raise UartError(
+            f"baud={baud} at {clock_hz / 1e6:g} MHz gives {clock_hz / baud:.2f} clocks per bit; "
+            f"need >= {MIN_DIVISOR}: lower the baud rate or raise the clock"
+        )
+    err = abs(clock_hz / div - baud) / baud
+    if err > MAX_BAUD_ERROR:
+        raise UartError(
+            f"baud={baud} at {clock_hz / 1e6:g} MHz: divisor {div} gives "
+            f"{clock_hz / div:.0f} baud ({err:.1%} off, limit {MAX_BAUD_ERROR:.0%}); "
+            f"choose a baud rate closer to clock / integer"
+        )
+    return div
+
+
+class UartTx(wiring.Component):
+    """8N1 transmitter.
+
+    A byte is taken from ``data`` when the line is idle or in the last cycle of a stop bit, and
+    shifted out in ``10 * divisor`` cycles (start, 8 data bits LSB first, stop): back-to-back
+    bytes leave with no idle time between frames; the start bit begins the cycle after the
+    byte is taken.
+
+    Parameters
+    ----------
+    divisor : int
+        Clocks per bit (:func:`baud_divisor`).
+
+    Members
+    -------
+    data : In(stream.Signature(8))
+        Bytes to send.
+    txd : Out(1)
+        Serial line (idle 1).
+    busy : Out(1)
+        A frame is on the line.
+    """
+
+    def __init__(self, divisor: int):
+        if divisor < MIN_DIVISOR:
+            raise UartError(f"divisor={divisor}; divisor must be >= {MIN_DIVISOR}")
+        self.divisor = divisor
+        super().__init__({
+            "data": In(stream.Signature(8)),
+            "txd": Out(1, init=1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cnt = Signal(range(self.divisor))
+        bits = Signal(4)  # bits left to send, current included
+        shreg = Signal(10, init=0x3FF)
+        last = (bits == 1) & (cnt == 0)  # the last cycle of the stop bit
+        m.d.comb += [self.txd.eq(shreg[0]), self.busy.eq(bits != 0),
+                     self.data.ready.eq((bits == 0) | last)]
+        with m.If(self.data.valid & self.data.ready):
+            m.d.sync += [shreg.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1))),
+                         bits.eq(10), cnt.eq(self.divisor - 1)]
+        with m.Elif(bits != 0):
+            with m.If(cnt == 0):
+                m.d.sync += [shreg.eq(Cat(shreg[1:], Const(1, 1))), bits.eq(bits - 1),
+                             cnt.eq(self.divisor - 1)]
+            with m.Else():
+                m.d.sync += cnt.eq(cnt - 1)
+        return m
+
+
+class UartRx(wiring.Component):
+    """8N1 receiver.
+
+    ``rxd`` passes a two-flip-flop synchronizer. A falling edge starts a frame; the start bit is
+    checked half a bit later (a glitch shorter than that is ignored), then every bit is sampled
+    in its middle. A byte whose stop bit is 1 is offered on ``data``; one whose stop bit is 0
+    pulses ``frame_err`` and is dropped, and the receiver waits for the line to go high again
+    (a break never turns into bytes). The receiver is ready for the next start bit half a bit
+    after the middle of the stop bit, so senders up to ~4 % fast are tolerated.
+
+    ``data`` holds one byte; a byte that arrives while the previous one still waits is dropped
+    and pulses ``overrun`` (:class:`Uart` puts a FIFO behind the receiver).
+
+    Parameters
+    ----------
+    divisor : int
+        Clocks per bit.
+
+    Members
+    -------
+    rxd : In(1)
+        Serial line (asynchronous; idle 1).
+    data : Out(stream.Signature(8))
+        Bytes received.
+    frame_err, overrun : Out(1)
+        One-cycle pulses.
+    """
+
+    def __init__(self, divisor: int):
+        if divisor < MIN_DIVISOR:
+            raise UartError(f"divisor={divisor}; divisor must be >= {MIN_DIVISOR}")
+        self.divisor = divisor
+        super().__init__({
+            "rxd": In(1, init=1),
+            "data": Out(stream.Signature(8)),
+            "frame_err": Out(1),
+            "overrun": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        div = self.divisor
+        rx = Signal(init=1)
+        m.submodules.sync = FFSynchronizer(self.rxd, rx, init=1)
+        cnt = Signal(range(div))
+        nbit = Signal(range(9))
+        shreg = Signal(8)
+
+        with m.If(self.data.valid & self.data.ready):
+            m.d.sync += self.data.valid.eq(0)
+
+        with m.FSM(name="uart_rx"):
+            with m.State("IDLE"), m.If(~rx):
+                m.d.sync += cnt.eq(div // 2 - 1)
+                m.next = "START"
+            with m.State("START"):
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Elif(rx):  # glitch, not a start bit
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [cnt.eq(div - 1), nbit.eq(0)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Else():
+                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), cnt.eq(div - 1),
+                                 nbit.eq(nbit + 1)]
+                    with m.If(nbit == 7):
+                        m.next = "STOP"
+            with m.State("STOP"):
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.Elif(rx):
+                    with m.If(self.data.valid & ~self.data.ready):
+                        m.d.comb += self.overrun.eq(1)
+                    with m.Else():
+                        m.d.sync += [self.data.payload.eq(shreg), self.data.valid.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += self.frame_err.eq(1)
+                    m.next = "BREAK"
+            with m.State("BREAK"), m.If(rx):
+                m.next = "IDLE"
+        return m
+
+
+class Uart(wiring.Component):
+    """UART with a receive FIFO: :class:`UartRx` + :class:`UartTx` behind byte streams.
+
+    Cycle contract: a received byte appears on ``rx`` two cycles after the middle of its stop
+    bit (plus the FIFO's latency of 1 cycle); ``rx_fifo`` bytes may wait there (a consumer
+    that does not take them for longer loses the newest ones and sees ``overrun``). ``tx``
+    bytes leave back to back, ``10 * divisor`` cycles each.
+
+    Parameters
+    ----------
+    divisor : int
+        Clocks per bit (:func:`baud_divisor`).
+    rx_fifo : int
+        Depth of the receive FIFO in bytes (0: only the receiver's one-byte register).
+
+    Members
+    -------
+    rxd : In(1)
+        Serial input pin (from the host's TX).
+    txd : Out(1)
+        Serial output pin (to the host's RX).
+    rx : Out(stream.Signature(8))
+        Bytes received from the host.
+    tx : In(stream.Signature(8))
+        Bytes to send to the host.
+    frame_err, overrun : Out(1)
+        One-cycle error pulses of the receiver.
+    rx_active, tx_active : Out(1)
+        A frame is being received / sent (for activity LEDs).
+    """
+
+    def __init__(self, divisor: int, rx_fifo: int = 16):
+        if divisor < MIN_DIVISOR:
+            raise UartError(f"divisor={divisor}; divisor must be >= {MIN_DIVISOR}")
+        if rx_fifo < 0:
+            raise UartError(f"rx_fifo={rx_fifo}; rx_fifo must be >= 0")
+        self.divisor = divisor
+        self.rx_fifo = rx_fifo
+        super().__init__({
+            "rxd": In(1, init=1),
+            "txd": Out(1, init=1),
+            "rx": Out(stream.Signature(8)),
+            "tx": In(stream.Signature(8)),
+            "frame_err": Out(1),
+            "overrun": Out(1),
+            "rx_active": Out(1),
+            "tx_active": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rx = urx = UartRx(self.divisor)
+        m.submodules.tx = utx = UartTx(self.divisor)
+        m.d.comb += [
+            urx.rxd.eq(self.rxd),
+            self.txd.eq(utx.txd),
+            self.frame_err.eq(urx.frame_err),
+            self.overrun.eq(urx.overrun),
+            self.rx_active.eq(~urx.rxd),
+            self.tx_active.eq(utx.busy),
+        ]
+        wiring.connect(m, wiring.flipped(self.tx), utx.data)
+        if self.rx_fifo:
+            m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=self.rx_fifo)
+            m.d.comb += [
+                q.w_data.eq(urx.data.payload),
+                q.w_en.eq(urx.data.valid),
+                urx.data.ready.eq(q.w_rdy),
+                self.rx.payload.eq(q.r_data),
+                self.rx.valid.eq(q.r_rdy),
+                q.r_en.eq(self.rx.ready),
+            ]
+        else:
+            wiring.connect(m, urx.data, wiring.flipped(self.rx))
+        return m
