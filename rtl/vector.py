@@ -68,6 +68,18 @@ _VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param_n", "c
 _BASES = ("src", "src2", "dst", "param", "param_n")
 _INDEXES = ("i", "c", "r")
 
+# Tag of a read: what the collector does with its response.
+_TAG = data.StructLayout({
+    "kind": unsigned(3),
+    "k": unsigned(2),  # operand index within the element
+    "elem": unsigned(1),  # last operand of a reduction / output element
+    "first": unsigned(1),  # first element of its pass (column 0)
+    "c0": unsigned(1),  # column parity (PARAM: 0 = M0, 1 = shift)
+    "red2": unsigned(1),  # VSOFTMAX exp-sum pass
+    "space": unsigned(1),
+    "rowend": unsigned(1),  # last read of the row's reduction: row-end work follows
+})
+
 # Output clamp classes.
 _CLS_I8, _CLS_Q127, _CLS_I32 = 0, 1, 2
 # Multiplier X operand sources in stage 2: register, small product, table entry.
@@ -134,67 +146,52 @@ def _rshift_sat(m: Module, v, sh, w_out: int) -> Signal:
     return out
 
 
-class _Isqrt(Elaboratable):
-    """``root = isqrt(x << 16)``, digit by digit, one result bit per cycle (24 cycles)."""
+class _SeqMath(Elaboratable):
+    """Sequential integer square root and divider sharing one subtractor and remainder.
+
+    ``start_sqrt``: ``root = isqrt(x << 16)``, one result bit per cycle (24 cycles).
+    ``start_div``: ``q = num // den`` (restoring), one quotient bit per cycle (32 cycles).
+    Operands are sampled on the start cycle; ``busy`` is high from the next cycle until the
+    result is ready; ``root`` is kept through a following division.
+    """
 
     def __init__(self):
-        self.x = Signal(_ISQRT_BITS - 16)
-        self.start = Signal()
-        self.busy = Signal()
-        self.root = Signal(_ISQRT_BITS // 2)
-
-    def elaborate(self, platform):
-        m = Module()
-        steps = _ISQRT_BITS // 2
-        xr = Signal(_ISQRT_BITS - 16)  # digits of x, then zeros (the << 16)
-        rem = Signal(steps + 4)
-        cnt = Signal(range(steps + 1))
-        rem2 = Signal(steps + 4)
-        trial = Signal(steps + 4)
-        m.d.comb += [
-            rem2.eq(Cat(xr[-2:], rem)),
-            trial.eq(Cat(Const(1, 2), self.root)),
-        ]
-        with m.If(self.start):
-            m.d.sync += [xr.eq(self.x), rem.eq(0), self.root.eq(0), cnt.eq(steps),
-                         self.busy.eq(1)]
-        with m.Elif(self.busy):
-            m.d.sync += [xr.eq(xr << 2), cnt.eq(cnt - 1)]
-            with m.If(rem2 >= trial):
-                m.d.sync += [rem.eq(rem2 - trial), self.root.eq(Cat(Const(1, 1), self.root))]
-            with m.Else():
-                m.d.sync += [rem.eq(rem2), self.root.eq(Cat(Const(0, 1), self.root))]
-            with m.If(cnt == 1):
-                m.d.sync += self.busy.eq(0)
-        return m
-
-
-class _Divider(Elaboratable):
-    """Restoring unsigned divider ``q = num // den``, one quotient bit per cycle."""
-
-    def __init__(self):
+        self.x = Signal(32)
         self.num = Signal(_DIV_BITS)
         self.den = Signal(_DIV_BITS)
-        self.start = Signal()
+        self.start_sqrt = Signal()
+        self.start_div = Signal()
         self.busy = Signal()
-        self.q = Signal(_DIV_BITS)
+        self.root = Signal(_ISQRT_BITS // 2)
+        self.q = Signal(_DIV_BITS)  # the numerator shifts out as quotient bits shift in
 
     def elaborate(self, platform):
         m = Module()
         rem = Signal(_DIV_BITS + 1)
         den = Signal(_DIV_BITS)
+        sqrt = Signal()
         cnt = Signal(range(_DIV_BITS + 1))
-        rem2 = Signal(_DIV_BITS + 1)
-        m.d.comb += rem2.eq(Cat(self.q[-1], rem))
-        with m.If(self.start):
-            m.d.sync += [self.q.eq(self.num), den.eq(self.den), rem.eq(0), cnt.eq(_DIV_BITS),
-                         self.busy.eq(1)]
+        rem2 = Signal(_DIV_BITS + 2)
+        sub = Signal(_DIV_BITS + 1)
+        ge = Signal()
+        m.d.comb += [
+            # sqrt: bring down two bits, trial (root << 2) | 1; div: one bit, the divisor
+            rem2.eq(Mux(sqrt, Cat(self.q[-2:], rem), Cat(self.q[-1], rem))),
+            sub.eq(Mux(sqrt, Cat(Const(1, 2), self.root), den)),
+            ge.eq(rem2 >= sub),
+        ]
+        with m.If(self.start_sqrt):
+            m.d.sync += [self.q.eq(self.x), rem.eq(0), self.root.eq(0), sqrt.eq(1),
+                         cnt.eq(_ISQRT_BITS // 2), self.busy.eq(1)]
+        with m.Elif(self.start_div):
+            m.d.sync += [self.q.eq(self.num), den.eq(self.den), rem.eq(0), sqrt.eq(0),
+                         cnt.eq(_DIV_BITS), self.busy.eq(1)]
         with m.Elif(self.busy):
-            m.d.sync += cnt.eq(cnt - 1)
-            with m.If(rem2 >= den):
-                m.d.sync += [rem.eq(rem2 - den), self.q.eq(Cat(Const(1, 1), self.q))]
+            m.d.sync += [cnt.eq(cnt - 1), rem.eq(Mux(ge, rem2 - sub, rem2))]
+            with m.If(sqrt):
+                m.d.sync += [self.q.eq(self.q << 2), self.root.eq(Cat(ge, self.root))]
             with m.Else():
-                m.d.sync += [rem.eq(rem2), self.q.eq(Cat(Const(0, 1), self.q))]
+                m.d.sync += self.q.eq(Cat(ge, self.q))
             with m.If(cnt == 1):
                 m.d.sync += self.busy.eq(0)
         return m
@@ -208,6 +205,8 @@ class _Ctx:
         self.pc = Signal()
         self.rows = Signal(12)
         self.n = Signal(16)
+        self.rows_m1 = Signal(12)
+        self.n_m1 = Signal(16)
         self.base = {b: Signal(aw, name=f"base_{b}") for b in _BASES}
         self.zp = Signal(signed(8))
 
@@ -262,7 +261,7 @@ class _Walker:
             with m.Case(_SCALE):
                 m.d.comb += self.last_c.eq(1)
             with m.Default():
-                m.d.comb += self.last_c.eq(self.c == ctx.n - 1)
+                m.d.comb += self.last_c.eq(self.c == ctx.n_m1)
 
         def reads(rd):
             for k, (space, base, idx) in enumerate(rd):
@@ -314,7 +313,7 @@ class _Walker:
                         m.d.sync += self.pidx.eq(self.pidx + 1)
                     with m.Else():
                         m.d.sync += self.pidx.eq(1)
-                        with m.If(self.r == ctx.rows - 1):
+                        with m.If(self.r == ctx.rows_m1):
                             m.d.sync += self.active.eq(0)
                         with m.Else():
                             m.d.sync += [
@@ -378,40 +377,53 @@ class VectorUnit(wiring.Component):
     but e.g. ``dst = src + 1``, a VRMS output over gamma or a VSCALE output over the scales of
     later rows reads already-written values.
 
-    Cycle-level contract. Each instruction walks: an optional prologue, then for each row its
-    passes of ``n`` elements; a pass issues ``K`` reads per element on one port (one request per
-    cycle, at most ``depth`` outstanding), collects the responses in order into a 5-stage
-    pipeline (operands, small multiply / table read, 32x32 multiply, rounding shift, write
-    register) and writes one element per result. Row reductions (sum of squares, absmax, max,
-    exp sum, argmax) are folded in as elements pass; at the end of a reduction pass the
-    pipeline drains and the row's reciprocal is computed by a sequential isqrt (24 cycles) and
-    divider (32 cycles). Nothing is data dependent. With every ``ready`` high and a memory that
-    answers each read in the cycle after accepting it, an instruction takes, from the cycle its
-    ``cmd`` transfers to its ``done`` pulse, with ``T = rows * n``:
+    Cycle-level contract. Each instruction walks an optional prologue (the two (M0, shift) words
+    of VREQ per-tensor / VMUL / VRMS, or the 256-byte VACT / 512-byte VSOFTMAX table, which is
+    copied into a local 256 x 16 block RAM), then for each row its passes of ``n`` elements. A
+    pass issues ``K`` reads per element on one port (one request per cycle, at most ``depth``
+    outstanding per port), collects the responses in request order and feeds one element per
+    ``K`` responses into a 5-stage pipeline: operands; 9x9 multiply / table read; 32x32
+    multiply; rounding shift; write register. Row reductions (sum of squares, absmax, max, exp
+    sum, argmax) are folded in as elements pass stages 1-2. After a row's reduction pass the
+    collector waits for that pass to leave stage 2, then computes the row's reciprocal with a
+    sequential isqrt (24 cycles, VRMS) and divider (32 cycles, VRMS / VQUANT / VSOFTMAX) before
+    the row's output pass; the reads of later passes keep running ahead meanwhile (up to
+    ``depth``). Row-end ACC writes (VQUANT ``m``, VARGMAX index) flow through the pipeline like
+    elements. Nothing depends on data. With every ``ready`` high and a memory that answers each
+    read in the cycle after accepting it, an instruction takes, from the cycle its ``cmd``
+    transfers to its ``done`` pulse (:meth:`cycles`), with ``T = rows * n``:
 
     ============ ================================ =============================================
     op           reads per element (K)            cycles
     ============ ================================ =============================================
-    VREQ         1 (per-channel: 3)               ``T + 8`` (per-channel ``3 T + 6``)
-    VADD         2                                ``2 T + 6``
-    VADD32       2                                ``2 T + 6``
-    VMUL         2                                ``2 T + 8``
-    VSCALE       1, + 1 scale read per row        ``T + rows + 6``
-    VACT         1, + 256-byte table prologue     ``T + 262``
-    VRMS         1 (sum of squares), 2            ``rows * (3 n + 65) + 34``
-    VQUANT       1 (absmax), 1                    ``rows * (2 n + 39) + 6``
-    VGATE        3                                ``3 T + 6``
-    VSOFTMAX     1 (max), 1 (exp sum), 1          ``rows * (3 n + 39) + 518``
-    VARGMAX      1                                ``rows * (n + 6) + 2``
+    VREQ         1 (per-channel: 3)               ``T + 11`` (per-channel ``3 T + 9``)
+    VADD         2                                ``2 T + 9``
+    VADD32       2                                ``2 T + 9``
+    VMUL         2                                ``2 T + 13``
+    VSCALE       1, + 1 scale per row             ``T + rows + 9``
+    VACT         1, + 256 table bytes             ``T + 265``
+    VRMS         1 (sum of squares), then 2       ``rows * (3 n + 61) + 37``
+    VQUANT       1 (absmax), then 1               ``rows * (2 n + 36) + 9``
+    VGATE        3                                ``3 T + 9``
+    VSOFTMAX     1 (max), 1 (exp sum), then 1     ``rows * (3 n + 36) + 521``
+    VARGMAX      1                                ``rows * (n + 3) + 8``
     ============ ================================ =============================================
 
-    Memory stalls and longer read latency add to these; elementwise ops move one element per
-    ``K`` cycles in the steady state. The unit never raises ``valid`` of one stream in response to
-    the ``ready`` of another in the same cycle (every ``valid`` comes from registered state), so the
-    top may arbitrate the ports combinationally.
+    i.e. one read per cycle plus a fixed latency of 9 cycles (command register, first request,
+    memory, response FIFO, 5 stages), plus the row-end work (VMUL, VRMS: + 2 cycles where the
+    reads switch from ACC parameters to SPAD data: both ports share one response FIFO, so the
+    issuer changes ports only when no read is outstanding). Memory stalls and longer read
+    latency add to these. No ``valid`` output depends combinationally on any ``ready`` input
+    (every ``valid`` comes from registered state), so the top may arbitrate the ports
+    combinationally; ``sp_rdata.ready`` and ``ac_rdata.ready`` are constantly high.
 
-    Multipliers: one 32x32 signed (requantization, scales, reciprocal products; VRMS uses it
-    twice per element, ``x*g*r`` then ``*M0``) and one 8x8 (``x*x``, ``x*g``, ``a*b``).
+    Multipliers: one 32x32 signed (requantization ``x * M0``, VSCALE, the reciprocal products;
+    VRMS uses it twice per element, ``(x*g) * r`` then ``* M0``, which its 2 reads per element
+    leave time for) and one 9x9 signed (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``):
+    5 SB_MAC16 on iCE40, 5 MULT18X18D on ECP5. Requantization ``(p + 2^(ts-1)) >> ts`` with
+    ``ts = 31 - shift`` in ``[1, 62]`` is computed as ``((p >> (ts-1)) + 1) >> 1`` with
+    ``p >> (ts-1)`` saturated to 11 bits (enough for the int8 clamp that follows), so the 64-bit
+    barrel shifter keeps only the bits that can reach the result.
     """
 
     def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
@@ -446,10 +458,10 @@ class VectorUnit(wiring.Component):
             Op.VREQ: 3 * t + 9 if instr.per_channel else t + 11,
             Op.VADD: 2 * t + 9,
             Op.VADD32: 2 * t + 9,
-            Op.VMUL: 2 * t + 11,
+            Op.VMUL: 2 * t + 13,
             Op.VSCALE: t + rows + 9,
             Op.VACT: t + 265,
-            Op.VRMS: rows * (3 * n + 61) + 35,
+            Op.VRMS: rows * (3 * n + 61) + 37,
             Op.VQUANT: rows * (2 * n + 36) + 9,
             Op.VGATE: 3 * t + 9,
             Op.VSOFTMAX: rows * (3 * n + 36) + 521,
@@ -464,16 +476,17 @@ class VectorUnit(wiring.Component):
         is_ = ctx.is_
 
         # ---------------------------------------------------------------- submodules
-        m.submodules.sp_fifo = sp_fifo = SyncFIFO(width=8, depth=depth)
-        m.submodules.ac_fifo = ac_fifo = SyncFIFO(width=32, depth=depth)
-        m.submodules.isqrt = isq = _Isqrt()
-        m.submodules.div = div = _Divider()
+        m.submodules.rfifo = rfifo = SyncFIFO(width=32, depth=depth)
+        m.submodules.seq = seq = _SeqMath()
         m.submodules.table = table = Memory(shape=unsigned(16), depth=256, init=[])
         t_wr = table.write_port()
         t_rd = table.read_port()
 
         iss = _Walker(m, ctx, aw, "iss")
-        col = _Walker(m, ctx, aw, "col")
+        # Each read carries a tag (what its response is for) from the issuer to the collector.
+        m.submodules.tfifo = tfifo = SyncFIFO(width=data.Layout.cast(_TAG).size, depth=depth)
+        itag = data.View(_TAG, tfifo.w_data)
+        tag = data.View(_TAG, tfifo.r_data)
 
         # ---------------------------------------------------------------- state
         # The multiplier's Y operand: M0 (VREQ per-tensor, VMUL), the row scale (VSCALE), the row
@@ -483,16 +496,16 @@ class VectorUnit(wiring.Component):
         qreg = Signal(signed(32))
         ts_reg = Signal(6)  # rounding shift: 31 - shift, 24 (VQUANT, VSOFTMAX), 7 (VGATE), 0
         num = Signal(16)  # VRMS isqrt(n << 16)
-        ss = Signal(32)  # VRMS sum of squares
-        esum = Signal(32)  # VSOFTMAX sum of exp
-        amax = Signal(8)  # VQUANT max |x|
-        mx = Signal(signed(8))  # VSOFTMAX row max
-        best = Signal(signed(8))  # VARGMAX
-        best_i = Signal(16)
+        rsum = Signal(32)  # row sum: VRMS sum of squares, VSOFTMAX sum of exp
+        rmax = Signal(signed(9))  # row max: VQUANT max |x|, VSOFTMAX max x, VARGMAX max x
+        best_i = Signal(16)  # VARGMAX: first index of the max
+        mx = rmax[:8].as_signed()
         tab_lo = Signal(8)
         slot0 = Signal(signed(32))
         slot1 = Signal(signed(32))
-        re_addr = Signal(aw)  # row-end write address (VQUANT m, VARGMAX index)
+        # write addresses: results leave in order, so two counters replace per-element addresses
+        wptr = Signal(aw)  # next output element (dst + i or dst + 4 i)
+        rptr = Signal(aw)  # next row-end word (VQUANT param + 4 r, VARGMAX dst + 4 r)
 
         # ---------------------------------------------------------------- command
         p = self.cmd.payload
@@ -511,6 +524,8 @@ class VectorUnit(wiring.Component):
                 ctx.pc.eq(p.per_channel),
                 ctx.rows.eq(p.rows),
                 ctx.n.eq(p.n),
+                ctx.rows_m1.eq(p.rows - 1),
+                ctx.n_m1.eq(p.n - 1),
                 ctx.zp.eq(Mux((p.op == int(Op.VREQ)) | (p.op == int(Op.VMUL))
                               | (p.op == int(Op.VRMS)), p.zp, 0)),
                 ctx.base["src"].eq(p.src),
@@ -522,9 +537,18 @@ class VectorUnit(wiring.Component):
             for op in VECTOR_OPS:
                 m.d.sync += is_[op].eq((p.op == int(op)) & known)
 
+        out_acc_op = Signal()  # output elements go to ACC
+        m.d.comb += out_acc_op.eq(is_[Op.VADD32] | is_[Op.VSCALE])
+
         # ---------------------------------------------------------------- issuer
-        out_sp = Signal(range(depth + 1))
-        out_ac = Signal(range(depth + 1))
+        # Reads outstanding (issued, response not yet collected). Responses of both ports share
+        # one FIFO: the issuer switches ports only when nothing is outstanding, so responses
+        # arrive in issue order.
+        outst = Signal(range(depth + 1))
+        last_space = Signal()
+        can_issue = Signal()
+        m.d.comb += can_issue.eq(iss.active & (outst != depth)
+                                 & ((outst == 0) | (last_space == iss.space)))
         base = Signal(aw)
         idx = Signal(aw)
         addr = Signal(aw)
@@ -535,21 +559,35 @@ class VectorUnit(wiring.Component):
         m.d.comb += idx.eq(Mux(iss.idx_sel == 0, iss.i, Mux(iss.idx_sel == 1, iss.c, iss.r)))
         m.d.comb += addr.eq(base + Mux(iss.space == _ACC, idx << 2, idx))
         m.d.comb += [
-            self.sp_rd.valid.eq(iss.active & (iss.space == _SPAD) & (out_sp != depth)),
-            self.ac_rd.valid.eq(iss.active & (iss.space == _ACC) & (out_ac != depth)),
+            self.sp_rd.valid.eq(can_issue & (iss.space == _SPAD)),
+            self.ac_rd.valid.eq(can_issue & (iss.space == _ACC)),
             self.sp_rd.payload.eq(addr),
             self.ac_rd.payload.eq(addr),
             iss.step.eq((self.sp_rd.valid & self.sp_rd.ready)
                         | (self.ac_rd.valid & self.ac_rd.ready)),
         ]
-        # response FIFOs: never full thanks to the outstanding counters
+        with m.If(iss.step):
+            m.d.sync += last_space.eq(iss.space)
         m.d.comb += [
-            sp_fifo.w_data.eq(self.sp_rdata.payload),
-            sp_fifo.w_en.eq(self.sp_rdata.valid),
-            self.sp_rdata.ready.eq(sp_fifo.w_rdy),
-            ac_fifo.w_data.eq(self.ac_rdata.payload),
-            ac_fifo.w_en.eq(self.ac_rdata.valid),
-            self.ac_rdata.ready.eq(ac_fifo.w_rdy),
+            tfifo.w_en.eq(iss.step),
+            itag.kind.eq(iss.kind),
+            itag.k.eq(iss.k),
+            itag.elem.eq(((iss.kind == _RED) | (iss.kind == _MAIN)) & iss.last_k),
+            itag.first.eq(iss.c == 0),
+            itag.c0.eq(iss.c[0]),
+            itag.red2.eq(iss.pidx == 2),
+            itag.space.eq(iss.space),
+            # last read of a row's reduction pass (VSOFTMAX: of its second one)
+            itag.rowend.eq((iss.kind == _RED) & iss.last_k & iss.last_c
+                           & ~(is_[Op.VSOFTMAX] & (iss.pidx == 1))),
+        ]
+        # response FIFO: never full thanks to the outstanding counter
+        m.d.comb += [
+            rfifo.w_data.eq(Mux(self.sp_rdata.valid, self.sp_rdata.payload,
+                                self.ac_rdata.payload)),
+            rfifo.w_en.eq(self.sp_rdata.valid | self.ac_rdata.valid),
+            self.sp_rdata.ready.eq(rfifo.w_rdy),
+            self.ac_rdata.ready.eq(rfifo.w_rdy),
         ]
 
         # ---------------------------------------------------------------- pipeline registers
@@ -561,9 +599,8 @@ class VectorUnit(wiring.Component):
         s1_a = Signal(signed(32))
         s1_b = Signal(signed(32))
         s1_c = Signal(signed(8))
-        s1_col = Signal(16)
-        s1_waddr = Signal(aw)
-        s1_wacc = Signal()
+        red_i = Signal(16)  # index of the next reduction element in its row (VARGMAX)
+        tab_c = Signal(9)  # table prologue byte counter
         # S2: multiplier operands, small product, table data
         s2_v = Signal()
         s2_main = Signal()
@@ -577,8 +614,7 @@ class VectorUnit(wiring.Component):
         s2_cls = Signal(2)
         s2_rms = Signal()
         s2_sp = Signal(signed(18))
-        s2_waddr = Signal(aw)
-        s2_wacc = Signal()
+        s2_re = Signal()  # a row-end word, not an output element
         # S3: product
         s3_v = Signal()
         s3_pend = Signal()  # VRMS: second multiply (by M0) still to do
@@ -586,24 +622,22 @@ class VectorUnit(wiring.Component):
         s3_ts = Signal(6)
         s3_off = Signal(signed(9))
         s3_cls = Signal(2)
-        s3_waddr = Signal(aw)
-        s3_wacc = Signal()
+        s3_re = Signal()
         # S4: shifted, saturated to 36 bits
         s4_v = Signal()
         s4_val = Signal(signed(32))
         s4_rnd = Signal()
         s4_off = Signal(signed(9))
         s4_cls = Signal(2)
-        s4_waddr = Signal(aw)
-        s4_wacc = Signal()
+        s4_re = Signal()
         # OUT: write request
         o_v = Signal()
+        o_re = Signal()
         o_acc = Signal()
         o_addr = Signal(aw)
+        m.d.comb += [o_acc.eq(o_re | out_acc_op), o_addr.eq(Mux(o_re, rptr, wptr))]
         o_data = Signal(32)
 
-        out_acc_op = Signal()  # MAIN results go to ACC
-        m.d.comb += out_acc_op.eq(is_[Op.VADD32] | is_[Op.VSCALE])
 
         # ---------------------------------------------------------------- handshakes
         o_ready = Signal()
@@ -639,54 +673,37 @@ class VectorUnit(wiring.Component):
         state = Signal(range(8))
         IDLE, START, PRO, RUN, DRAIN, RE_SQRT, RE_DIV, FINISH = range(8)
         rdata = Signal(signed(32))
-        fifo_rdy = Signal()
-        m.d.comb += [
-            rdata.eq(Mux(col.space == _ACC, ac_fifo.r_data.as_signed(),
-                         sp_fifo.r_data.as_signed())),
-            fifo_rdy.eq(Mux(col.space == _ACC, ac_fifo.r_rdy, sp_fifo.r_rdy)),
-        ]
+        m.d.comb += rdata.eq(Mux(tag.space == _ACC, rfifo.r_data.as_signed(),
+                                 rfifo.r_data[:8].as_signed()))
         elem = Signal()  # this pop completes an element
-        m.d.comb += elem.eq(((col.kind == _RED) | (col.kind == _MAIN)) & col.last_k)
+        m.d.comb += elem.eq(tag.elem)
         pop = Signal()
-        m.d.comb += pop.eq((state == RUN) & col.active & fifo_rdy & (~elem | s1_ready))
+        m.d.comb += pop.eq((state == RUN) & rfifo.r_rdy & (~elem | s1_ready))
         m.d.comb += [
-            col.step.eq(pop),
-            sp_fifo.r_en.eq(pop & (col.space == _SPAD)),
-            ac_fifo.r_en.eq(pop & (col.space == _ACC)),
+            tfifo.r_en.eq(pop),
+            rfifo.r_en.eq(pop),
         ]
-        pop_sp = Signal()
-        pop_ac = Signal()
-        m.d.comb += [pop_sp.eq(pop & (col.space == _SPAD)), pop_ac.eq(pop & (col.space == _ACC))]
-        iss_sp = Signal()
-        iss_ac = Signal()
-        m.d.comb += [
-            iss_sp.eq(self.sp_rd.valid & self.sp_rd.ready),
-            iss_ac.eq(self.ac_rd.valid & self.ac_rd.ready),
-        ]
-        m.d.sync += [
-            out_sp.eq(out_sp + iss_sp - pop_sp),
-            out_ac.eq(out_ac + iss_ac - pop_ac),
-        ]
+        m.d.sync += outst.eq(outst + iss.step - pop)
 
         # side effects of pops that complete no element
-        with m.If(pop), m.Switch(col.kind):
+        with m.If(pop), m.Switch(tag.kind):
             with m.Case(_PARAM):
-                with m.If(col.c == 0):
+                with m.If(~tag.c0):
                     m.d.sync += [preg.eq(rdata), qreg.eq(rdata)]
                 with m.Else():
                     m.d.sync += ts_reg.eq(31 - rdata[:6])
             with m.Case(_SCALE):
                 m.d.sync += preg.eq(rdata)
             with m.Case(_TAB):
-                m.d.sync += tab_lo.eq(rdata[:8])
+                m.d.sync += [tab_lo.eq(rdata[:8]), tab_c.eq(tab_c + 1)]
             with m.Default():
-                with m.If(col.k == 0):
+                with m.If(tag.k == 0):
                     m.d.sync += slot0.eq(rdata)
-                with m.If(col.k == 1):
+                with m.If(tag.k == 1):
                     m.d.sync += slot1.eq(rdata)
         m.d.comb += [
-            t_wr.en.eq(pop & (col.kind == _TAB) & (is_[Op.VACT] | col.c[0])),
-            t_wr.addr.eq(Mux(is_[Op.VACT], col.c, col.c >> 1)),
+            t_wr.en.eq(pop & (tag.kind == _TAB) & (is_[Op.VACT] | tab_c[0])),
+            t_wr.addr.eq(Mux(is_[Op.VACT], tab_c, tab_c >> 1)),
             t_wr.data.eq(Mux(is_[Op.VACT], rdata[:16], Cat(tab_lo, rdata[:8]))),  # VACT: sext
         ]
 
@@ -694,15 +711,12 @@ class VectorUnit(wiring.Component):
         with m.If(pop & elem):
             m.d.sync += [
                 s1_v.eq(1),
-                s1_red.eq(col.kind == _RED),
-                s1_red2.eq(col.pidx == 2),
-                s1_first.eq(col.c == 0),
-                s1_a.eq(Mux(col.k == 0, rdata, slot0)),
-                s1_b.eq(Mux(col.k == 1, rdata, Mux(col.k == 2, slot1, preg))),
+                s1_red.eq(tag.kind == _RED),
+                s1_red2.eq(tag.red2),
+                s1_first.eq(tag.first),
+                s1_a.eq(Mux(tag.k == 0, rdata, slot0)),
+                s1_b.eq(Mux(tag.k == 1, rdata, Mux(tag.k == 2, slot1, preg))),
                 s1_c.eq(rdata),
-                s1_col.eq(col.c),
-                s1_waddr.eq(ctx.base["dst"] + Mux(out_acc_op, col.i << 2, col.i)),
-                s1_wacc.eq(out_acc_op),
             ]
         with m.Elif(s1_leave):
             m.d.sync += s1_v.eq(0)
@@ -721,8 +735,12 @@ class VectorUnit(wiring.Component):
             Mux(is_[Op.VGATE], Mux(a8 < 0, 0, a8), a8)
             * Mux(is_[Op.VGATE], c8 - b8, Mux(s1_red, a8, b8))
         )
-        add_sum = Signal(signed(33))  # VADD, VADD32 (int8 operands are sign-extended)
-        m.d.comb += add_sum.eq(s1_a + s1_b)
+        add_sum = Signal(32)  # VADD, VADD32 (int8 operands are sign-extended), saturated
+        add_ovf = Signal()
+        m.d.comb += [
+            add_sum.eq(s1_a + s1_b),
+            add_ovf.eq((s1_a[31] == s1_b[31]) & (add_sum[31] != s1_a[31])),
+        ]
         # per-instruction constants of the S2 load
         y_from_b = Signal()
         xsel = Signal(2)
@@ -742,12 +760,10 @@ class VectorUnit(wiring.Component):
                 s2_first.eq(s1_first),
                 s2_red2.eq(s1_red2),
                 s2_sp.eq(sp_next),
-                s2_waddr.eq(s1_waddr),
-                s2_wacc.eq(s1_wacc),
+                s2_re.eq(0),
                 s2_xsel.eq(xsel),
                 s2_x.eq(Mux(is_[Op.VADD] | is_[Op.VADD32],
-                            Mux(add_sum > 2**31 - 1, 2**31 - 1,
-                                Mux(add_sum < -(2**31), -(2**31), add_sum)),
+                            Mux(add_ovf, Mux(s1_a[31], -(2**31), 2**31 - 1), add_sum[:32]),
                             s1_a)),
                 s2_y.eq(Mux(y_from_b, s1_b, preg)),
                 s2_ts.eq(Mux(is_[Op.VREQ] & ctx.pc, 31 - s1_c[:6], ts_reg)),
@@ -756,24 +772,20 @@ class VectorUnit(wiring.Component):
                 s2_rms.eq(is_[Op.VRMS]),
             ]
             # reductions at S1
+            rv = Signal(signed(9))
+            m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (a8 < 0), -a8, a8))
+            ridx = Mux(s1_first, 0, red_i)
             with m.If(s1_red):
-                with m.If(is_[Op.VQUANT]):
-                    absx = Signal(8)
-                    m.d.comb += absx.eq(Mux(a8 < 0, -a8, a8))
-                    with m.If(s1_first | (absx > amax)):
-                        m.d.sync += amax.eq(absx)
-                with m.If(is_[Op.VSOFTMAX] & ~s1_red2), m.If(s1_first | (a8 > mx)):
-                    m.d.sync += mx.eq(a8)
-                with m.If(is_[Op.VARGMAX]), m.If(s1_first | (a8 > best)):
-                    m.d.sync += [best.eq(a8), best_i.eq(s1_col)]
+                m.d.sync += red_i.eq(ridx + 1)
+            with m.If(s1_red & ~s1_red2 & (s1_first | (rv > rmax))):
+                m.d.sync += [rmax.eq(rv), best_i.eq(ridx)]
         with m.Elif(inject):  # row-end ACC write (VQUANT m, VARGMAX index) as an element
             m.d.sync += [
                 s2_v.eq(1),
                 s2_main.eq(1),
                 s2_first.eq(0),
                 s2_red2.eq(0),
-                s2_waddr.eq(re_addr),
-                s2_wacc.eq(1),
+                s2_re.eq(1),
                 s2_xsel.eq(_X_REG),
                 s2_x.eq(inject_data),
                 s2_y.eq(1),
@@ -785,11 +797,9 @@ class VectorUnit(wiring.Component):
         with m.Elif(s2_leave):
             m.d.sync += s2_v.eq(0)
         # reductions at S2
-        with m.If(s2_leave & ~s2_main):
-            with m.If(is_[Op.VRMS]):
-                m.d.sync += ss.eq(Mux(s2_first, 0, ss) + s2_sp[:15])
-            with m.If(is_[Op.VSOFTMAX] & s2_red2):
-                m.d.sync += esum.eq(Mux(s2_first, 0, esum) + t_rd.data)
+        with m.If(s2_leave & ~s2_main), m.If(is_[Op.VRMS] | s2_red2):
+            m.d.sync += rsum.eq(Mux(s2_first, 0, rsum)
+                                + Mux(is_[Op.VRMS], s2_sp[:15], t_rd.data))
 
         # ---------------------------------------------------------------- S2 -> S3: multiply
         mul_x = Signal(signed(32))
@@ -814,8 +824,7 @@ class VectorUnit(wiring.Component):
                 s3_ts.eq(s2_ts),
                 s3_off.eq(s2_off),
                 s3_cls.eq(s2_cls),
-                s3_waddr.eq(s2_waddr),
-                s3_wacc.eq(s2_wacc),
+                s3_re.eq(s2_re),
             ]
 
         # ---------------------------------------------------------------- S3 -> S4: shift
@@ -837,8 +846,7 @@ class VectorUnit(wiring.Component):
                 s4_rnd.eq(s3_ts != 0),
                 s4_off.eq(s3_off),
                 s4_cls.eq(s3_cls),
-                s4_waddr.eq(s3_waddr),
-                s4_wacc.eq(s3_wacc),
+                s4_re.eq(s3_re),
             ]
 
         # ---------------------------------------------------------------- S4 -> OUT: clamp
@@ -857,10 +865,14 @@ class VectorUnit(wiring.Component):
         with m.If(o_ready):
             m.d.sync += [
                 o_v.eq(s4_v),
-                o_acc.eq(s4_wacc),
-                o_addr.eq(s4_waddr),
+                o_re.eq(s4_re),
                 o_data.eq(y),
             ]
+        with m.If(o_v & port_ready):
+            with m.If(o_re):
+                m.d.sync += rptr.eq(rptr + 4)
+            with m.Else():
+                m.d.sync += wptr.eq(wptr + Mux(out_acc_op, 4, 1))
         m.d.comb += [
             self.sp_wr.valid.eq(o_v & ~o_acc),
             self.ac_wr.valid.eq(o_v & o_acc),
@@ -874,74 +886,71 @@ class VectorUnit(wiring.Component):
         m.d.comb += [
             self.busy.eq(state != IDLE),
             iss.start.eq(state == START),
-            col.start.eq(state == START),
             self.stall.eq(
                 (self.sp_rd.valid & ~self.sp_rd.ready) | (self.ac_rd.valid & ~self.ac_rd.ready)
                 | (o_v & ~port_ready)
             ),
         ]
         m_q = Signal(8)
-        m.d.comb += m_q.eq(Mux(amax == 0, 1, amax))
+        m.d.comb += m_q.eq(Mux(rmax == 0, 1, rmax))
         # sequential units' operands (sampled on start): isqrt(n << 16) in the VRMS prologue,
         # isqrt(ss << 16) per row; r = num // root (VRMS), R = (127 << 24) // m or // sum
         m.d.comb += [
-            isq.x.eq(Mux(state == START, ctx.n, ss)),
-            div.num.eq(Mux(is_[Op.VRMS], num << 15, 127 << 24)),
-            div.den.eq(Mux(is_[Op.VRMS], Mux(isq.root == 0, 1, isq.root),
-                           Mux(is_[Op.VQUANT], m_q, Mux(esum == 0, 1, esum)))),
+            seq.x.eq(Mux(state == START, ctx.n, rsum)),
+            seq.num.eq(Mux(is_[Op.VRMS], num << 15, 127 << 24)),
+            seq.den.eq(Mux(is_[Op.VRMS], Mux(seq.root == 0, 1, seq.root),
+                           Mux(is_[Op.VQUANT], m_q, Mux(rsum == 0, 1, rsum)))),
         ]
         with m.Switch(state):
             with m.Case(IDLE), m.If(accept):
                 m.d.sync += state.eq(Mux(known, START, FINISH))
             with m.Case(START):
                 m.d.sync += [
+                    wptr.eq(ctx.base["dst"]),
+                    tab_c.eq(0),
+                    rptr.eq(Mux(is_[Op.VQUANT], ctx.base["param"], ctx.base["dst"])),
                     preg.eq(1),
                     ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 24,
                                   Mux(is_[Op.VGATE], 7, 0))),
                 ]
                 with m.If(is_[Op.VRMS]):
-                    m.d.comb += isq.start.eq(1)
+                    m.d.comb += seq.start_sqrt.eq(1)
                     m.d.sync += state.eq(PRO)
                 with m.Else():
                     m.d.sync += state.eq(RUN)
-            with m.Case(PRO), m.If(~isq.busy):
-                m.d.sync += [num.eq(isq.root), state.eq(RUN)]
+            with m.Case(PRO), m.If(~seq.busy):
+                m.d.sync += [num.eq(seq.root), state.eq(RUN)]
             with m.Case(RUN):
-                with m.If(~col.active):
+                with m.If(~iss.active & (outst == 0)):
                     m.d.sync += state.eq(FINISH)
-                with m.Elif(pop & elem & col.last_c & (col.kind == _RED)
-                            & ~(is_[Op.VSOFTMAX] & (col.pidx == 1))):
-                    m.d.sync += [
-                        state.eq(DRAIN),
-                        re_addr.eq(Mux(is_[Op.VARGMAX], ctx.base["dst"], ctx.base["param"])
-                                   + (col.r << 2)),
-                    ]
+                with m.Elif(pop & tag.rowend):
+                    m.d.sync += state.eq(DRAIN)
             with m.Case(DRAIN), m.If(front_empty):
                 with m.If(is_[Op.VRMS]):
-                    m.d.comb += isq.start.eq(1)
+                    m.d.comb += seq.start_sqrt.eq(1)
                     m.d.sync += state.eq(RE_SQRT)
                 with m.Elif(is_[Op.VQUANT]):
                     m.d.comb += [
                         inject.eq(1),
                         inject_data.eq(m_q),
-                        div.start.eq(1),
+                        seq.start_div.eq(1),
                     ]
                     m.d.sync += state.eq(RE_DIV)
                 with m.Elif(is_[Op.VSOFTMAX]):
                     m.d.comb += [
-                        div.start.eq(1),
+                        seq.start_div.eq(1),
                     ]
                     m.d.sync += state.eq(RE_DIV)
                 with m.Else():  # VARGMAX
                     m.d.comb += [inject.eq(1), inject_data.eq(best_i)]
                     m.d.sync += state.eq(RUN)
-            with m.Case(RE_SQRT), m.If(~isq.busy):
+            with m.Case(RE_SQRT), m.If(~seq.busy):
                 m.d.comb += [
-                    div.start.eq(1),
+                    seq.start_div.eq(1),
                 ]
                 m.d.sync += state.eq(RE_DIV)
-            with m.Case(RE_DIV), m.If(~div.busy):
-                m.d.sync += [preg.eq(div.q), state.eq(RUN)]
+            with m.Case(RE_DIV), m.If(~seq.busy):
+                m.d.sync += [preg.eq(seq.q), state.eq(RUN)]
             with m.Case(FINISH), m.If(empty):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += state.eq(IDLE)
