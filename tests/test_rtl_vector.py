@@ -11,11 +11,22 @@ from tritium.config import preset
 pytest.importorskip("amaranth")
 pytest.importorskip("cocotb")
 
-from tritium.rtl.vector import VectorUnit
+from tritium.rtl.vector import VECTOR_OPS, VectorUnit
 from tritium.sim.build import run_cocotb
 
 TB_DIR = Path(__file__).parent / "cocotb"
 PRESETS = ["tiny", "base"]
+
+#: What the random test must have exercised (see tb_vector._coverage).
+REQUIRED_COVERAGE = (
+    {f"{op}:{k}" for op in ("VREQ", "VADD", "VMUL", "VADD32", "VSCALE", "VRMS", "VGATE")
+     for k in ("min", "max", "mid")}
+    | {f"{op}:{k}" for op in ("VQUANT", "VSOFTMAX", "VACT") for k in ("max", "mid")}
+    | {f"{op.name}:{k}" for op in VECTOR_OPS for k in ("n=1", "rows>1")}
+    | {"VREQ:per-channel", "VREQ:per-tensor", "VREQ:shift<-15", "VREQ:shift>15",
+       "VQUANT:zero-row", "VRMS:zero-row", "VGATE:f<0", "VARGMAX:tie", "VSOFTMAX:zero-table",
+       "VADD:in-place", "VSCALE:in-place", "VSOFTMAX:in-place"}
+)
 
 
 @pytest.mark.parametrize("cfg_name", PRESETS)
@@ -26,6 +37,8 @@ def test_vector_random(cfg_name):
                      seed=11, nvec=24, testcase="vector_random")
     assert run.report["checked"] >= 3000, run.report
     assert all(v > 0 for v in run.report["per_op"].values()), run.report
+    missing = REQUIRED_COVERAGE - set(run.report["coverage"])
+    assert not missing, f"random test did not exercise {sorted(missing)}"
 
 
 @pytest.mark.parametrize("cfg_name", PRESETS)
@@ -47,3 +60,19 @@ def test_vector_cmd_layout_matches_isa():
         assert lay[f.name].offset == f.lsb
     ins = Instr.make(Op.VRMS, rows=3, n=77, src=5, src2=6, dst=7, param=8, zp=-3)
     assert pack_cmd(ins) == encode(ins) & ((1 << lay.size) - 1)
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cfg_name", "target"), [("tiny", "ice40"), ("base", "ecp5")])
+def test_vector_synth_multipliers(cfg_name, target):
+    """Synthesizes; the multipliers are one 32x32 and one 9x9: 5 DSP blocks, none in LUTs.
+    (Sizes are reported, not asserted.)"""
+    from tritium.fpga.synth import synth_unit
+
+    r = synth_unit("vector", preset(cfg_name), target)
+    assert r["dsp"] == 5, r["cells"]
+    assert r["cells"].get("$mul", 0) == 0 and r["cells"].get("$macc", 0) == 0
+    assert r["bram"] == 1  # the activation / exp table
+    print(f"vector {cfg_name} {target}: lut4={r['lut4']} ff={r['ff']} dsp={r['dsp']} "
+          f"bram={r['bram']} carry={r['carry']}")

@@ -220,13 +220,15 @@ class _Gen:
             t = rows * n
             src, src2, dst = sa.take(t), sa.take(512), sa.take(t)
             self.put8(src, self.i8(rows, n))
-            mode = r.integers(0, 4)
+            mode = r.integers(0, 5)
             if mode <= 1:
                 tab = nx.exp_table(10 ** r.uniform(-2.5, 0))
             elif mode == 2:
                 tab = r.integers(0, 1 << 16, 256)
-            else:
+            elif mode == 3:
                 tab = r.choice([0, 65535], 256)
+            else:
+                tab = np.zeros(256, np.int64)  # sum 0: s = max(sum, 1)
             self.put_bytes(src2, np.asarray(tab, "<u2").view(np.uint8))
             f = {"src": src, "src2": src2, "dst": src if alias else dst}
         elif op == Op.VARGMAX:
@@ -241,6 +243,49 @@ class _Gen:
         if op in (Op.VREQ, Op.VMUL, Op.VRMS) and r.random() < 0.3:
             zp = 0
         return Instr.make(op, rows=rows, n=n, zp=zp, **f)
+
+
+_SPAD_OUT = {Op.VREQ, Op.VADD, Op.VMUL, Op.VACT, Op.VRMS, Op.VQUANT, Op.VGATE, Op.VSOFTMAX}
+_LIMITS = {Op.VQUANT: (-127, 127), Op.VSOFTMAX: (0, 127), Op.VADD32: (I32_MIN, I32_MAX),
+           Op.VSCALE: (I32_MIN, I32_MAX)}
+
+
+def _coverage(instr: Instr, gold: GoldenDevice, x: np.ndarray) -> set[str]:
+    """Tags of what an executed instruction exercised (``x``: its first operand, before)."""
+    op, rows, n = instr.op, instr.rows, instr.n
+    name = op.name
+    tags = {name}
+    if n == 1:
+        tags.add(f"{name}:n=1")
+    if rows > 1:
+        tags.add(f"{name}:rows>1")
+    if instr.dst == instr.src and op not in (Op.VREQ, Op.VARGMAX):
+        tags.add(f"{name}:in-place")
+    t = rows * n
+    if op in _SPAD_OUT or op in (Op.VADD32, Op.VSCALE):
+        if op in _SPAD_OUT:
+            y = gold.spad[instr.dst : instr.dst + t].view(np.int8).astype(np.int64)
+        else:
+            y = gold.acc[instr.dst : instr.dst + 4 * t].view("<i4").astype(np.int64)
+        lo, hi = _LIMITS.get(op, (-128, 127))
+        tags |= {f"{name}:{k}" for k, hit in (("min", (y == lo).any()), ("max", (y == hi).any()),
+                                               ("mid", ((y > lo) & (y < hi)).any())) if hit}
+    if op == Op.VREQ:
+        cnt = n if instr.per_channel else 1
+        sh = gold.acc[instr.param + 4 * cnt : instr.param + 8 * cnt].view("<i4")
+        tags.add(f"VREQ:{'per-channel' if instr.per_channel else 'per-tensor'}")
+        tags |= {f"VREQ:shift{k}" for k, hit in (("<-15", (sh < -15).any()),
+                                                 (">15", (sh > 15).any())) if hit}
+    xr = x.reshape(rows, n)
+    if op in (Op.VQUANT, Op.VRMS) and (xr == 0).all(axis=1).any():
+        tags.add(f"{name}:zero-row")
+    if op == Op.VGATE and (x < 0).any():
+        tags.add("VGATE:f<0")
+    if op == Op.VARGMAX and ((xr == xr.max(axis=1, keepdims=True)).sum(axis=1) > 1).any():
+        tags.add("VARGMAX:tie")
+    if op == Op.VSOFTMAX and not gold.spad[instr.src2 : instr.src2 + 512].any():
+        tags.add("VSOFTMAX:zero-table")
+    return tags
 
 
 def _written(instr: Instr) -> int:
@@ -302,6 +347,7 @@ async def vector_random(dut):
     gen = _Gen(cfg, rng, spad, acc, gold)
     drv = StreamDriver(dut, "cmd", rng=prng, idle_prob=0.3)
     counts = {op.name: 0 for op in VECTOR_OPS}
+    tags: set[str] = set()
     checked = 0
     per_op = p.nvec or 12
     ops = [op for op in VECTOR_OPS for _ in range(per_op)]
@@ -313,7 +359,12 @@ async def vector_random(dut):
                                                    for _ in range(3))
             m.latency = int(rng.integers(1, 4))
         gold.check(instr, 0)
+        if instr.op in (Op.VREQ, Op.VADD32, Op.VSCALE):
+            x = gold.acc[instr.src : instr.src + 4 * instr.rows * instr.n].view("<i4").copy()
+        else:
+            x = gold.spad[instr.src : instr.src + instr.rows * instr.n].view(np.int8).copy()
         gold.execute(instr, 0)
+        tags |= _coverage(instr, gold, x)
         drv.send(pack_cmd(instr))
         limit = 20 * (VectorUnit.cycles(instr) + 50)
         await _wait_done(dut, limit)
@@ -327,7 +378,7 @@ async def vector_random(dut):
         counts[instr.op.name] += _written(instr)
         dut._log.debug("#%d %s ok", j, instr)
     dut._log.info("checked %d output elements: %s", checked, counts)
-    tb_report(checked=checked, instrs=len(ops), per_op=counts)
+    tb_report(checked=checked, instrs=len(ops), per_op=counts, coverage=sorted(tags))
 
 
 @cocotb.test()
@@ -346,6 +397,12 @@ async def vector_cycles(dut):
         Instr.make(Op.VREQ, rows=2, n=64, src=0, dst=0, param=4 * (acc_words - 2)),
         Instr.make(Op.VREQ, rows=3, n=8, per_channel=1, src=0, dst=0, param=256),
     ]
+    if cfg.spad_bytes >= 65536:  # long rows: wide row sums, long argmax indexes
+        fixed += [
+            Instr.make(Op.VARGMAX, rows=1, n=60000, src=0, dst=0),
+            Instr.make(Op.VRMS, rows=1, n=8000, src=0, src2=8000, dst=16000, param=0, zp=3),
+            Instr.make(Op.VSOFTMAX, rows=2, n=10000, src=0, src2=20000, dst=30000),
+        ]
     cases: list = fixed + [Op(op) for _ in range(int(p.extra.get("reps", 2))) for op in VECTOR_OPS]
     results = {}
     for case in cases:
@@ -353,10 +410,19 @@ async def vector_cycles(dut):
             instr = gen.make(case)
         else:
             instr = case
+            t = instr.rows * instr.n
             if instr.op == Op.VREQ:
                 count = instr.n if instr.per_channel else 1
-                gen.put32(instr.src, rng.integers(-(1 << 20), 1 << 20, instr.rows * instr.n))
+                gen.put32(instr.src, rng.integers(-(1 << 20), 1 << 20, t))
                 gen.put32(instr.param, [1 << 30] * count + [-3] * count)
+            elif instr.op != Op.VADD:
+                gen.put8(instr.src, rng.integers(-128, 128, t))
+            if instr.op == Op.VRMS:
+                gen.put8(instr.src2, rng.integers(-128, 128, instr.n))
+                gen.put32(instr.param, list(nx.quantize_multiplier(2.0**-17)))
+            elif instr.op == Op.VSOFTMAX:
+                gen.put_bytes(instr.src2, np.asarray(rng.integers(0, 1 << 16, 256), "<u2")
+                              .view(np.uint8))
         gold.check(instr, 0)
         gold.execute(instr, 0)
         n0 = drv.sent
