@@ -212,10 +212,8 @@ class _Ctx:
 
 
 class _Walker:
-    """Loop nest (prologue, rows x passes x elements x operands) of one instruction.
-
-    Two instances walk the same sequence: the issuer (read requests) and the collector (read
-    responses), so requests and responses pair up by position alone.
+    """Loop nest (prologue, rows x passes x elements x operands) of one instruction: the
+    issuer's position. Each read carries a tag (:data:`_TAG`) derived from it to the collector.
     """
 
     def __init__(self, m: Module, ctx: _Ctx, aw: int, name: str):
