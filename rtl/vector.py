@@ -198,7 +198,7 @@ class _SeqMath(Elaboratable):
 
 
 class _Ctx:
-    """Registered instruction fields shared by the two walkers and the datapath."""
+    """Registered instruction fields shared by the issuer walker and the datapath."""
 
     def __init__(self, aw: int):
         self.is_ = {op: Signal(name=f"is_{op.name.lower()}") for op in VECTOR_OPS}
