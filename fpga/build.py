@@ -301,6 +301,7 @@ def build_board(
     core=None,
     out_root: str | Path | None = None,
     pack: bool = True,
+    route: bool = True,
     force: bool = False,
     progress: bool = True,
     breakdown: bool | None = None,
@@ -325,6 +326,9 @@ def build_board(
         Parent of the build directories (default ``build/boards``).
     pack
         Run the packer (``False``: stop after place and route).
+    route
+        Route (``False``: stop after placement, ``nextpnr --no-route``, no bitstream; the
+        fit is known and Fmax is nextpnr's post-placement estimate). For quick fit checks.
     force
         Rebuild even when the directory holds a result for the same design and seed.
     progress
@@ -359,7 +363,9 @@ def build_board(
                                 script_after_synth="tee -o synth.stat stat")
         il = plan.files[f"{NAME}.il"]
         il = il.encode() if isinstance(il, str) else il
-        pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail"]
+        pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail",
+                    *([] if route else ["--no-route"])]
+        pack = pack and route
         key = _digest(il, plan.files[f"{NAME}.ys"], " ".join(pnr_opts), str(pack))
         bdir = Path(out_root) if out_root else _out_root()
         bdir = (bdir / f"{spec.name}-{key}").resolve()
@@ -465,7 +471,7 @@ def build_board(
         "uart": {"baud": baud, "divisor": top.divisor},
         "clock": {"target_mhz": target, "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
                   "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
-                  "clocks": clocks},
+                  "routed": route, "clocks": clocks},
         "resources": resources,
         "fits": fits,
         "overflow": overflow,
@@ -491,8 +497,9 @@ def format_report(r: dict[str, Any]) -> str:
     c = r["clock"]
     if c["fmax_mhz"] is not None:
         verdict = "met" if c["met"] else "NOT met"
+        est = "" if c.get("routed", True) else " (post-placement estimate, not routed)"
         lines.append(f"clock:     Fmax {c['fmax_mhz']:.2f} MHz vs target {c['pll_mhz']:g} MHz "
-                     f"(PLL from {r['pll']['fin_mhz']:g} MHz) -> {verdict}")
+                     f"(PLL from {r['pll']['fin_mhz']:g} MHz) -> {verdict}{est}")
     lines.append(f"uart:      {r['uart']['baud']} baud (divisor {r['uart']['divisor']})")
     lines.append("resources: " + ("fits" if r["fits"] else "DOES NOT FIT"))
     for k, v in r["resources"].items():
@@ -528,6 +535,7 @@ def cli_build_board(args) -> int:
         core = EchoCore
     r = build_board(spec.name, cfg, seed=args.seed, baud=getattr(args, "baud", None),
                     core=core, force=bool(getattr(args, "force", False)),
+                    route=not getattr(args, "place_only", False),
                     progress=True, breakdown=True if getattr(args, "breakdown", False) else None)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -325,6 +325,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="what --board puts behind the UART: the SoC, or a loopback (bring-up)")
     p.add_argument("--breakdown", action="store_true",
                    help="--board: add the LUT/FF cost of each block (extra yosys run)")
+    p.add_argument("--place-only", action="store_true",
+                   help="--board: stop after placement (fit check; no routing, no bitstream)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--force", action="store_true", help="ignore cached results")
 
