@@ -22,7 +22,7 @@ import numpy as np
 
 from tritium import numerics as nx
 from tritium.config import AcceleratorConfig
-from tritium.isa import ENGINE_GEMM, INSTR_BYTES, Instr, Op, gemm_weight_bytes
+from tritium.isa import ENGINE_GEMM, INSTR_BYTES, Instr, Op, footprint, gemm_weight_bytes
 
 from .image import MemoryImage
 
@@ -106,6 +106,19 @@ class _Gen:
         )
 
     def vector(self) -> Instr:
+        """A random vector instruction whose written ranges coincide with or avoid its read
+        ranges (partial overlaps are BAD_OPERAND)."""
+        while True:
+            instr = self._vector()
+            reads, writes = footprint(instr)
+            if all(
+                ws != rs or w1 <= r0 or r1 <= w0 or (w0, w1) == (r0, r1)
+                for ws, w0, w1 in writes
+                for rs, r0, r1 in reads
+            ):
+                return instr
+
+    def _vector(self) -> Instr:
         op = [
             Op.VREQ, Op.VADD, Op.VADD32, Op.VMUL, Op.VSCALE, Op.VACT,
             Op.VRMS, Op.VQUANT, Op.VGATE, Op.VSOFTMAX, Op.VARGMAX,

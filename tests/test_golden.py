@@ -288,3 +288,18 @@ def test_random_programs_run_and_are_deterministic(cfg):
     for op, eng in present.items():
         assert (op in ops) == cfg.has(eng)
     assert {Op.VREQ, Op.VGATE, Op.VSOFTMAX, Op.VRMS, Op.LOAD, Op.STORE} <= ops
+
+
+def test_partial_overlap_is_bad_operand_but_in_place_is_fine():
+    img = MemoryImage(BASE)
+    # in place: identical ranges
+    img.set_program([Instr.make(Op.VADD, rows=1, n=16, src=0, src2=64, dst=0), HALT])
+    run(BASE, img.mem)
+    img.set_program([Instr.make(Op.VADD, rows=1, n=16, src=0, src2=64, dst=8), HALT])
+    with pytest.raises(DeviceError) as e:
+        run(BASE, img.mem)
+    assert e.value.code == ErrorCode.BAD_OPERAND and "overlapping" in e.value.reason
+    # VRMS writing over its gamma vector
+    img.set_program([Instr.make(Op.VRMS, rows=2, n=8, src=0, src2=24, dst=16, param=0), HALT])
+    with pytest.raises(DeviceError):
+        run(BASE, img.mem)

@@ -17,7 +17,9 @@ instruction, and the first failing check decides the error code:
    ``1..cfg.lut_max_bits``, ``wt`` only on GEMM_I8, LOAD/STORE space valid, requantization
    parameters in range (``BAD_OPERAND``);
 5. alignment of addresses, lengths and strides (``MISALIGNED``);
-6. every range of :func:`tritium.isa.footprint` inside its space (``ADDRESS_RANGE``).
+6. every range of :func:`tritium.isa.footprint` inside its space (``ADDRESS_RANGE``);
+7. no written range partially overlaps a read range of the same instruction (identical ranges,
+   as in ``VGATE`` or an in-place ``VADD``, are fine) (``BAD_OPERAND``).
 
 A fault stops execution and raises :class:`DeviceError` with the pc and the reason; nothing of
 the faulting instruction is written. ``max_instructions`` (default ``cfg.watchdog_cycles``) bounds
@@ -229,6 +231,22 @@ class GoldenDevice:
                 if ((sh < -31) | (sh > 30)).any():
                     raise bad("a shift is outside [-31, 30]")
         self._check_range(instr, pc)
+        self._check_overlap(instr, pc)
+
+    def _check_overlap(self, instr: Instr, pc: int) -> None:
+        """A range an instruction writes may coincide exactly with a range it reads (in-place
+        ops) or be disjoint from it, never overlap it partially: hardware streams reads ahead
+        of writes, so a partial overlap would depend on timing."""
+        reads, writes = footprint(instr)
+        for ws, w0, w1 in writes:
+            for rs, r0, r1 in reads:
+                if ws == rs and w0 < r1 and r0 < w1 and (w0, w1) != (r0, r1):
+                    raise DeviceError(
+                        ErrorCode.BAD_OPERAND,
+                        pc,
+                        f"{instr.op.name}: writes {ws} [{w0:#x}, {w1:#x}) partially overlapping "
+                        f"the read range [{r0:#x}, {r1:#x}); use identical or disjoint ranges",
+                    )
 
     def _check_range(self, instr: Instr, pc: int) -> None:
         reads, writes = footprint(instr)

@@ -26,6 +26,10 @@ Memory spaces
 Alignment: the pc (PROG_BASE and JUMP targets) is a multiple of 16; DMA DRAM addresses, row lengths, strides and local addresses are multiples of the bus
 width in bytes (``cfg.bus_bytes``); ACC operand addresses are multiples of 4; GEMM ``k`` is a
 multiple of 8 (:data:`K_ALIGN`).
+
+Operand overlap: a range an instruction writes is either identical to a range it reads (in-place
+ops such as ``VGATE`` or ``VADD dst=src``) or disjoint from it; a partial overlap is
+``BAD_OPERAND`` (the hardware streams reads ahead of writes).
 """
 
 from __future__ import annotations
