@@ -203,7 +203,8 @@ class InstrChecker(wiring.Component):
     ``code``, ``queue``, ``serial`` and ``hull`` describe the ``word`` presented two cycles
     earlier (hold ``word`` stable for two cycles). ``code`` is the :class:`~tritium.isa.ErrorCode`
     of the first failing check in the order of :meth:`tritium.golden.GoldenDevice.check`
-    (decode, engine, operands, alignment, ranges); the ACC parameter values of
+    (decode, engine, operands, alignment, ranges, partial read/write overlap); the ACC
+    parameter values of
     VREQ/VMUL/VRMS are checked by the compute unit when the instruction executes.
 
     Members
@@ -351,6 +352,7 @@ class InstrChecker(wiring.Component):
             return [], []
 
         range_err = Signal()
+        overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
         hull = Signal(hull_layout(cfg))
         with m.Switch(opc1):
             for op in Op:
@@ -360,6 +362,14 @@ class InstrChecker(wiring.Component):
                 with m.Case(int(op)):
                     errs = [c & (e > sizes[s]) for s, _, e, c in reads + writes]
                     m.d.comb += range_err.eq(Cat(errs).any())
+                    ovl = [
+                        wc & rc & (w0 < r1) & (r0 < w1) & ((w0 != r0) | (w1 != r1))
+                        for ws, w0, w1, wc in writes
+                        for rs, r0, r1, rc in reads
+                        if ws == rs
+                    ]
+                    if ovl:
+                        m.d.comb += overlap.eq(Cat(ovl).any())
                     for dname, lst in (("r", reads), ("w", writes)):
                         for sp in SPACES:
                             sel = [(st, en, c) for s, st, en, c in lst if s == sp]
@@ -387,6 +397,8 @@ class InstrChecker(wiring.Component):
             m.d.comb += code.eq(ErrorCode.MISALIGNED)
         with m.Elif(range_err):
             m.d.comb += code.eq(ErrorCode.ADDRESS_RANGE)
+        with m.Elif(overlap):
+            m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
 
         queue = Signal(2, init=3)
         with m.Switch(opc1):

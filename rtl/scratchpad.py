@@ -18,7 +18,7 @@ so no client starves another.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -96,18 +96,26 @@ def rr_arbiter(m: Module, reqs: list, name: str) -> list[Signal]:
     """
     n = len(reqs)
     grants = [Signal(name=f"{name}_gnt{i}") for i in range(n)]
+    req = [Signal(name=f"{name}_req{i}") for i in range(n)]
+    m.d.comb += [r.eq(v) for r, v in zip(req, reqs)]
     if n == 1:
-        m.d.comb += grants[0].eq(reqs[0])
+        m.d.comb += grants[0].eq(req[0])
         return grants
     last = Signal(range(n), name=f"{name}_last", init=n - 1)
-    with m.Switch(last):
+    # grant i when it requests and no requester between last+1 and i-1 (cyclically) does
+    for i in range(n):
+        cases = []
         for lst in range(n):
-            with m.Case(lst):
-                taken = Const(0, 1)
-                for j in range(n):
-                    idx = (lst + 1 + j) % n
-                    m.d.comb += grants[idx].eq(reqs[idx] & ~taken)
-                    taken = taken | reqs[idx]
+            before = [(lst + 1 + j) % n for j in range(n)]
+            prior = before[: before.index(i)]
+            blocked = Cat(req[k] for k in prior).any() if prior else Const(0, 1)
+            cases.append((lst, blocked))
+        blk = Signal(name=f"{name}_blk{i}")
+        with m.Switch(last):
+            for lst, blocked in cases:
+                with m.Case(lst):
+                    m.d.comb += blk.eq(blocked)
+        m.d.comb += grants[i].eq(req[i] & ~blk)
     for i in range(n):
         with m.If(grants[i]):
             m.d.sync += last.eq(i)
@@ -170,6 +178,11 @@ class BankedMemory(wiring.Component):
             return p.addr[bbits:] if bbits else p.addr
 
         acks = [Signal(name=f"ack{i}") for i in range(self.n_ports)]
+        pbank = []
+        for i, p in enumerate(ports):
+            s_ = Signal(range(max(nb, 2)), name=f"pbank{i}")
+            m.d.comb += s_.eq(bank_of(p))
+            pbank.append(s_)
         bank_sel = [Signal(range(max(nb, 2)), name=f"rbank{i}") for i in range(self.n_ports)]
         rdatas = []
         for b in range(nb):
@@ -178,8 +191,8 @@ class BankedMemory(wiring.Component):
             wp = mem.write_port(granularity=8)
             rp = mem.read_port(transparent_for=(wp,))
             rdatas.append(rp.data)
-            rreq = [p.en & ~p.we & (bank_of(p) == b) for p in ports]
-            wreq = [p.en & p.we & (bank_of(p) == b) for p in ports]
+            rreq = [p.en & ~p.we & (pbank[i] == b) for i, p in enumerate(ports)]
+            wreq = [p.en & p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r")
             wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w")
             raddr = Const(0, max(1, (rows - 1).bit_length()))

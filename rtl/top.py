@@ -71,8 +71,8 @@ def _div_const(m: Module, x, d: int, nbits: int, name: str) -> Signal:
 class Gather(wiring.Component):
     """Assembles one beat of ``lanes`` bytes from the SPAD, with a one-word cache per lane.
 
-    Lane ``i`` reads the byte at ``base + (i // group) * gstride + (i % group)`` when
-    ``i // group < glim`` and ``i % group < klim`` (else it gives 0). Each lane keeps the last
+    Lane ``i`` reads the byte at ``base + (i // group) * gstride + (i % group) * ostride`` when
+    ``i // group < glim`` and ``klo <= i % group < khi`` (else it gives 0). Each lane keeps the last
     word it used, so a walker that steps through rows of A/W hits the cache for
     ``word_bytes`` consecutive beats; missing words are read one per cycle and every lane that
     needs a returned word takes it (lanes reading the same word share one read).
@@ -83,8 +83,8 @@ class Gather(wiring.Component):
 
     Members
     -------
-    base, gstride : In(24)
-    glim, klim : In(24)
+    base, gstride, ostride : In(24)
+    glim, klo, khi : In(24)
     req, flush : In(1)
     valid : Out(1)
     data : Out(ArrayLayout(unsigned(8), lanes))
@@ -100,8 +100,10 @@ class Gather(wiring.Component):
             {
                 "base": In(24),
                 "gstride": In(24),
+                "ostride": In(24, init=1),
                 "glim": In(24),
-                "klim": In(24),
+                "klo": In(24),
+                "khi": In(24),
                 "req": In(1),
                 "flush": In(1),
                 "valid": Out(1),
@@ -129,9 +131,9 @@ class Gather(wiring.Component):
             miss = Signal(name=f"miss{i}")
             grp, off = divmod(i, g)
             m.d.comb += [
-                addr.eq(self.base + grp * self.gstride + off),
+                addr.eq(self.base + grp * self.gstride + off * self.ostride),
                 need.eq(addr[lb:]),
-                mask.eq((grp < self.glim) & (off < self.klim)),
+                mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
                 hit.eq(tv & (tag == need)),
                 miss.eq(mask & ~hit & ~(port.rvalid & (if_tag == need))),
                 self.data[i].eq(Mux(mask, line.word_select(addr[:lb], 8) if lb else line, 0)),
@@ -230,7 +232,9 @@ class GemmUnit(wiring.Component):
         else:
             self.lm, self.ln = 1, cfg.lut_lanes
             self.act_lanes, self.act_group = cfg.lut_group, cfg.lut_group
-            self.wgt_lanes, self.wgt_group = cfg.lut_lanes, 1
+            # one lane per (channel, plane): every plane keeps its own cached word
+            self.wgt_lanes = cfg.lut_lanes * cfg.lut_max_bits
+            self.wgt_group = cfg.lut_max_bits
         super().__init__(
             {
                 "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
@@ -346,11 +350,10 @@ class GemmUnit(wiring.Component):
         woff = Signal(24)
         wsub = Signal(17)  # systolic wt: kk index; ternary: j*T; lut: q*g
         plane = Signal(3)
-        pk = Signal(20)  # lut: plane * k/8
 
         start_stmts = [
             abase.eq(a), aoff.eq(0), wbase.eq(w), woff.eq(0), wsub.eq(0), plane.eq(0),
-            pk.eq(0), crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
+            crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
             *ci.reset(), *aw_.reset(), *ww_.reset(),
         ]
         if eng_name == "systolic":
@@ -359,12 +362,12 @@ class GemmUnit(wiring.Component):
                 ag.base.eq(abase + aoff),
                 ag.gstride.eq(kk),
                 ag.glim.eq(aw_.orem),
-                ag.klim.eq(1),
+                ag.khi.eq(1),
                 eng.act.payload.eq(ag.data),
                 wg.base.eq(wbase + Mux(wt, woff, wsub)),
                 wg.gstride.eq(Mux(wt, 1, kk)),
                 wg.glim.eq(ww_.nrem),
-                wg.klim.eq(1),
+                wg.khi.eq(1),
                 eng.wgt.payload.eq(wg.data),
             ]
             with m.If(a_fire):
@@ -393,12 +396,12 @@ class GemmUnit(wiring.Component):
                 ag.base.eq(abase + aoff),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
-                ag.klim.eq(kk - aoff),
+                ag.khi.eq(kk - aoff),
                 eng.act.payload.eq(ag.data),
                 wg.base.eq(wbase + woff),
                 wg.gstride.eq(k4),
                 wg.glim.eq(ww_.nrem),
-                wg.klim.eq(k4 - woff),
+                wg.khi.eq(k4 - woff),
                 eng.wgt.payload.eq(wg.data),
             ]
             with m.If(a_fire):
@@ -428,16 +431,22 @@ class GemmUnit(wiring.Component):
                 ag.base.eq(abase + aoff),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
-                ag.klim.eq(G),
+                ag.khi.eq(G),
                 eng.act.payload.eq(ag.data),
-                wg.base.eq(wbase + pk + (wsub >> 3)),
+                wg.base.eq(wbase + (wsub >> 3)),
                 wg.gstride.eq(bkb),
+                wg.ostride.eq(kb),
                 wg.glim.eq(ww_.nrem),
-                wg.klim.eq(1),
+                wg.klo.eq(plane),
+                wg.khi.eq(plane + 1),
             ]
             shift = wsub[:3] if G < 8 else Const(0, 3)
+            mb = cfg.lut_max_bits
             for i in range(LN):
-                m.d.comb += eng.wgt.payload[i].eq((wg.data[i] >> shift) & gmask)
+                byte = wg.data[i * mb]
+                for p_ in range(1, mb):
+                    byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
+                m.d.comb += eng.wgt.payload[i].eq((byte >> shift) & gmask)
             with m.If(a_fire):
                 m.d.sync += aoff.eq(aoff + G)
                 with m.If(aoff + G >= kk):
@@ -448,9 +457,9 @@ class GemmUnit(wiring.Component):
                     with m.If(aw_.last):
                         m.d.sync += a_done.eq(1)
             with m.If(w_fire):
-                m.d.sync += [plane.eq(plane + 1), pk.eq(pk + kb)]
+                m.d.sync += plane.eq(plane + 1)
                 with m.If(plane == bits - 1):
-                    m.d.sync += [plane.eq(0), pk.eq(0), wsub.eq(wsub + G)]
+                    m.d.sync += [plane.eq(0), wsub.eq(wsub + G)]
                     with m.If(wsub + G >= kk):
                         m.d.sync += wsub.eq(0)
                         ww_.advance()

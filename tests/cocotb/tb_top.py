@@ -277,3 +277,14 @@ async def debug_poll(dut):
         dut._log.info("STATUS %x irq %s ERR %d PC %x %s", st, dut.irq.value,
                       await h.csr.read(CSR.ERROR), await h.csr.read(CSR.ERROR_PC),
                       {k: v for k, v in c.items() if v})
+
+
+@cocotb.test(skip=os.environ.get("TRITIUM_TB_DEBUG") is None)
+async def debug_idle_clock(dut):
+    from cocotb.clock import Clock
+    from cocotb.triggers import ClockCycles
+
+    Clock(dut.clk, 10, unit="ns").start()
+    t0 = time.time()
+    await ClockCycles(dut.clk, 20000)
+    dut._log.info("idle: %.1f cycles/s", 20000 / (time.time() - t0))

@@ -1,0 +1,199 @@
+"""The tritium SoC: accelerator + on-chip RAM as device memory + byte-stream bridge.
+
+The same RTL runs in simulation (a cocotb driver or a socket server on ``rx``/``tx``) and on a
+board (a UART on ``rx``/``tx``)::
+
+    rx/tx bytes -> Bridge --AXI4-Lite--> TritiumTop.s_axil (CSRs)
+                     |                  TritiumTop.m_axi --AXI4--> SocRam (device memory)
+                     +------ word port -----------------------------^
+
+:class:`SocRam` is ``cfg.dev_mem_bytes`` of :class:`amaranth.lib.memory.Memory` (``bus_bytes``
+words) with an AXI4 slave (INCR bursts, one beat per cycle each way, reads and writes
+concurrently; bursts starting outside the memory answer DECERR) and a word port for the
+bridge (served in the cycles the AXI side leaves the memory port free).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
+from tritium.rtl.dma import axi_signature
+from tritium.rtl.scratchpad import MemPortSignature
+from tritium.rtl.top import TritiumTop
+
+from tritium.config import AcceleratorConfig
+
+from .bridge import Bridge
+
+__all__ = ["SocRam", "TritiumSoc"]
+
+
+class SocRam(wiring.Component):
+    """On-chip device memory with an AXI4 slave port and a bridge word port.
+
+    Cycle contract: a read burst returns one beat per cycle (first beat two cycles after AR)
+    while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after the
+    last beat. One burst of each direction at a time. The bridge port is acknowledged in any
+    cycle in which the AXI side does not use the memory's read (resp. write) port.
+
+    Members
+    -------
+    axi : In(Axi4Signature)
+    port : In(MemPortSignature)
+        Bridge access (word address, byte mask).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig):
+        self.cfg = cfg
+        self.words = cfg.dev_mem_bytes // cfg.bus_bytes
+        self.abits = max(1, (self.words - 1).bit_length())
+        super().__init__(
+            {
+                "axi": In(axi_signature(cfg)),
+                "port": In(MemPortSignature(self.abits, cfg.bus_bytes)),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        bb = cfg.bus_bytes
+        lb = (bb - 1).bit_length()
+        axi, port = self.axi, self.port
+        mem = memory.Memory(shape=8 * bb, depth=self.words, init=[])
+        m.submodules.mem = mem
+        wp = mem.write_port(granularity=8)
+        rp = mem.read_port(transparent_for=(wp,))
+
+        # ------------------------------------------------------------------ reads
+        r_active = Signal()
+        r_addr = Signal(self.abits)
+        r_left = Signal(9)
+        r_id = Signal(len(axi.arid))
+        r_bad = Signal()
+        idw = len(axi.arid)
+        # entries: data, last, bad, id (per beat: the next AR may arrive before they leave)
+        m.submodules.rfifo = rfifo = fifo.SyncFIFO(width=8 * bb + 2 + idw, depth=2)
+        r_pend = Signal()  # a read was issued last cycle
+        r_last_pend = Signal()
+        held = Signal(range(4))
+        m.d.comb += axi.arready.eq(~r_active)
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += [
+                r_active.eq(1),
+                r_addr.eq(axi.araddr[lb:]),
+                r_left.eq(axi.arlen + 1),
+                r_id.eq(axi.arid),
+                r_bad.eq(axi.araddr >= cfg.dev_mem_bytes),
+            ]
+        issue = Signal()
+        m.d.comb += issue.eq(r_active & (r_left != 0) & (held < 2))
+        with m.If(issue):
+            m.d.sync += [r_addr.eq(r_addr + 1), r_left.eq(r_left - 1)]
+            with m.If(r_left == 1):
+                m.d.sync += r_active.eq(0)
+        r_bad_pend = Signal()
+        r_id_pend = Signal(idw)
+        m.d.sync += [r_pend.eq(issue), r_last_pend.eq(issue & (r_left == 1)),
+                     r_bad_pend.eq(r_bad), r_id_pend.eq(r_id)]
+        pop = Signal()
+        m.d.comb += [
+            rfifo.w_en.eq(r_pend),
+            rfifo.w_data.eq(Cat(Mux(r_bad_pend, 0, rp.data), r_last_pend, r_bad_pend,
+                                r_id_pend)),
+            axi.rvalid.eq(rfifo.r_rdy),
+            axi.rdata.eq(rfifo.r_data[: 8 * bb]),
+            axi.rlast.eq(rfifo.r_data[8 * bb]),
+            axi.rid.eq(rfifo.r_data[8 * bb + 2 :]),
+            axi.rresp.eq(Mux(rfifo.r_data[8 * bb + 1], RESP_DECERR, RESP_OKAY)),
+            pop.eq(rfifo.r_rdy & axi.rready),
+            rfifo.r_en.eq(pop),
+        ]
+        m.d.sync += held.eq(held + issue - pop)
+
+        # ------------------------------------------------------------------ writes
+        w_active = Signal()
+        w_addr = Signal(self.abits)
+        w_id = Signal(len(axi.awid))
+        w_bad = Signal()
+        b_valid = Signal()
+        m.d.comb += axi.awready.eq(~w_active & ~b_valid)
+        with m.If(axi.awvalid & axi.awready):
+            m.d.sync += [w_active.eq(1), w_addr.eq(axi.awaddr[lb:]), w_id.eq(axi.awid),
+                         w_bad.eq(axi.awaddr >= cfg.dev_mem_bytes)]
+        m.d.comb += axi.wready.eq(w_active)
+        w_fire = Signal()
+        m.d.comb += w_fire.eq(axi.wvalid & axi.wready)
+        with m.If(w_fire):
+            m.d.sync += w_addr.eq(w_addr + 1)
+            with m.If(axi.wlast):
+                m.d.sync += [w_active.eq(0), b_valid.eq(1)]
+        with m.If(b_valid & axi.bready):
+            m.d.sync += b_valid.eq(0)
+        m.d.comb += [axi.bvalid.eq(b_valid), axi.bid.eq(w_id),
+                     axi.bresp.eq(Mux(w_bad, RESP_DECERR, RESP_OKAY))]
+
+        # ------------------------------------------------------------------ memory ports
+        p_rd = port.en & ~port.we
+        p_wr = port.en & port.we
+        p_rack = Signal()
+        p_wack = Signal()
+        m.d.comb += [
+            p_rack.eq(p_rd & ~issue),
+            p_wack.eq(p_wr & ~w_fire),
+            rp.addr.eq(Mux(issue, r_addr, port.addr)),
+            rp.en.eq(1),
+            wp.addr.eq(Mux(w_fire, w_addr, port.addr)),
+            wp.data.eq(Mux(w_fire, axi.wdata, port.wdata)),
+            wp.en.eq(Mux(w_fire, Mux(w_bad, 0, axi.wstrb), Mux(p_wack, port.wmask, 0))),
+            port.ack.eq(p_rack | p_wack),
+            port.rdata.eq(rp.data),
+        ]
+        m.d.sync += port.rvalid.eq(p_rack)
+        return m
+
+
+class TritiumSoc(wiring.Component):
+    """Accelerator + device memory + bridge (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    timeout : int
+        The bridge's inter-byte timeout in cycles.
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+        Host -> bridge bytes.
+    tx : Out(stream.Signature(8))
+        Bridge -> host bytes.
+    irq : Out(1)
+        The accelerator's interrupt (STATUS done/error with CTRL.IRQ_EN).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, timeout: int = 1 << 20):
+        self.cfg = cfg
+        self.timeout = timeout
+        super().__init__(
+            {
+                "rx": In(stream.Signature(8)),
+                "tx": Out(stream.Signature(8)),
+                "irq": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.acc = acc = TritiumTop(self.cfg)
+        m.submodules.ram = ram = SocRam(self.cfg)
+        m.submodules.bridge = br = Bridge(self.cfg, self.timeout)
+        wiring.connect(m, acc.m_axi, ram.axi)
+        wiring.connect(m, br.csr, acc.s_axil)
+        wiring.connect(m, br.mem, ram.port)
+        wiring.connect(m, wiring.flipped(self.rx), br.rx)
+        wiring.connect(m, wiring.flipped(self.tx), br.tx)
+        m.d.comb += self.irq.eq(acc.irq)
+        return m
