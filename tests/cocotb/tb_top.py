@@ -12,6 +12,7 @@ import time
 
 import cocotb
 import numpy as np
+from tritium.firmware import kernels_lm
 from tritium.firmware.image import MemoryImage
 from tritium.firmware.randprog import random_program
 from tritium.sim.axi import ErrorWindows, TopHarness
@@ -131,13 +132,18 @@ async def _expect_fault(h: TopHarness, img: MemoryImage, code: ErrorCode, pc: in
     assert res.error_pc == pc, f"{code.name}: ERROR_PC {res.error_pc:#x}, expected {pc:#x}"
 
 
-async def _recover(h: TopHarness, seed: int) -> None:
-    """After a fault: CTRL.RESET, then a random program must run correctly."""
+async def _recover(h: TopHarness, seed: int, random: bool = False) -> None:
+    """After a fault: CTRL.RESET, then a program (an MLGRU step, or a random program) must run
+    correctly."""
     await h.reset_device()
-    rp = random_program(h.cfg, seed, n_ops=8)
-    _nop_self_overlaps(rp)
-    exp = golden.run(h.cfg, rp.image.mem)
-    res = await h.run_program(rp.image.mem)
+    if random:
+        rp = random_program(h.cfg, seed, n_ops=8)
+        _nop_self_overlaps(rp)
+        mem = rp.image.mem
+    else:
+        mem = kernels_lm.mlgru_demo_image(h.cfg, seed=seed).mem
+    exp = golden.run(h.cfg, mem)
+    res = await h.run_program(mem)
     assert res.status == "done", (res.status, res.error, res.error_pc)
     assert (res.mem == exp.mem).all(), _diff(res.mem, exp.mem)
 
@@ -230,7 +236,7 @@ async def faults(dut):
     from cocotb.triggers import ClockCycles
 
     await ClockCycles(dut.clk, 700)
-    await _recover(h, p.seed + 9)
+    await _recover(h, p.seed + 9, random=True)
     checked.append("reset_while_running")
     tb_report(faults=checked)
 
