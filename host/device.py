@@ -219,6 +219,9 @@ class Device:
         STATUS.ERROR (``check=False``: return the result with ``status="error"``)."""
         t0 = time.perf_counter()
         self.start(prog_base)
+        hook = getattr(self.transport, "wait_done", None)
+        if hook is not None:  # simulator: run freely until irq instead of polling per cycle
+            hook(self.config.watchdog_cycles + 64)
         st = self.wait(timeout)
         wall = time.perf_counter() - t0
         tr = self.transport

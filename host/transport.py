@@ -382,6 +382,15 @@ class SimTransport(Transport):
         if r.status != protocol.Status.OK:
             raise ProtocolError(f"sim: bulk write refused ({r.status})", r.status)
 
+    def wait_done(self, max_cycles: int) -> int:
+        """Let the simulation run (no Python per cycle) until the accelerator raises irq or
+        ``max_cycles`` pass; returns the cycles waited. The host then reads STATUS."""
+        from tritium.sim.server import wait_irq_frame
+
+        self._sock.sendall(wait_irq_frame(max_cycles))
+        r = self._recv_reply("a wait for irq")
+        return int.from_bytes(r.payload[:4], "little") if r.payload else 0
+
     def close(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
