@@ -43,6 +43,7 @@ sending a PING and discarding responses up to the PING's.
 
 from __future__ import annotations
 
+import numbers
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -169,9 +170,10 @@ def write_mem(addr: int, data: bytes) -> bytes:
 
 def split_mem(addr: int, data_or_len, max_len: int = MAX_LEN):
     """Yield ``(addr, chunk)`` (writes) or ``(addr, n)`` (reads) pieces of at most ``max_len``."""
-    if isinstance(data_or_len, int):
-        for off in range(0, data_or_len, max_len):
-            yield addr + off, min(max_len, data_or_len - off)
+    if isinstance(data_or_len, numbers.Integral):
+        n = int(data_or_len)
+        for off in range(0, n, max_len):
+            yield addr + off, min(max_len, n - off)
     else:
         data = bytes(data_or_len)
         for off in range(0, len(data), max_len):

@@ -141,7 +141,7 @@ async def soc_program(dut):
     mem2 = img2.mem.copy()
     _, bad2, compared2 = await _run_image(c, cfg, mem2)
     assert bad2 == 0, f"{bad2} of {compared2} result bytes differ"
-    tb_report(compared=compared + compared2, cycles=cycles)
+    tb_report(compared=int(compared + compared2), cycles=int(cycles))
 
 
 @cocotb.test()
