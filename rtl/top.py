@@ -69,13 +69,14 @@ def _div_const(m: Module, x, d: int, nbits: int, name: str) -> Signal:
 
 
 class Gather(wiring.Component):
-    """Assembles one beat of ``lanes`` bytes from the SPAD, with a one-word cache per lane.
+    """Assembles one beat of ``lanes`` bytes from the SPAD, with a two-word cache per lane.
 
     Lane ``i`` reads the byte at ``base + (i // group) * gstride + (i % group) * ostride`` when
-    ``i // group < glim`` and ``klo <= i % group < khi`` (else it gives 0). Each lane keeps the last
-    word it used, so a walker that steps through rows of A/W hits the cache for
-    ``word_bytes`` consecutive beats; missing words are read one per cycle and every lane that
-    needs a returned word takes it (lanes reading the same word share one read).
+    ``i // group < glim`` and ``klo <= i % group < khi`` (else it gives 0). Each lane keeps the
+    word it uses and, when the port has nothing more urgent to do, prefetches the following
+    word, so a walker that steps through rows of A/W finds the next word there when it crosses
+    a word boundary. Missing words are read first, one per cycle; every lane that needs a
+    returned word takes it (lanes reading the same word share one read).
 
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
     combinational from the cache, so a beat can be taken every cycle while lanes hit. ``flush``
@@ -118,40 +119,69 @@ class Gather(wiring.Component):
         lb = _log2(wb)
         aw = self.addr_bits
         port = self.port
-        if_tag = Signal(aw)
-        hits, misses, needs, masks = [], [], [], []
+        if_tag = Signal(aw)  # word of the read acknowledged last cycle (arrives now)
+        ret = port.rvalid
+        hits, misses, prefs, needs, nexts = [], [], [], [], []
         for i in range(n):
             addr = Signal(26, name=f"addr{i}")
             need = Signal(aw, name=f"need{i}")
+            nxt = Signal(aw, name=f"next{i}")
             mask = Signal(name=f"mask{i}")
-            tag = Signal(aw, name=f"tag{i}")
-            tv = Signal(name=f"tv{i}")
-            line = Signal(8 * wb, name=f"line{i}")
-            hit = Signal(name=f"hit{i}")
+            tag_a = Signal(aw, name=f"tag_a{i}")
+            tag_b = Signal(aw, name=f"tag_b{i}")
+            v_a = Signal(name=f"v_a{i}")
+            v_b = Signal(name=f"v_b{i}")
+            line_a = Signal(8 * wb, name=f"line_a{i}")
+            line_b = Signal(8 * wb, name=f"line_b{i}")
+            hit_a = Signal(name=f"hit_a{i}")
+            hit_b = Signal(name=f"hit_b{i}")
+            a_next = Signal(name=f"a_next{i}")
+            has_next = Signal(name=f"has_next{i}")
             miss = Signal(name=f"miss{i}")
+            pref = Signal(name=f"pref{i}")
             grp, off = divmod(i, g)
+            line = Mux(hit_b, line_b, line_a)
             m.d.comb += [
                 addr.eq(self.base + grp * self.gstride + off * self.ostride),
                 need.eq(addr[lb:]),
+                nxt.eq(need + 1),
                 mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
-                hit.eq(tv & (tag == need)),
-                miss.eq(mask & ~hit & ~(port.rvalid & (if_tag == need))),
+                hit_a.eq(v_a & (tag_a == need)),
+                hit_b.eq(v_b & (tag_b == need)),
+                a_next.eq(v_a & (tag_a == nxt)),
+                has_next.eq(a_next | (v_b & (tag_b == nxt))),
+                miss.eq(mask & ~hit_a & ~hit_b & ~(ret & (if_tag == need))),
+                pref.eq(mask & (hit_a | hit_b) & ~has_next & ~(ret & (if_tag == nxt))),
                 self.data[i].eq(Mux(mask, line.word_select(addr[:lb], 8) if lb else line, 0)),
             ]
             with m.If(self.flush):
-                m.d.sync += tv.eq(0)
-            with m.Elif(port.rvalid & (if_tag == need)):
-                m.d.sync += [tag.eq(if_tag), line.eq(port.rdata), tv.eq(1)]
-            hits.append(hit | ~mask)
+                m.d.sync += [v_a.eq(0), v_b.eq(0)]
+            with m.Elif(ret & (if_tag == need) & ~hit_a & ~hit_b):
+                # demand fill: keep the entry that holds the next word
+                with m.If(a_next):
+                    m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
+                with m.Else():
+                    m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
+            with m.Elif(ret & (if_tag == nxt) & ~has_next):
+                # prefetch fill: into the entry not holding the current word
+                with m.If(hit_a):
+                    m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
+                with m.Else():
+                    m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
+            hits.append(hit_a | hit_b | ~mask)
             misses.append(miss)
+            prefs.append(pref)
             needs.append(need)
-            masks.append(mask)
+            nexts.append(nxt)
         sel = Signal(aw)
+        expr = Const(0, aw)
         for i in reversed(range(n)):
-            sel = Mux(misses[i], needs[i], sel)
-        any_miss = Cat(misses).any()
+            expr = Mux(prefs[i], nexts[i], expr)
+        for i in reversed(range(n)):
+            expr = Mux(misses[i], needs[i], expr)
+        m.d.comb += sel.eq(expr)
         m.d.comb += [
-            port.en.eq(self.req & any_miss & ~self.flush),
+            port.en.eq(self.req & (Cat(misses).any() | Cat(prefs).any()) & ~self.flush),
             port.we.eq(0),
             port.addr.eq(sel),
             self.valid.eq(self.req & Cat(hits).all() & ~self.flush),
