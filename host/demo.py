@@ -1,67 +1,88 @@
 """``tritium demo``: a first run that needs nothing but NumPy.
 
-Runs a double-buffered tiled GEMM on every engine of the ``base`` preset on the golden device,
-checks each result against a plain NumPy matmul, then runs a few random programs, and prints
-what it did.
+Compiles the shipped MatMul-free language model (ternary weights, trained on tinyshakespeare)
+for the ``tiny`` preset (iCE40 UP5K: ternary engine + vector unit, 128 KiB of device memory),
+loads it on the golden device through the bridge protocol, and generates text token by token.
+Every step is checked against the NumPy integer reference, and the same model compiled for the
+``base`` preset's LUT core and ternary engine gives the same integers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 
-from tritium import numerics as nx
 from tritium.config import preset
-from tritium.firmware.image import MemoryImage
-from tritium.firmware.kernels import tiled_gemm
-from tritium.firmware.randprog import random_program
-from tritium.golden import run
-from tritium.isa import Instr, Op
 
-
-def _pack(engine: str, w: np.ndarray, bits: int) -> np.ndarray:
-    if engine == "ternary":
-        return nx.pack_ternary(w)
-    if engine == "lut":
-        return nx.pack_lut_weights(w, bits)
-    return w
+PROMPT = "ROMEO:"
+N_CHARS = 48
 
 
 def demo(out=print) -> bool:
     """Run the demo; returns True when every check passed."""
-    cfg = preset("base")
-    rng = np.random.default_rng(0)
-    m, k, n = 16, 512, 64
-    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
-    weights = {
-        ("systolic", 0): rng.integers(-128, 128, (n, k)).astype(np.int8),
-        ("ternary", 0): rng.integers(-1, 2, (n, k)).astype(np.int8),
-        ("lut", 2): rng.integers(-2, 2, (n, k)).astype(np.int8),
-        ("lut", 4): rng.integers(-8, 8, (n, k)).astype(np.int8),
-    }
-    out(f"tritium demo: {m}x{k} @ {k}x{n} GEMM on preset 'base' ({cfg.hash}), golden device")
-    out(f"{'engine':<10} {'weights':>8} {'instrs':>7} {'w bytes':>8} {'check':>6}")
-    ok = True
-    for (engine, bits), w in weights.items():
-        packed = _pack(engine, w, bits)
-        img = MemoryImage(cfg, prog_bytes=16 * 256)
-        pa, pw, pc = img.place(a), img.place(packed), img.alloc(4 * m * n)
-        prog = tiled_gemm(cfg, a=pa, w=pw, c=pc, m=m, k=k, n=n, engine=engine, bits=bits)
-        img.set_program(prog + [Instr.make(Op.HALT)])
-        res = run(cfg, img.mem)
-        got = res.mem[pc : pc + 4 * m * n].view("<i4").reshape(m, n)
-        good = bool((got == a.astype(np.int64) @ w.astype(np.int64).T).all())
-        ok &= good
-        kind = f"int{bits}" if bits else ("ternary" if engine == "ternary" else "int8")
-        out(f"{engine:<10} {kind:>8} {res.instret:>7} {packed.nbytes:>8} "
-            f"{'ok' if good else 'FAIL':>6}")
+    from tritium.firmware.compiler import compile_model
+    from tritium.host import data
+    from tritium.host.device import Device
+    from tritium.host.evaluate import load_int
+    from tritium.host.generate import generate
+    from tritium.host.runtime import Runtime
+
     t0 = time.perf_counter()
-    count = 0
-    for seed in range(8):
-        rp = random_program(cfg, seed, n_ops=40)
-        count += run(cfg, rp.image.mem).instret
-    dt = time.perf_counter() - t0
-    out(f"8 random programs, {count} instructions, {count / dt:,.0f} instr/s on the golden model")
-    out("all checks passed" if ok else "SOME CHECKS FAILED")
+    out("tritium demo: the MatMul-free LM (ternary weights) on the golden device, preset 'tiny'")
+    model = load_int("mmfree")  # quantize the float QAT checkpoint (NumPy)
+    cfg = preset("tiny")
+    cm = compile_model(model, cfg)
+    fig = cm.figures()
+    out(f"compiled: {fig['instructions']} instructions per token, image "
+        f"{fig['image_bytes']:,} of {fig['dev_mem_bytes']:,} bytes of device memory, "
+        f"SPAD peak {fig['spad_peak']:,}/{cfg.spad_bytes:,} B, ACC peak "
+        f"{fig['acc_peak']}/{cfg.acc_bytes} B")
+    ok = True
+    with Device.open("golden", cfg) as dev:
+        rt = Runtime(dev, cm)
+        out("")
+        if out is print:  # stream the characters as the device produces them
+            print(PROMPT, end="", flush=True)
+            res = generate(rt, PROMPT, N_CHARS,
+                           on_text=lambda ch: print(ch, end="", flush=True))
+            print()
+        else:
+            res = generate(rt, PROMPT, N_CHARS)
+            out(PROMPT + res.text)
+    # the integer reference, greedy, on the host
+    tok = data.tokenizer()
+    st = model.init_state()
+    nxt = 0
+    for t in tok.encode(PROMPT):
+        _, _, nxt, st = model.step(int(t), st)
+    ref = []
+    for _ in range(N_CHARS):
+        ref.append(nxt)
+        _, _, nxt, st = model.step(nxt, st)
+    same = res.text == tok.decode(ref)
+    ok &= same
+    out("")
+    out(f"{res.steps} decode steps, {res.tokens_per_s:.1f} tokens/s on the golden model, "
+        f"{res.instret_per_token:.0f} instructions/token; device == integer reference: "
+        f"{'ok' if same else 'FAIL'}")
+    # the same ternary weights on the LUT core (2-bit) and the ternary engine of 'base'
+    outs = {}
+    for engine in ("ternary", "lut"):
+        cmb = compile_model(model, preset("base"), engine)
+        with Device.open("golden", "base") as dev:
+            rt = Runtime(dev, cmb)
+            rt.reset()
+            outs[engine] = np.stack([rt.step(t).logits_acc for t in (20, 43, 50)])
+    same = bool(np.array_equal(outs["ternary"], outs["lut"]))
+    ok &= same
+    out(f"preset 'base': ternary engine and LUT tensor core give identical logits: "
+        f"{'ok' if same else 'FAIL'}")
+    out(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
+        f"({time.perf_counter() - t0:.1f} s)")
     return ok
+
+
+if __name__ == "__main__":
+    sys.exit(0 if demo() else 1)

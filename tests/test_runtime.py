@@ -242,3 +242,12 @@ def test_cli_user_errors(capsys):
     assert "not in config 'tiny'" in capsys.readouterr().err
     assert cli.main(["generate", "--model", "gpt", "--device", "serial", "-n", "1"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_demo_generates_and_checks():
+    from tritium.host.demo import demo
+
+    lines: list[str] = []
+    assert demo(out=lines.append)
+    text = "\n".join(lines)
+    assert "ROMEO:" in text and "all checks passed" in text
