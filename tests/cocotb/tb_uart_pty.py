@@ -26,6 +26,7 @@ import tty
 from collections import deque
 
 import cocotb
+import cocotb.utils
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 from tritium.sim.build import tb_report, test_params
@@ -129,8 +130,8 @@ async def uart_pty_bridge(dut):
     wall_limit = float(p.extra.get("wall_limit_s", 600))
 
     link = PtyLink()
-    stats = {"bytes_in": 0, "bytes_out": 0, "glitches": 0, "tx_frame_errors": 0}
-    Clock(dut.clk, CLK_NS, unit="ns").start()
+    stats = {"bytes_in": 0, "bytes_out": 0, "glitches": 0, "tx_frame_errors": 0, "wait_s": 0.0}
+    Clock(dut.clk, CLK_NS, unit="ns", impl="gpi").start()  # toggled in C, not in Python
     dut.rxd.value = 1
     dut.rst.value = 1
     await ClockCycles(dut.clk, 8)
@@ -165,7 +166,9 @@ async def uart_pty_bridge(dut):
         idle += 1
         await Timer(10 * bit_ns, unit="ns")
         if idle > 64 and not link.out:
+            t1 = time.monotonic()
             link.wait_readable(0.0005)
+            stats["wait_s"] += time.monotonic() - t1
 
     if reason == "hangup":
         link.close()  # the host sees the port vanish mid-session
@@ -174,6 +177,8 @@ async def uart_pty_bridge(dut):
         await Timer(20 * bit_ns, unit="ns")  # let a last reply leave
         link.flush()
         link.close()
-    tb_report(**stats, stop=reason, wall_s=round(time.monotonic() - t0, 2))
+    stats["wait_s"] = round(stats["wait_s"], 2)
+    tb_report(**stats, stop=reason, wall_s=round(time.monotonic() - t0, 2),
+              cycles=int(cocotb.utils.get_sim_time("ns")) // CLK_NS)
     assert reason != "wall limit", f"the host did not finish within {wall_limit:g} s"
     assert stats["tx_frame_errors"] == 0 and stats["glitches"] == 0, stats
