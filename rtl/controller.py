@@ -37,6 +37,9 @@ the queue slot. The watchdog (cycles since START >= CSR WATCHDOG) and CTRL.RESET
 compute units are reset, the DMA units and the fetch port finish their outstanding AXI bursts
 without writing, the queues are emptied; the watchdog then reports WATCHDOG at the pc of the
 instruction being fetched/dispatched, RESET returns to idle.
+
+Limitation: instruction fetch does not wait for queued STOREs, so a program that stores over
+its own upcoming instructions must FENCE first (no tritium tool emits such code).
 """
 
 from __future__ import annotations
@@ -380,8 +383,9 @@ class InstrChecker(wiring.Component):
                             for st, en, c in sel[1:]:
                                 lo = Mux(c & (st < lo), st, lo)
                                 hi = Mux(c & (en > hi), en, hi)
+                            anyv = Cat(c for _, _, c in sel).any()
                             m.d.comb += [
-                                getattr(hull, f"{sp}_{dname}_v").eq(Cat(c for _, _, c in sel).any()),
+                                getattr(hull, f"{sp}_{dname}_v").eq(anyv),
                                 getattr(hull, f"{sp}_{dname}_lo").eq(lo),
                                 getattr(hull, f"{sp}_{dname}_hi").eq(hi),
                             ]

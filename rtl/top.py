@@ -228,10 +228,10 @@ class GemmUnit(wiring.Component):
     and their results are not written.
 
     Cycle contract: the activation and weight gathers each deliver a beat per cycle while their
-    lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row; LUT
-    weights and systolic ``wt=1`` weights need one read per lane per beat); the writer stores
-    one int32 per cycle (three with ``accumulate``). ``done`` pulses when the last result is in
-    ACC.
+    lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row, prefetched;
+    systolic ``wt=1`` weights need a read per beat); the writer stores one int32 per cycle
+    (also with ``accumulate``: the old value is read through a second port one element
+    ahead). ``done`` pulses when the last result is in ACC.
 
     Members
     -------
@@ -239,7 +239,7 @@ class GemmUnit(wiring.Component):
         The (checked) GEMM instruction word.
     done : Out(1)
     act_port, wgt_port : Out(MemPortSignature)   (SPAD)
-    wb_port : Out(MemPortSignature)              (ACC)
+    wb_rd, wb_wr : Out(MemPortSignature)         (ACC: old values, results)
     busy, stall : Out(1)
         Executing; executing while the engine takes no weight beat.
     """
@@ -271,7 +271,8 @@ class GemmUnit(wiring.Component):
                 "done": Out(1),
                 "act_port": Out(MemPortSignature(spad_bits, bb)),
                 "wgt_port": Out(MemPortSignature(spad_bits, bb)),
-                "wb_port": Out(MemPortSignature(acc_bits, bb)),
+                "wb_rd": Out(MemPortSignature(acc_bits, bb)),
+                "wb_wr": Out(MemPortSignature(acc_bits, bb)),
                 "busy": Out(1),
                 "stall": Out(1),
             }
@@ -501,6 +502,8 @@ class GemmUnit(wiring.Component):
                             m.d.sync += w_done.eq(1)
 
         # ------------------------------------------------------------------ writer
+        # One int32 per cycle: element e is written while element e+1 (accumulate) is read
+        # through the second port; the old values wait in a two-entry FIFO.
         rbuf = Signal(32 * LN)
         rfull = Signal()
         m.d.comb += eng.res.ready.eq(~rfull)
@@ -509,45 +512,58 @@ class GemmUnit(wiring.Component):
         cur = data.View(desc_layout, dfifo.r_data)
         beats_per_tile = LM  # systolic: R rows per tile; ternary/LUT: 1
         rb = Signal(range(beats_per_tile + 1))  # res beat within the tile
-        el = Signal(range(LN + 1))
-        rowb = Signal(24)  # ACC byte address of element el of res beat rb
-        started = Signal()  # rowb is set up for the current descriptor
-        phase = Signal(2)  # accumulate: 0 read, 1 wait data, 2 write
-        old = Signal(32)
-        port = self.wb_port
-        val = rbuf.word_select(el, 32)
-        lane = rowb[2:lb] if lb > 2 else Const(0, 1)
-        wdata = Signal(32)
-        m.d.comb += wdata.eq(Mux(accum, old + val, val))
-        m.d.comb += [
-            port.addr.eq(rowb >> lb),
-            port.wdata.eq(Cat([wdata] * (bb // 4))),
-            port.wmask.eq(Const(0xF, bb) << (lane * 4) if lb > 2 else Const(0xF, 4)),
-        ]
+        er = Signal(range(LN + 1))  # next element to read (accumulate)
+        ew = Signal(range(LN + 1))  # next element to write
+        row = Signal(24)  # ACC byte address of element 0 of res beat rb
+        started = Signal()  # row is set up for the current descriptor
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32, depth=2)
+        pend = Signal()  # a read was acknowledged last cycle
+        rlane = Signal(max(1, lb - 2))
+        rd, wr = self.wb_rd, self.wb_wr
+        raddr = Signal(24)
+        waddr = Signal(24)
+        m.d.comb += [raddr.eq(row + (er << 2)), waddr.eq(row + (ew << 2))]
+        lane_of = (lambda a: a[2:lb]) if lb > 2 else (lambda a: Const(0, 1))
+        active = Signal()
         row_ok = rb < cur.rows
+        m.d.comb += active.eq(dfifo.r_rdy & started & rfull & row_ok)
+        # reads of old values
+        m.d.comb += [
+            rd.addr.eq(raddr >> lb),
+            rd.we.eq(0),
+            rd.en.eq(active & accum & (er < cur.cols) & ((ofifo.level + pend) < 2)),
+        ]
+        with m.If(rd.en & rd.ack):
+            m.d.sync += [er.eq(er + 1), rlane.eq(lane_of(raddr))]
+        m.d.sync += pend.eq(rd.en & rd.ack)
+        m.d.comb += [
+            ofifo.w_en.eq(pend),
+            ofifo.w_data.eq(rd.rdata.word_select(rlane, 32) if lb > 2 else rd.rdata[:32]),
+        ]
+        # writes
+        val = rbuf.word_select(ew, 32)
+        wdata = Signal(32)
+        m.d.comb += wdata.eq(Mux(accum, ofifo.r_data + val, val))
+        m.d.comb += [
+            wr.addr.eq(waddr >> lb),
+            wr.we.eq(1),
+            wr.en.eq(active & (ew < cur.cols) & (~accum | ofifo.r_rdy)),
+            wr.wdata.eq(Cat([wdata] * (bb // 4))),
+            wr.wmask.eq(Const(0xF, bb) << (lane_of(waddr) * 4) if lb > 2 else Const(0xF, 4)),
+        ]
         beat_end = Signal()
-        with m.If(dfifo.r_rdy & ~started):
-            m.d.sync += [rowb.eq(cur.addr), started.eq(1), rb.eq(0), el.eq(0), phase.eq(0)]
-        with m.If(dfifo.r_rdy & started & rfull):
-            with m.If(~row_ok):
+        with m.If(wr.en & wr.ack):
+            m.d.sync += ew.eq(ew + 1)
+            m.d.comb += ofifo.r_en.eq(accum)
+            with m.If(ew == cur.cols - 1):
                 m.d.comb += beat_end.eq(1)
-            with m.Elif(~accum | (phase == 2)):
-                m.d.comb += [port.en.eq(1), port.we.eq(1)]
-                with m.If(port.ack):
-                    m.d.sync += [el.eq(el + 1), rowb.eq(rowb + 4), phase.eq(0)]
-                    with m.If(el == cur.cols - 1):
-                        m.d.comb += beat_end.eq(1)
-            with m.Elif(phase == 0):
-                m.d.comb += [port.en.eq(1), port.we.eq(0)]
-                with m.If(port.ack):
-                    m.d.sync += phase.eq(1)
-            with m.Else(), m.If(port.rvalid):
-                m.d.sync += [old.eq(port.rdata.word_select(lane, 32) if lb > 2
-                                    else port.rdata[:32]), phase.eq(2)]
+        with m.If(dfifo.r_rdy & started & rfull & ~row_ok):
+            m.d.comb += beat_end.eq(1)
+        with m.If(dfifo.r_rdy & ~started):
+            m.d.sync += [row.eq(cur.addr), started.eq(1), rb.eq(0), er.eq(0), ew.eq(0)]
         last_beat = rb == beats_per_tile - 1
         with m.If(beat_end):
-            m.d.sync += [rfull.eq(0), el.eq(0), rb.eq(rb + 1), phase.eq(0),
-                         rowb.eq(cur.addr + (rb + 1) * n4)]
+            m.d.sync += [rfull.eq(0), er.eq(0), ew.eq(0), rb.eq(rb + 1), row.eq(row + n4)]
             with m.If(last_beat):
                 m.d.sync += [started.eq(0), rb.eq(0)]
         m.d.comb += dfifo.r_en.eq(beat_end & last_beat)
@@ -635,7 +651,8 @@ class ComputeUnit(wiring.Component):
         #: port names, in order
         self.sp_ports = [f"{e}_{p}" for e in self.engines for p in ("act", "wgt")] + [
             "vec_rd", "vec_wr"]
-        self.ac_ports = [f"{e}_wb" for e in self.engines] + ["vec_rd", "vec_wr", "param"]
+        self.ac_ports = [f"{e}_{p}" for e in self.engines for p in ("wbr", "wbw")] + [
+            "vec_rd", "vec_wr", "param"]
         bb = cfg.bus_bytes
         super().__init__(
             {
@@ -667,7 +684,8 @@ class ComputeUnit(wiring.Component):
             gemms[e] = gu
             wiring.connect(m, wiring.flipped(sp[f"{e}_act"]), gu.act_port)
             wiring.connect(m, wiring.flipped(sp[f"{e}_wgt"]), gu.wgt_port)
-            wiring.connect(m, wiring.flipped(ac[f"{e}_wb"]), gu.wb_port)
+            wiring.connect(m, wiring.flipped(ac[f"{e}_wbr"]), gu.wb_rd)
+            wiring.connect(m, wiring.flipped(ac[f"{e}_wbw"]), gu.wb_wr)
         m.submodules.vector = vu = VectorUnit(cfg)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")

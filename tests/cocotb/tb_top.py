@@ -19,7 +19,7 @@ from tritium.sim.axi import ErrorWindows, TopHarness
 from tritium.sim.build import tb_report, test_params
 
 from tritium import golden
-from tritium.isa import FORMATS, INSTR_BYTES, ErrorCode, Instr, Op, encode_program, footprint
+from tritium.isa import FORMATS, INSTR_BYTES, ErrorCode, Instr, Op, footprint
 
 
 def vector_self_overlap(instr: Instr) -> bool:
@@ -259,38 +259,3 @@ async def program_file(dut):
             "counters": res.counters, "wall_s": time.time() - t0,
         }
     tb_report(results=json.dumps(out))
-
-
-_ = encode_program  # re-exported helpers used by the pytest side
-
-
-@cocotb.test(skip=os.environ.get("TRITIUM_TB_DEBUG") is None)
-async def debug_poll(dut):
-    from cocotb.triggers import ClockCycles
-
-    from tritium.isa import CSR
-
-    p = test_params()
-    cfg = p.cfg
-    h = await TopHarness.create(dut, cfg, seed=p.seed)
-    rp = random_program(cfg, int(p.extra.get("dbg_seed", 1002)), n_ops=20)
-    h.load(rp.image.mem)
-    await h.start()
-    for _ in range(int(p.extra.get("polls", 20))):
-        await ClockCycles(dut.clk, int(p.extra.get("every", 1000)))
-        st = await h.csr.read(CSR.STATUS)
-        c = await h.csr.counters()
-        dut._log.info("STATUS %x irq %s ERR %d PC %x %s", st, dut.irq.value,
-                      await h.csr.read(CSR.ERROR), await h.csr.read(CSR.ERROR_PC),
-                      {k: v for k, v in c.items() if v})
-
-
-@cocotb.test(skip=os.environ.get("TRITIUM_TB_DEBUG") is None)
-async def debug_idle_clock(dut):
-    from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles
-
-    Clock(dut.clk, 10, unit="ns").start()
-    t0 = time.time()
-    await ClockCycles(dut.clk, 20000)
-    dut._log.info("idle: %.1f cycles/s", 20000 / (time.time() - t0))
