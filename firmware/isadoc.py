@@ -25,8 +25,8 @@ ERROR_DOC: dict[str, str] = {
     "MISALIGNED": "pc not a multiple of 16; DMA `dram`/`row_bytes`/`stride`/`loc` not a "
     "multiple of the bus width in bytes; ACC operand not a multiple of 4",
     "BUS_ERROR": "the AXI4 port answered SLVERR or DECERR",
-    "WATCHDOG": "no instruction retired for `watchdog_cycles` cycles (the golden model counts "
-    "instructions instead)",
+    "WATCHDOG": "the program ran the WATCHDOG CSR's number of cycles without reaching HALT (the "
+    "golden model counts retired instructions instead)",
     "ENGINE_ABSENT": "a GEMM opcode whose engine is not in `cfg.engines`",
     "BAD_OPERAND": "a field value the operation rejects (`rows=0`, `k` not a multiple of 8, "
     "`bits` outside 1..`lut_max_bits`, flag on the wrong opcode, ...)",
@@ -45,8 +45,10 @@ CSR_DOC: dict[str, str] = {
     "CYCLES_LO": "cycles since START, bits 31:0",
     "CYCLES_HI": "cycles since START, bits 63:32",
     "INSTRET": "instructions retired since START",
-    "WATCHDOG": "watchdog limit: cycles without a retired instruction before a WATCHDOG error "
-    "(`AcceleratorConfig.watchdog_cycles`)",
+    "WATCHDOG": "watchdog limit: cycles a run may take before a WATCHDOG error "
+    "(reset value `AcceleratorConfig.watchdog_cycles`)",
+    "OVERLAP": "cycles in which the load or store unit and a compute unit (a GEMM engine or "
+    "the vector unit) are busy at once (DMA/compute overlap)",
     "UNIT_BASE": "first per-unit counter; one busy/stall pair per unit, listed below",
 }
 

@@ -19,7 +19,7 @@ Register map (32-bit registers, byte offsets; ``isa.CSR`` is the source of truth
                           ErrorCode.WATCHDOG
     0x30 OVERLAP      RO  cycles in which the load or store unit AND a compute unit
                           (any GEMM engine or the vector unit) are busy at the same time
-                          (tritium addition, :data:`CSR_OVERLAP`; not in ``isa.CSR``)
+                          (``isa.CSR.OVERLAP``)
     0x40 + 8*i        RO  busy cycles of unit isa.UNITS[i] (load, store, systolic, ternary,
                           lut, vector)
     0x44 + 8*i        RO  stall cycles of unit isa.UNITS[i]
@@ -45,14 +45,12 @@ from .axi import AxiLiteSignature
 
 __all__ = ["CSR_ADDR_WIDTH", "CSR_OVERLAP", "OVERLAP_UNITS", "CsrBlock"]
 
-#: Offset of the OVERLAP counter (a free offset of the isa.CSR map).
-CSR_OVERLAP = 0x30
+#: Offset of the OVERLAP counter (kept as a name for existing users).
+CSR_OVERLAP = int(CSR.OVERLAP)
 #: AXI4-Lite address width of the CSR block.
 CSR_ADDR_WIDTH = 8
 #: Units whose busy cycles count as "compute" for OVERLAP.
 OVERLAP_UNITS = ("systolic", "ternary", "lut", "vector")
-
-assert CSR_OVERLAP not in {int(c) for c in CSR}, "OVERLAP offset collides with the isa map"
 
 
 class CsrBlock(wiring.Component):

@@ -56,9 +56,8 @@ __all__ = [
 # cocotbext-axi 0.1.28 warns on every AXI-Lite read about its own use of a deprecated field
 warnings.filterwarnings("ignore", message="The data field will be removed")
 
-#: Offset of the OVERLAP counter (tritium.rtl.csr.CSR_OVERLAP; repeated here so the cocotb
-#: side needs no Amaranth import).
-CSR_OVERLAP = 0x30
+#: Offset of the OVERLAP counter (from the one CSR map in tritium.isa).
+CSR_OVERLAP = int(CSR.OVERLAP)
 
 
 def pause_generator(rng: random.Random, prob: float):

@@ -25,9 +25,9 @@ from typing import Any
 
 __all__ = [
     "ENGINES",
+    "PRESETS",
     "AcceleratorConfig",
     "ConfigError",
-    "PRESETS",
     "preset",
 ]
 

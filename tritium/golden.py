@@ -51,7 +51,7 @@ from .isa import (
     footprint,
 )
 
-__all__ = ["DeviceError", "Result", "GoldenDevice", "run"]
+__all__ = ["DeviceError", "GoldenDevice", "Result", "run"]
 
 
 class DeviceError(Exception):

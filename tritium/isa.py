@@ -35,29 +35,29 @@ ops such as ``VGATE`` or ``VADD dst=src``) or disjoint from it; a partial overla
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 __all__ = [
-    "INSTR_BITS",
-    "INSTR_BYTES",
-    "K_ALIGN",
-    "Op",
-    "Space",
-    "ErrorCode",
-    "Field",
-    "FORMATS",
-    "Instr",
-    "encode",
-    "decode",
-    "encode_program",
-    "decode_program",
-    "footprint",
     "CSR",
     "CSR_ID_VALUE",
     "CSR_VERSION_VALUE",
+    "FORMATS",
+    "INSTR_BITS",
+    "INSTR_BYTES",
+    "K_ALIGN",
     "UNITS",
     "DecodeError",
+    "ErrorCode",
+    "Field",
+    "Instr",
+    "Op",
+    "Space",
+    "decode",
+    "decode_program",
+    "encode",
+    "encode_program",
+    "footprint",
 ]
 
 INSTR_BITS = 128
@@ -365,8 +365,8 @@ def footprint(instr: Instr) -> tuple[list[tuple[str, int, int]], list[tuple[str,
     if op in FORMATS and FORMATS[op] is _VEC:
         rows, n = d["rows"], d["n"]
         src, src2, dst, param = d["src"], d["src2"], d["dst"], d["param"]
-        sp = lambda a, cnt: ("SPAD", a, a + cnt)  # noqa: E731
-        ac = lambda a, cnt: ("ACC", a, a + 4 * cnt)  # noqa: E731
+        sp = lambda a, cnt: ("SPAD", a, a + cnt)
+        ac = lambda a, cnt: ("ACC", a, a + 4 * cnt)
         total = rows * n
         pc = n if d["per_channel"] else 1
         table = {
@@ -416,6 +416,7 @@ class CSR(enum.IntEnum):
     CYCLES_HI = 0x24
     INSTRET = 0x28
     WATCHDOG = 0x2C
+    OVERLAP = 0x30
     UNIT_BASE = 0x40
 
 
