@@ -50,6 +50,7 @@ from tritium.config import AcceleratorConfig, load_config
 
 __all__ = [
     "BuildError",
+    "breakdown_from_log",
     "build_board",
     "cli_build_board",
     "format_report",
@@ -240,14 +241,14 @@ def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
 
 
 # =========================================================================== hierarchy
-def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 4,
-                        min_share: float = 0.02) -> list[dict[str, Any]]:
+def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,
+                        min_share: float = 0.03) -> list[dict[str, Any]]:
     """LUT4 / FF / DSP / RAM cost of each block of the design, from a yosys run that keeps
     the hierarchy (``synth_* -noflatten``; the figures are close to, not equal to, the
     flattened netlist's). Blocks are Amaranth hierarchy paths (``soc.core...``) down to
-    ``depth`` levels; blocks under ``min_share`` of the LUTs are left out. Sorted by LUTs.
+    ``depth`` levels; blocks under ``min_share`` of the LUTs are left out. In hierarchy
+    order (a block before its children).
     """
-    from tritium.fpga.synth import parse_stat, summarize_cells
 
     bdir = Path(build_dir)
     synth = "synth_ecp5" if family == "ecp5" else "synth_ice40 -dsp"
@@ -257,7 +258,14 @@ def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 4,
                           cwd=bdir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"hierarchy synthesis failed (log {log})")
-    text = log.read_text()
+    return breakdown_from_log(log.read_text(), depth, min_share)
+
+
+def breakdown_from_log(text: str, depth: int = 7, min_share: float = 0.03
+                       ) -> list[dict[str, Any]]:
+    """The rows of :func:`hierarchy_breakdown` from a yosys log with per-module ``stat``."""
+    from tritium.fpga.synth import parse_stat, summarize_cells
+
     names = re.findall(r"^=== (\S+) ===", text, re.MULTILINE)
     own = {}
     for n in dict.fromkeys(names):
@@ -274,7 +282,7 @@ def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 4,
                 acc[k] += s[k]
     rows = [{"block": k, **v, "lut_share": round(v["lut4"] / total_lut, 3)}
             for k, v in blocks.items() if v["lut4"] / total_lut >= min_share]
-    return sorted(rows, key=lambda r: (-r["lut4"], r["block"]))
+    return sorted(rows, key=lambda r: r["block"].split("."))
 
 
 # =========================================================================== flow
@@ -352,7 +360,7 @@ def build_board(
     spec = board(board_name)
     cfg = cfg or spec.default_config
     baud = baud or DEFAULT_BAUD
-    core = core or default_core()
+    core = core or default_core(spec.family)
     prog = _Progress(spec.name, progress)
     try:
         prog.start("elaborate")
@@ -506,9 +514,12 @@ def format_report(r: dict[str, Any]) -> str:
         over = f"  OVER by {v['used'] - v['total']}" if v["used"] > v["total"] else ""
         lines.append(f"  {k:<7} {v['used']:>7} / {v['total']:<7} {v['pct']:5.1f} %{over}")
     if r.get("breakdown"):
-        lines.append("largest blocks (LUT4, FF; hierarchy kept):")
-        for row in r["breakdown"][:12]:
-            lines.append(f"  {row['block']:<40} {row['lut4']:>6} {row['ff']:>6} "
+        lines.append("blocks with >= 3 % of the LUTs (LUT4, FF, DSP, share; synthesized with "
+                     "the hierarchy kept):")
+        for row in r["breakdown"]:
+            depth = row["block"].count(".")
+            name = "  " * depth + row["block"].rsplit(".", 1)[-1]
+            lines.append(f"  {name:<36} {row['lut4']:>6} {row['ff']:>6} {row['dsp']:>4} "
                          f"{100 * row['lut_share']:5.1f} %")
     if r.get("error"):
         lines.append("place and route failed: " + r["error"].splitlines()[0])

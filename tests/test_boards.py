@@ -152,6 +152,19 @@ def test_board_top_elaborates(name, tmp_path):
     assert top.divisor == round(spec.default_config.clock_mhz * 1e6 / 1_000_000)
 
 
+def test_board_cores():
+    """Board tops hold the SoC; on the iCE40 its device memory is the SPRAM (SingleSocRam)."""
+    from amaranth.back import rtlil
+    from tritium.fpga.boards import default_core
+
+    ice = default_core("ice40")
+    assert ice.__qualname__ == "TritiumSoc[SingleSocRam]"
+    assert default_core("ecp5").__qualname__ == "TritiumSoc"
+    soc = ice(preset("tiny"))
+    text = rtlil.convert(soc, platform=board("icebreaker").make_platform())
+    assert text.count("SB_SPRAM256KA") == 4
+
+
 def test_build_cli_requires_unit_or_board(capsys):
     from tritium.host.cli import main
 
