@@ -230,7 +230,8 @@ class BoardSpec:
     leds : int
         LEDs used (``led`` resources 0..leds-1).
     nextpnr_device : list of str
-        Device and package options of nextpnr.
+        Device, package (and router) options of nextpnr. The ECP5 uses router2: on the
+        congested base design router1 made little progress in an hour.
     loader_args : list of str
         openFPGALoader options naming the board (cable).
     bitstream_ext : str
@@ -270,7 +271,8 @@ BOARDS: dict[str, BoardSpec] = {
         name="ulx3s", title="ULX3S (Lattice ECP5 LFE5U-85F)",
         platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", family="ecp5", preset="base",
         clk="clk25", clk_mhz=25.0, reset_button=("button_fire", 0), leds=8,
-        nextpnr_device=("--85k", "--package", "CABGA381", "--speed", "6"),
+        nextpnr_device=("--85k", "--package", "CABGA381", "--speed", "6",
+                        "--router", "router2"),
         loader_args=("-b", "ulx3s"), bitstream_ext="bit",
     ),
     "icebreaker": BoardSpec(
