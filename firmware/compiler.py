@@ -1428,9 +1428,12 @@ class CompiledModel:
 
     # ---------------------------------------------------------------- outputs and state
     def state_regions(self) -> list[tuple[int, int]]:
-        """``(addr, nbytes)`` of the recurrent state / KV cache (zeroed for a new sequence)."""
-        names = ("state",) if self.kind == "mmfree" else ("K", "V")
-        return [self.out[n] for n in names]
+        """``(addr, nbytes)`` of the state a new sequence must find zeroed: the MMFree
+        recurrent state. The GPT needs none: step ``pos`` writes KV row ``pos`` before reading
+        rows ``0..pos``, and the rows up to ``ceil8(pos + 1)`` that the P.V GEMM also reads
+        are multiplied by the zero padding of the probabilities, so stale rows of an earlier
+        sequence never contribute."""
+        return [self.out["state"]] if self.kind == "mmfree" else []
 
     def output_span(self) -> tuple[int, int]:
         """``(addr, nbytes)`` covering ``next``, ``logits8`` and ``logits_acc``."""

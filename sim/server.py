@@ -146,20 +146,30 @@ def start(cfg, *, log=None, timeout: float = 900.0) -> SimServer:
         time.sleep(0.1)
 
 
-#: C++ optimisation of the server's Verilator model: the evaluation code (OPT_FAST) is what a
-#: decode step of 10^5 - 10^6 cycles spends its time in; the huge constructor / VPI tables
-#: (OPT_SLOW) build in a fraction of the time at -O0.
+#: C++ optimisation of the server's Verilator model: the evaluation code (OPT_FAST) is where a
+#: decode step of 10^5 cycles spends its time; the constructor and tables (OPT_SLOW) build in a
+#: fraction of the time at -O0.
 SERVER_OPT = {"OPT_FAST": "-O2", "OPT_SLOW": "-O0", "OPT_GLOBAL": "-O1"}
+#: Verilator configuration: only the top-level ports (driven by cocotb) and the RAM array
+#: (bulk writes) are visible to VPI. cocotb's own build makes *every* signal public
+#: (``--public-flat-rw``), which keeps Verilator from optimising: this model simulates about
+#: 5x faster (MMFree on tiny: 0.36 s per decode step instead of 1.7 s) and builds faster.
+PUBLIC_VLT = """`verilator_config
+public_flat_rw -module "tritium_soc" -var "*"
+public_flat_rw -module "*" -var "mem"
+"""
 
 
 def build_model(cfg) -> tuple[Path, Path]:
     """Verilog of the SoC for ``cfg`` (cached by :func:`tritium.sim.build.verilog_for`) and its
-    Verilator model built with :data:`SERVER_OPT` into ``sim_build_server/`` beside it (cached
-    by a stamp of the Verilog and the flags; file-locked against concurrent builds)."""
+    Verilator model (with :data:`PUBLIC_VLT` and :data:`SERVER_OPT`) in ``sim_build_server/``
+    beside it, cached by a stamp of the Verilog and the flags, file-locked against concurrent
+    builds."""
     import hashlib
+    import shutil
 
     from tritium.fpga.soc import TritiumSoc
-    from tritium.sim.build import _locked, _patched_env, verilog_for
+    from tritium.sim.build import _locked, verilog_for
     from tritium.sim.toolchain import make_overrides, setup_verilator
 
     vfile = verilog_for(TritiumSoc, TOP, cfg)
@@ -168,28 +178,38 @@ def build_model(cfg) -> tuple[Path, Path]:
     if os.environ.get("TRITIUM_SIM_SERVER_OPT"):
         opts["OPT_FAST"] = os.environ["TRITIUM_SIM_SERVER_OPT"]
     stamp = sdir / ".tritium-built"
-    digest = hashlib.sha256(vfile.read_bytes() + json.dumps(opts).encode()).hexdigest()
-    if stamp.is_file() and stamp.read_text() == digest:
+    digest = hashlib.sha256(vfile.read_bytes() + json.dumps(opts).encode()
+                            + PUBLIC_VLT.encode()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest and (sdir / TOP).is_file():
         return vfile, sdir
     setup_verilator()
     with _locked(sdir):
-        if stamp.is_file() and stamp.read_text() == digest:
+        if stamp.is_file() and stamp.read_text() == digest and (sdir / TOP).is_file():
             return vfile, sdir
-        from cocotb_tools.runner import get_runner
+        import cocotb_tools.config as cc
 
-        flags = " ".join(f"{k}={v}" for k, v in {**make_overrides(), **opts}.items())
-        makeflags = " ".join(x for x in (os.environ.get("MAKEFLAGS", ""), flags) if x)
+        shutil.rmtree(sdir, ignore_errors=True)
+        sdir.mkdir(parents=True)
+        vlt = sdir / "public.vlt"
+        vlt.write_text(PUBLIC_VLT)
+        verilate = [
+            "verilator", "-cc", "--exe", "-Mdir", str(sdir), "--top-module", TOP, "--vpi",
+            "--prefix", "Vtop", "-o", TOP, "-LDFLAGS",
+            f"-Wl,-rpath,{cc.libs_dir} -L{cc.libs_dir} -lcocotbvpi_verilator", "-Wno-fatal",
+            str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"), str(vfile)]
+        flags = [f"{k}={v}" for k, v in {**make_overrides(), **opts}.items()]
+        jobs = str(max(1, min(os.cpu_count() or 1, 8)))
+        make = ["make", "-j", jobs, "-C", str(sdir), "-f", "Vtop.mk", "VM_TRACE=0", *flags]
         log = vfile.parent / "build_server.log"
         print(f"building the {cfg.name} SoC with Verilator ({sdir}) ...", flush=True)
-        with _patched_env({"MAKEFLAGS": makeflags}):
-            try:
-                get_runner("verilator").build(
-                    sources=[vfile], hdl_toplevel=TOP, build_dir=sdir,
-                    build_args=["-Wno-fatal"], always=False, log_file=log)
-            except (RuntimeError, SystemExit) as e:
-                tail = "\n".join(log.read_text().splitlines()[-25:]) if log.is_file() else ""
-                raise SimServerError(f"Verilator build of {vfile} failed ({e}); {log}:\n{tail}") \
-                    from e
+        with open(log, "w") as lf:
+            for cmd in (verilate, make):
+                r = subprocess.run(cmd, check=False, stdout=lf, stderr=subprocess.STDOUT)
+                if r.returncode:
+                    lf.flush()
+                    tail = "\n".join(log.read_text().splitlines()[-25:])
+                    raise SimServerError(f"Verilator build of {vfile} failed ({cmd[0]} exit "
+                                         f"{r.returncode}); {log}:\n{tail}")
         stamp.write_text(digest)
     return vfile, sdir
 
