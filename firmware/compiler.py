@@ -706,7 +706,7 @@ class Lowering:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> list[MOp]:
-        nodes = self.em.nodes
+        nodes = self._fold_copies(list(self.em.nodes))
         groups = self._fusion(nodes)
         self._coalesce(nodes, groups)
         skip = {id(n) for g in groups.values() for n in g["consumers"]}
@@ -719,6 +719,48 @@ class Lowering:
                 for d in n.dst:
                     self.zero_known.pop(d.buf.idx, None)
         return self.mops
+
+    # ---------------------------------------------------------------- copy folding
+    @staticmethod
+    def _fold_copies(nodes: list[Node]) -> list[Node]:
+        """``S = f(...); B = zeros; B[a:b] = S`` (the GPT's zero-padded probabilities): when
+        S dies at the copy and B is untouched between its INIT and the copy, S is placed
+        inside B and the INIT moves before S's definition, so the copy disappears."""
+        def uses(n: Node) -> set[int]:
+            return {r.buf.root()[0].idx for r in n.dst + n.src}
+
+        j = 0
+        while j < len(nodes):
+            c = nodes[j]
+            if c.op != "COPY":
+                j += 1
+                continue
+            dst, src = c.dst[0], c.src[0]
+            sb, db = src.buf, dst.buf.root()[0]
+            ok = (src.whole() and sb.parent is None and sb.space == dst.space
+                  and src.size == dst.size)
+            if ok:
+                flat = dst.ix.ravel()
+                ok = bool((flat == flat[0] + np.arange(flat.size)).all())
+            if ok:  # the definition of S, the INIT of B, and no other use of either
+                defs = [i for i in range(j) if sb.idx in {r.buf.idx for r in nodes[i].dst}]
+                inits = [i for i in range(j) if nodes[i].op == "INIT"
+                         and nodes[i].dst[0].buf is db]
+                later = any(sb.idx in uses(n) for n in nodes[j + 1:])
+                ok = len(defs) == 1 and len(inits) == 1 and not later
+            if ok:
+                i, k = defs[0], inits[0]
+                ok = i < k and not any(db.idx in uses(n) for n in nodes[i:k]) and not any(
+                    db.idx in uses(n) for n in nodes[k + 1:j])
+            if not ok:
+                j += 1
+                continue
+            off = int(dst.ix.ravel()[0]) + dst.buf.root()[1]
+            sb.parent, sb.offset = db, off
+            init = nodes.pop(k)
+            nodes.insert(i, init)
+            nodes.pop(j)  # the copy (indices before j shifted by the move, not j itself)
+        return nodes
 
     # ---------------------------------------------------------------- fusion analysis
     def _fusion(self, nodes: list[Node]) -> dict:

@@ -25,13 +25,17 @@ STEPS = int(os.environ.get("TRITIUM_E2E_STEPS", "16"))
 PROMPT = "ROMEO:\nWhat"
 
 
-@pytest.mark.parametrize("name,cfg_name", [("mmfree", "tiny"), ("gpt", "base")])
-def test_sim_equals_golden_and_reference(name, cfg_name):
+@pytest.mark.parametrize("name,cfg_name,engine", [
+    ("mmfree", "tiny", "ternary"),
+    ("gpt", "base", "systolic"),
+    ("mmfree", "base", "lut"),  # ternary weights as 2-bit weights on the LUT tensor core
+])
+def test_sim_equals_golden_and_reference(name, cfg_name, engine):
     from tritium.host import data
 
     m = load_int(name)
     cfg = preset(cfg_name)
-    cm = compile_model(m, cfg)
+    cm = compile_model(m, cfg, engine)
     toks = [int(t) for t in data.tokenizer().encode(PROMPT)]
     ref = ReferenceState(m)
     with Device.open("sim", cfg) as sim, Device.open("golden", cfg) as gold:
@@ -53,5 +57,5 @@ def test_sim_equals_golden_and_reference(name, cfg_name):
         counters = sim.read_counters()
     assert all(c and c > a.run.instret for c in cycles)
     assert counters["cycles"] == cycles[-1]
-    print(f"{name} on sim ({cfg_name}): {STEPS} steps, cycles/step {np.mean(cycles):,.0f} "
+    print(f"{name} on sim ({cfg_name}, {engine}): {STEPS} steps, cycles/step {np.mean(cycles):,.0f} "
           f"(min {min(cycles):,}, max {max(cycles):,}), {a.run.instret} instructions/step")
