@@ -439,6 +439,7 @@ _UP5K_OVER = pytest.mark.xfail(strict=True, reason="tiny SoC does not fit the UP
 
 
 @pytest.mark.slow
+@pytest.mark.board
 @pytest.mark.parametrize("name", [pytest.param("icebreaker", marks=_UP5K_OVER), "ulx3s"])
 def test_board_build_fits(name, tmp_path):
     """Synthesize and place each board's top with its preset (the SoC); it must fit.
