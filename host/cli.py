@@ -504,6 +504,9 @@ def _open_runtime(args: argparse.Namespace):
     from tritium.host.generate import open_runtime
 
     print(f"compiling {args.model} ...", file=sys.stderr, flush=True)
+    if args.device == "sim" and not args.port:
+        print("starting the simulated SoC (the first run for a configuration builds it with "
+              "Verilator: minutes) ...", file=sys.stderr, flush=True)
     return open_runtime(args.model, args.device, config=args.config, engine=args.engine,
                         **_transport_kw(args))
 

@@ -93,6 +93,7 @@ class SimServer:
     port: int
     proc: subprocess.Popen
     log_path: Path
+    own_log: bool = False  # a temporary log, removed after a clean stop
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -109,6 +110,8 @@ class SimServer:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
                     os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.own_log and self.proc.returncode == 0:
+            self.log_path.unlink(missing_ok=True)
 
 
 def start(cfg, *, log=None, timeout: float = 900.0) -> SimServer:
@@ -134,7 +137,7 @@ def start(cfg, *, log=None, timeout: float = 900.0) -> SimServer:
                 port = 0
             if port:
                 os.unlink(port_file)
-                return SimServer(port, proc, log_path)
+                return SimServer(port, proc, log_path, own_log=not log)
         if proc.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise SimServerError(f"the simulator exited with status {proc.returncode} before "
