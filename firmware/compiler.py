@@ -29,8 +29,10 @@ Lowering (per step)
    tile ``i+1`` issued before the GEMM of tile ``i``: double buffering); constants (gains,
    (M0, shift) blocks, activation / exp tables) are loaded next to their first use and reused
    while they stay resident.
-5. *Scheduling*: every LOAD is hoisted above preceding compute / store instructions it does
-   not depend on (loads keep their order: the load queue is FIFO), so DMA overlaps compute.
+5. *Scheduling*: every LOAD is hoisted above a few preceding compute / store instructions it
+   does not depend on (loads keep their order: the load queue is FIFO), so DMA overlaps
+   compute; how far is a :class:`Plan` knob, chosen from measurements on the RTL (see
+   :func:`_plans`).
 6. *Allocation*: live ranges -> SPAD / ACC addresses (first fit, bus-aligned). When the
    scratchpads overflow, the compiler retries with less hoisting and smaller tiles.
 
