@@ -145,6 +145,8 @@ class UartRx(wiring.Component):
         Bytes received.
     frame_err, overrun : Out(1)
         One-cycle pulses.
+    active : Out(1)
+        A frame (or a break) is being received.
     """
 
     def __init__(self, divisor: int):
@@ -156,6 +158,7 @@ class UartRx(wiring.Component):
             "data": Out(stream.Signature(8)),
             "frame_err": Out(1),
             "overrun": Out(1),
+            "active": Out(1),
         })
 
     def elaborate(self, platform):
@@ -170,7 +173,7 @@ class UartRx(wiring.Component):
         with m.If(self.data.valid & self.data.ready):
             m.d.sync += self.data.valid.eq(0)
 
-        with m.FSM(name="uart_rx"):
+        with m.FSM(name="uart_rx") as fsm:
             with m.State("IDLE"), m.If(~rx):
                 m.d.sync += cnt.eq(div // 2 - 1)
                 m.next = "START"
@@ -204,6 +207,7 @@ class UartRx(wiring.Component):
                     m.next = "BREAK"
             with m.State("BREAK"), m.If(rx):
                 m.next = "IDLE"
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
         return m
 
 
@@ -265,7 +269,7 @@ class Uart(wiring.Component):
             self.txd.eq(utx.txd),
             self.frame_err.eq(urx.frame_err),
             self.overrun.eq(urx.overrun),
-            self.rx_active.eq(~urx.rxd),
+            self.rx_active.eq(urx.active),
             self.tx_active.eq(utx.busy),
         ]
         wiring.connect(m, wiring.flipped(self.tx), utx.data)
