@@ -624,19 +624,22 @@ class Plan:
 def _plans(cfg: AcceleratorConfig) -> list[Plan]:
     """Lowering attempts, best first (the first whose allocation fits is used).
 
-    The controller dispatches in program order into queues of 4 slots and stops dispatching
-    behind VREQ/VMUL/VRMS until they finish, so a LOAD overlaps compute only when it sits
-    *before* such instructions, yet a load queue filled far ahead blocks dispatch. Loads are
-    therefore hoisted a few instructions (3 = queue depth - 1) and weights stream in 2 KiB
-    tiles. Measured on the simulated SoC (cycles per decode step): GPT on ``base`` 63.7k
-    (2 KiB tiles, window 3) vs 72.0k (4 KiB, window 8), 83.1k (unbounded hoisting) and 84.4k
-    (none); MMFree on ``base`` 47.1k vs 49.9k. With one SPAD bank (``tiny``) loads and GEMM
-    operand reads share the port and hoisting does not pay: 91.8k without vs 96.4k with.
+    The controller dispatches in program order into queues of ``cfg.queue_depth`` slots and
+    stops dispatching behind VREQ/VMUL/VRMS until they finish, so a LOAD overlaps compute only
+    when it sits *before* such instructions, yet a load queue filled far ahead blocks dispatch.
+    Loads are therefore hoisted a few instructions (at most queue depth - 1) and weights stream
+    in 2 KiB tiles. Measured on the simulated SoC with 4-slot queues (cycles per decode step):
+    GPT on ``base`` 63.7k (2 KiB tiles, window 3) vs 72.0k (4 KiB, window 8), 83.1k (unbounded
+    hoisting) and 84.4k (none); MMFree on ``base`` 47.1k vs 49.9k. With one SPAD bank (``tiny``)
+    loads and GEMM operand reads share the port and hoisting does not pay: 91.8k without vs
+    96.4k with.
     """
     wb = min(cfg.spad_bytes // 4, 2048)
     at = max(cfg.bus_bytes, cfg.acc_bytes // 4)
     fa = cfg.acc_bytes // 2
+    window = cfg.queue_depth - 1  # LOADs that can wait in the load queue behind a running one
     hoists = (0, 3, 2) if cfg.spad_banks == 1 else (3, 2, 8, 0)
+    hoists = tuple(dict.fromkeys(min(h, window) for h in hoists))
     out = []
     for hoist in hoists:
         for scale in (1, 2, 4, 8):

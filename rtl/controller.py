@@ -17,7 +17,7 @@ Pipeline (one instruction in flight in the front end; queues run concurrently be
             NOP/JUMP retire at once, FENCE/HALT wait until every queue is empty,
             LOAD -> load queue, STORE -> store queue, GEMM_* / V* -> compute queue
 
-Queues and dependency tracking: each queue is a ring of ``depth`` slots holding the
+Queues and dependency tracking: each queue is a ring of ``cfg.queue_depth`` slots holding the
 instruction, its pc and its *footprint hulls* (per space DRAM/SPAD/ACC, the covering interval
 of the ranges it reads and of those it writes). When an instruction is dispatched, its hulls
 are compared with every occupied slot of the *other two* queues (all of them are older); a
@@ -84,7 +84,6 @@ SERIAL_OPS = (Op.VREQ, Op.VMUL, Op.VRMS)
 VEC_OPS = tuple(op for op in Op if FORMATS[op] and op.name.startswith("V"))
 GEMM_OPS = tuple(GEMM_ENGINE)
 
-_W = 48  # width of range arithmetic (no overflow for any field combination)
 
 
 def queue_of(op: Op) -> int | None:
@@ -300,59 +299,94 @@ class InstrChecker(wiring.Component):
         with m.Elif(is_op(*VEC_OPS)):
             m.d.comb += [bad.eq(vec_bad), mis.eq(vec_mis)]
 
-        # products for the ranges
-        p1 = Signal(_W)
-        p2 = Signal(_W)
-        p3 = Signal(_W)
+        # products for the ranges, saturated at SAT (operands multiplexed first: one multiplier
+        # per product). Every range end is computed saturated: an end > space size is reported
+        # the same, and ranges of instructions that pass the range check are exact.
+        W = max(sizes.values()).bit_length() + 1
+        SAT = (1 << W) - 1
+
+        def sat(x, name):
+            out = Signal(W, name=name)
+            x = x.as_value() if hasattr(x, "as_value") else x
+            if len(x) > W:
+                m.d.comb += out.eq(Mux(x[W:].any(), SAT, x[:W]))
+            else:
+                m.d.comb += out.eq(x)
+            return out
+
+        is_dma = is_op(Op.LOAD, Op.STORE)
+        is_gemm = is_op(*GEMM_OPS)
+        a1 = Mux(is_dma, d.rows, Mux(is_gemm, g.m, v.rows))
+        b1 = Mux(is_dma, d.row_bytes, Mux(is_gemm, g.k, v.n))
+        a2 = Mux(is_dma, d.rows - 1, g.m)
+        b2 = Mux(is_dma, sat(d.stride, "stride_sat"), g.n)
         kk = Mux(is_op(Op.GEMM_I8), g.k, Mux(is_op(Op.GEMM_TERN), g.k >> 2, g.bits * (g.k >> 3)))
+        p1 = Signal(W)
+        p2 = Signal(W)
+        p3 = Signal(W)
         w1 = Signal(INSTR_BITS)
         s1 = Signal(4)  # invalid, absent, bad, mis
         m.d.sync += [
             w1.eq(w),
             s1.eq(Cat(invalid, absent, bad, mis)),
-            p1.eq(Mux(is_op(Op.LOAD, Op.STORE), d.rows * d.row_bytes,
-                      Mux(is_op(*GEMM_OPS), g.m * g.k, v.rows * v.n))),
-            p2.eq(Mux(is_op(Op.LOAD, Op.STORE), (d.rows - 1) * d.stride, g.m * g.n)),
-            p3.eq(g.n * kk),
+            p1.eq(sat(a1 * b1, "p1_sat")),
+            p2.eq(sat(a2 * b2, "p2_sat")),
+            p3.eq(sat(g.n * kk, "p3_sat")),
         ]
 
         # ------------------------------------------------------------------ stage 2
+        # Each instruction has at most four ranges; they go to "slots" 0..3 (reads, then
+        # writes), so the adders and comparators exist once per slot, not once per opcode.
         opc1 = w1[:8]
         d1 = data.View(instr_layout(Op.LOAD), w1)
         g1 = data.View(instr_layout(Op.GEMM_I8), w1)
         v1 = data.View(instr_layout(Op.VREQ), w1)
-
-        def rng(space, start, length, cond=None):
-            cond = Const(1) if cond is None else cond
-            st = Signal(_W)
-            en = Signal(_W)
-            m.d.comb += [st.eq(start), en.eq(start + length)]
-            return (space, st, en, cond)
+        t_acc = sat(p1 << 2, "t_acc")
+        c_acc = sat(p2 << 2, "c_acc")
+        dram_len = sat(p2 + d1.row_bytes, "dram_len")
+        pc2 = Mux(v1.per_channel, v1.n << 3, 8)
 
         def ranges_of(op):
-            """(space, start, end, cond) lists (reads, writes) of ``op`` in hardware."""
+            """(space, start, length, cond) lists (reads, writes) of ``op`` in hardware."""
             if op in (Op.LOAD, Op.STORE):
-                dram = rng("DRAM", d1.dram, p2 + d1.row_bytes)
-                loc_s = rng("SPAD", d1.loc, p1, d1.space == 0)
-                loc_a = rng("ACC", d1.loc, p1, d1.space == 1)
+                dram = ("DRAM", d1.dram, dram_len, Const(1))
+                loc_s = ("SPAD", d1.loc, p1, d1.space == 0)
+                loc_a = ("ACC", d1.loc, p1, d1.space == 1)
                 return ([dram], [loc_s, loc_a]) if op == Op.LOAD else ([loc_s, loc_a], [dram])
             if op in GEMM_OPS:
-                c = rng("ACC", g1.c, p2 << 2)
-                reads = [rng("SPAD", g1.a, p1), rng("SPAD", g1.w, p3),
-                         ("ACC", c[1], c[2], g1.accumulate)]
+                c = ("ACC", g1.c, c_acc, Const(1))
+                reads = [("SPAD", g1.a, p1, Const(1)), ("SPAD", g1.w, p3, Const(1)),
+                         ("ACC", g1.c, c_acc, g1.accumulate)]
                 return reads, [c]
             if op in VEC_OPS:
-                counts = {"t": p1, "n": v1.n, "rows": v1.rows,
-                          "pc2": Mux(v1.per_channel, v1.n << 1, 2)}
+                counts = {"t": (p1, t_acc), "n": (v1.n, v1.n << 2),
+                          "rows": (v1.rows, v1.rows << 2), "pc2": (None, pc2)}
                 out = []
                 for lst in vec_ranges(op):
                     rs = []
                     for space, fname, cnt in lst:
-                        n = counts[cnt] if isinstance(cnt, str) else Const(cnt, 10)
-                        rs.append(rng(space, getattr(v1, fname), n << 2 if space == "ACC" else n))
+                        if isinstance(cnt, str):
+                            n = counts[cnt][space == "ACC"]
+                        else:
+                            n = Const(cnt * (4 if space == "ACC" else 1), 12)
+                        rs.append((space, getattr(v1, fname), n, Const(1)))
                     out.append(rs)
                 return tuple(out)
             return [], []
+
+        NS = 4
+        st = [Signal(W, name=f"r{i}_start") for i in range(NS)]
+        ln = [Signal(W, name=f"r{i}_len") for i in range(NS)]
+        cd = [Signal(name=f"r{i}_cond") for i in range(NS)]
+        en = [sat(st[i] + ln[i], f"r{i}_end") for i in range(NS)]
+        over = [{sp: en[i] > sizes[sp] for sp in SPACES} for i in range(NS)]
+        lt = {(i, j): st[i] < st[j] for i in range(NS) for j in range(NS) if i != j}
+        gt = {(i, j): en[i] > en[j] for i in range(NS) for j in range(NS) if i != j}
+        pov = {}
+        for i in range(NS):
+            for j in range(i + 1, NS):
+                pov[i, j] = pov[j, i] = (st[j] < en[i]) & (st[i] < en[j]) & (
+                    (st[i] != st[j]) | (en[i] != en[j]))
 
         range_err = Signal()
         overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
@@ -362,32 +396,45 @@ class InstrChecker(wiring.Component):
                 reads, writes = ranges_of(op)
                 if not reads and not writes:
                     continue
+                slots = [("r", *r) for r in reads] + [("w", *r) for r in writes]
+                assert len(slots) <= NS, op
                 with m.Case(int(op)):
-                    errs = [c & (e > sizes[s]) for s, _, e, c in reads + writes]
-                    m.d.comb += range_err.eq(Cat(errs).any())
-                    ovl = [
-                        wc & rc & (w0 < r1) & (r0 < w1) & ((w0 != r0) | (w1 != r1))
-                        for ws, w0, w1, wc in writes
-                        for rs, r0, r1, rc in reads
-                        if ws == rs
-                    ]
+                    for i, (_, _, start, length, cond) in enumerate(slots):
+                        m.d.comb += [st[i].eq(sat(start, None)), ln[i].eq(length),
+                                     cd[i].eq(cond)]
+                    m.d.comb += range_err.eq(
+                        Cat(cd[i] & over[i][sl[1]] for i, sl in enumerate(slots)).any())
+                    ovl = [cd[i] & cd[j] & pov[i, j]
+                           for i, si in enumerate(slots) if si[0] == "w"
+                           for j, sj in enumerate(slots) if sj[0] == "r" and sj[1] == si[1]]
                     if ovl:
                         m.d.comb += overlap.eq(Cat(ovl).any())
-                    for dname, lst in (("r", reads), ("w", writes)):
+                    for dname in ("r", "w"):
                         for sp in SPACES:
-                            sel = [(st, en, c) for s, st, en, c in lst if s == sp]
+                            sel = [i for i, sl in enumerate(slots) if sl[:2] == (dname, sp)]
                             if not sel:
                                 continue
-                            lo = Mux(sel[0][2], sel[0][0], (1 << _W) - 1)
-                            hi = Mux(sel[0][2], sel[0][1], 0)
-                            for st, en, c in sel[1:]:
-                                lo = Mux(c & (st < lo), st, lo)
-                                hi = Mux(c & (en > hi), en, hi)
-                            anyv = Cat(c for _, _, c in sel).any()
+                            lo, hi = [], []
+                            for i in sel:
+                                others = [j for j in sel if j != i]
+                                win_lo = cd[i] & Cat(
+                                    ~cd[j] | (~lt[j, i] if i < j else lt[i, j])
+                                    for j in others).all() if others else cd[i]
+                                win_hi = cd[i] & Cat(
+                                    ~cd[j] | (~gt[j, i] if i < j else gt[i, j])
+                                    for j in others).all() if others else cd[i]
+                                lo.append(Mux(win_lo, st[i], 0))
+                                hi.append(Mux(win_hi, en[i], 0))
+                            lo_v = lo[0]
+                            hi_v = hi[0]
+                            for x in lo[1:]:
+                                lo_v = lo_v | x
+                            for x in hi[1:]:
+                                hi_v = hi_v | x
                             m.d.comb += [
-                                getattr(hull, f"{sp}_{dname}_v").eq(anyv),
-                                getattr(hull, f"{sp}_{dname}_lo").eq(lo),
-                                getattr(hull, f"{sp}_{dname}_hi").eq(hi),
+                                getattr(hull, f"{sp}_{dname}_v").eq(Cat(cd[i] for i in sel).any()),
+                                getattr(hull, f"{sp}_{dname}_lo").eq(lo_v),
+                                getattr(hull, f"{sp}_{dname}_hi").eq(hi_v),
                             ]
 
         code = Signal(4)
@@ -436,8 +483,7 @@ class Controller(wiring.Component):
     Parameters
     ----------
     cfg : AcceleratorConfig
-    depth : int
-        Slots per queue.
+        ``cfg.queue_depth`` slots per queue.
 
     Members
     -------
@@ -463,9 +509,9 @@ class Controller(wiring.Component):
         Held while aborting (reset/watchdog).
     """
 
-    def __init__(self, cfg: AcceleratorConfig, depth: int = 4, axi_sig: Axi4Signature = None):
+    def __init__(self, cfg: AcceleratorConfig, axi_sig: Axi4Signature = None):
         self.cfg = cfg
-        self.depth = depth
+        self.depth = cfg.queue_depth
         if axi_sig is None:
             axi_sig = Axi4Signature(addr_width=32, data_width=cfg.bus_width, id_width=2)
         cmd = stream.Signature(unsigned(INSTR_BITS))

@@ -782,8 +782,6 @@ class TritiumTop(wiring.Component):
     Parameters
     ----------
     cfg : AcceleratorConfig
-    queue_depth : int
-        Slots per controller queue.
 
     Members
     -------
@@ -793,16 +791,20 @@ class TritiumTop(wiring.Component):
         CSRs (:mod:`tritium.rtl.csr`).
     irq : Out(1)
         ``CTRL.IRQ_EN & (STATUS.DONE | STATUS.ERROR)``.
+    busy, done, error : Out(1)
+        The STATUS bits (for status LEDs).
     """
 
-    def __init__(self, cfg: AcceleratorConfig, queue_depth: int = 4):
+    def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
-        self.queue_depth = queue_depth
         super().__init__(
             {
                 "m_axi": Out(axi_signature(cfg)),
                 "s_axil": In(AxiLiteSignature(addr_width=CSR_ADDR_WIDTH)),
                 "irq": Out(1),
+                "busy": Out(1),
+                "done": Out(1),
+                "error": Out(1),
             }
         )
 
@@ -815,7 +817,7 @@ class TritiumTop(wiring.Component):
         abits = max(1, _log2(acc_words))
 
         m.submodules.csr = csr = CsrBlock(cfg)
-        m.submodules.ctrl = ctrl = Controller(cfg, self.queue_depth, axi_signature(cfg))
+        m.submodules.ctrl = ctrl = Controller(cfg, axi_signature(cfg))
         m.submodules.load = ld = LoadUnit(cfg, sbits, abits)
         m.submodules.store = st = StoreUnit(cfg, sbits, abits)
         comp = ComputeUnit(cfg, sbits, abits)
@@ -852,6 +854,9 @@ class TritiumTop(wiring.Component):
             csr.err_pc.eq(ctrl.err_pc),
             csr.retire.eq(ctrl.retire),
             self.irq.eq(csr.irq),
+            self.busy.eq(ctrl.busy),
+            self.done.eq(ctrl.done),
+            self.error.eq(ctrl.error),
             # queues
             ld.cmd.valid.eq(ctrl.load_cmd.valid),
             ld.cmd.payload.eq(ctrl.load_cmd.payload),

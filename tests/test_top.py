@@ -97,22 +97,45 @@ def test_checker_matches_golden_checks():
     from amaranth.sim import Simulator
     from tritium.rtl.controller import SPACES, InstrChecker
 
-    from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode
+    from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode, footprint
 
     for cfg_name in CONFIGS:
         cfg = PRESETS[cfg_name]
         dut = InstrChecker(cfg)
         rnd = random.Random(1)
         words = []
-        for _ in range(600):
+        sizes = [cfg.dev_mem_bytes, cfg.spad_bytes, cfg.acc_bytes]
+        addr_fields = {"dram", "loc", "a", "w", "c", "src", "src2", "dst", "param"}
+        for i in range(1200):
             op = rnd.choice(list(Op))
             f = {}
+            edge = i % 2 == 1  # small counts, addresses at space ends / next to each other
             for fl in FORMATS[op]:
                 r = rnd.random()
-                v = (rnd.randint(fl.lo, min(fl.hi, fl.lo + 16)) if r < 0.3 else
-                     rnd.randint(fl.lo, fl.hi) if r < 0.6 else
-                     rnd.choice([0, 4, 8, 16, 64, 256, 1024]))
+                if edge and fl.name in addr_fields:
+                    prev = [f[x] for x in f if x in addr_fields]
+                    if prev and r < 0.5:
+                        v = rnd.choice(prev) + rnd.choice([0, 0, 4, -4, 8, -8, 16])
+                    else:
+                        v = rnd.choice(sizes) - 4 * rnd.randint(0, 24)
+                elif edge:
+                    v = rnd.randint(fl.lo, min(fl.hi, fl.lo + 8))
+                    if fl.name in ("k", "row_bytes", "stride", "n"):
+                        v = 8 * rnd.randint(1, 4)
+                else:
+                    v = (rnd.randint(fl.lo, min(fl.hi, fl.lo + 16)) if r < 0.3 else
+                         rnd.randint(fl.lo, fl.hi) if r < 0.6 else
+                         rnd.choice([0, 4, 8, 16, 64, 256, 1024]))
                 f[fl.name] = max(fl.lo, min(fl.hi, v))
+            names = [x for x in f if x in addr_fields]
+            if edge and len(names) >= 2 and rnd.random() < 0.6:
+                # put one range right after / before / across another one
+                rs, ws = footprint(Instr.make(op, **f))
+                lens = [b - a for _, a, b in rs + ws] or [4]
+                x, y = rnd.sample(names, 2)
+                v = f[x] + rnd.choice([1, -1]) * (rnd.choice(lens) + rnd.choice([0, 0, 4, -4]))
+                fl = next(fl for fl in FORMATS[op] if fl.name == y)
+                f[y] = max(fl.lo, min(fl.hi, v))
             w = encode(Instr.make(op, **f))
             if rnd.random() < 0.05:
                 w |= 1 << rnd.randrange(8, 128)
@@ -135,9 +158,10 @@ def test_checker_matches_golden_checks():
         sim.add_testbench(tb)
         sim.run()
         dev = golden.GoldenDevice(cfg)  # ACC = 0: parameter values are valid
-        from tritium.isa import footprint
 
+        seen = {}
         for w, (code, hull) in zip(words, got):
+            seen[code] = seen.get(code, 0) + 1
             try:
                 try:
                     ins = decode(w)
@@ -163,6 +187,10 @@ def test_checker_matches_golden_checks():
                                 hull[f"{s}_{d}_hi"]) == exp_h, (ins, s, d)
                     else:
                         assert hull[f"{s}_{d}_v"] == 0, (ins, s, d)
+        # every check was reached often enough to matter
+        for c in (0, ErrorCode.INVALID_OPCODE, ErrorCode.BAD_OPERAND, ErrorCode.MISALIGNED,
+                  ErrorCode.ADDRESS_RANGE):
+            assert seen.get(int(c), 0) >= 20, (cfg_name, seen)
 
 
 # ----------------------------------------------------------------------------- RTL

@@ -89,6 +89,10 @@ class AcceleratorConfig:
         Device memory (DRAM / on-chip RAM behind AXI) size in bytes.
     clock_mhz : float
         Target clock frequency.
+    queue_depth : int
+        Slots of each controller queue (load, store, compute), the executing instruction
+        included: how far loads and stores run ahead of compute. Each slot holds a 128-bit
+        instruction and its footprint, compared with every slot of the other queues.
     watchdog_cycles : int
         Reset value of the WATCHDOG CSR: the controller stops with ``ErrorCode.WATCHDOG`` when a
         program has run this many cycles without reaching HALT. The golden model applies the
@@ -113,6 +117,7 @@ class AcceleratorConfig:
     bus_width: int = 64
     dev_mem_bytes: int = 256 * 1024
     clock_mhz: float = 50.0
+    queue_depth: int = 4
     watchdog_cycles: int = 1 << 20
 
     # ------------------------------------------------------------------ validation
@@ -181,6 +186,7 @@ class AcceleratorConfig:
             self._fail("clock_mhz", "must be a number")
         if not 1.0 <= float(self.clock_mhz) <= 1000.0:
             self._fail("clock_mhz", "must be in [1, 1000]")
+        check_int("queue_depth", 1, 8)
         check_int("watchdog_cycles", 16, 1 << 31)
 
     # ------------------------------------------------------------------ derived values
@@ -257,6 +263,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         bus_width=32,
         dev_mem_bytes=128 * 1024,
         clock_mhz=24.0,
+        queue_depth=1,
         watchdog_cycles=1 << 20,
     ),
     "base": AcceleratorConfig(
@@ -265,10 +272,10 @@ PRESETS: dict[str, AcceleratorConfig] = {
         sa_rows=8,
         sa_cols=8,
         ternary_lanes=16,
-        ternary_k=16,
+        ternary_k=8,
         lut_group=4,
         lut_max_bits=4,
-        lut_lanes=8,
+        lut_lanes=4,
         vec_lanes=8,
         spad_bytes=64 * 1024,
         spad_banks=4,
@@ -276,6 +283,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         bus_width=64,
         dev_mem_bytes=256 * 1024,
         clock_mhz=75.0,
+        queue_depth=2,
         watchdog_cycles=1 << 22,
     ),
     "large": AcceleratorConfig(
@@ -295,6 +303,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         bus_width=128,
         dev_mem_bytes=16 * 1024 * 1024,
         clock_mhz=200.0,
+        queue_depth=4,
         watchdog_cycles=1 << 24,
     ),
 }
