@@ -172,6 +172,8 @@ class TritiumSoc(wiring.Component):
         Bridge -> host bytes.
     irq : Out(1)
         The accelerator's interrupt (STATUS done/error with CTRL.IRQ_EN).
+    busy, done, error : Out(1)
+        The accelerator's STATUS bits (board status LEDs).
     """
 
     def __init__(self, cfg: AcceleratorConfig, timeout: int = 1 << 20):
@@ -182,6 +184,9 @@ class TritiumSoc(wiring.Component):
                 "rx": In(stream.Signature(8)),
                 "tx": Out(stream.Signature(8)),
                 "irq": Out(1),
+                "busy": Out(1),
+                "done": Out(1),
+                "error": Out(1),
             }
         )
 
@@ -195,5 +200,6 @@ class TritiumSoc(wiring.Component):
         wiring.connect(m, br.mem, ram.port)
         wiring.connect(m, wiring.flipped(self.rx), br.rx)
         wiring.connect(m, wiring.flipped(self.tx), br.tx)
-        m.d.comb += self.irq.eq(acc.irq)
+        m.d.comb += [self.irq.eq(acc.irq), self.busy.eq(acc.busy), self.done.eq(acc.done),
+                     self.error.eq(acc.error)]
         return m
