@@ -25,7 +25,8 @@ Register map (32-bit registers, byte offsets; ``isa.CSR`` is the source of truth
     0x44 + 8*i        RO  stall cycles of unit isa.UNITS[i]
 
 All counters are 32 bits (CYCLES 64) and are cleared by START and by RESET; they count only
-while STATUS.BUSY. ``irq = IRQ_EN & (DONE | ERROR)``.
+while STATUS.BUSY. The counters of engines absent from the configuration do not exist (their
+registers read 0, as an idle unit's would). ``irq = IRQ_EN & (DONE | ERROR)``.
 
 AXI4-Lite behaviour: a write is taken when AW and W are both valid (then ``bvalid`` until
 ``bready``); a read answers the next cycle. Unknown offsets read 0; writes to them and to
@@ -38,7 +39,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from tritium.config import AcceleratorConfig
+from tritium.config import ENGINES, AcceleratorConfig
 from tritium.isa import CSR, CSR_ID_VALUE, CSR_VERSION_VALUE, UNITS
 
 from .axi import AxiLiteSignature
@@ -108,14 +109,14 @@ class CsrBlock(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
-        n = len(UNITS)
 
         irq_en = Signal()
         cycles = Signal(64)
         instret = Signal(32)
         overlap = Signal(32)
-        ubusy = [Signal(32, name=f"busy_{u}") for u in UNITS]
-        ustall = [Signal(32, name=f"stall_{u}") for u in UNITS]
+        present = [i for i, u in enumerate(UNITS) if u not in ENGINES or self.cfg.has(u)]
+        ubusy = {i: Signal(32, name=f"busy_{UNITS[i]}") for i in present}
+        ustall = {i: Signal(32, name=f"stall_{UNITS[i]}") for i in present}
 
         # ------------------------------------------------------------------ counters
         clear = Signal()
@@ -127,14 +128,15 @@ class CsrBlock(wiring.Component):
             comp.eq(Cat(self.unit_busy[UNITS.index(u)] for u in OVERLAP_UNITS).any()),
         ]
         with m.If(clear):
-            m.d.sync += [c.eq(0) for c in (cycles, instret, overlap, *ubusy, *ustall)]
+            m.d.sync += [c.eq(0) for c in (cycles, instret, overlap, *ubusy.values(),
+                                           *ustall.values())]
         with m.Elif(self.busy):
             m.d.sync += cycles.eq(cycles + 1)
             with m.If(self.retire):
                 m.d.sync += instret.eq(instret + 1)
             with m.If(dma & comp):
                 m.d.sync += overlap.eq(overlap + 1)
-            for i in range(n):
+            for i in present:
                 with m.If(self.unit_busy[i]):
                     m.d.sync += ubusy[i].eq(ubusy[i] + 1)
                 with m.If(self.unit_stall[i]):
@@ -156,7 +158,7 @@ class CsrBlock(wiring.Component):
             CSR.WATCHDOG: self.watchdog,
             CSR_OVERLAP: overlap,
         }
-        for i in range(n):
+        for i in present:
             regs[CSR.UNIT_BASE + 8 * i] = ubusy[i]
             regs[CSR.UNIT_BASE + 8 * i + 4] = ustall[i]
 

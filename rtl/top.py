@@ -78,9 +78,17 @@ class Gather(wiring.Component):
     a word boundary. Missing words are read first, one per cycle; every lane that needs a
     returned word takes it (lanes reading the same word share one read).
 
+    Timing: the lane offsets ``(i // group) * gstride + (i % group) * ostride`` are registered
+    (``gstride``/``ostride`` are per-instruction constants: they must hold for two cycles
+    before the first ``req`` after ``flush``), and the SPAD request is registered: a word found
+    missing in cycle t is requested in cycle t+1. Requests are hints: a returned word fills a
+    lane only when its address is the one the lane needs (or the next one) at that time, so
+    a request that went stale is harmless.
+
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
     combinational from the cache, so a beat can be taken every cycle while lanes hit. ``flush``
-    empties the caches (done at each instruction start, so no stale SPAD data survive).
+    empties the caches and drops the pending request (done at each instruction start, so no
+    stale SPAD data survive).
 
     Members
     -------
@@ -118,12 +126,22 @@ class Gather(wiring.Component):
         n, g, wb = self.lanes, self.group, self.word_bytes
         lb = _log2(wb)
         aw = self.addr_bits
+        ab = aw + lb  # byte-address bits that matter (higher ones are cut off by the SPAD)
         port = self.port
         if_tag = Signal(aw)  # word of the read acknowledged last cycle (arrives now)
         ret = port.rvalid
+        rq_v = Signal()  # registered request
+        rq_a = Signal(aw)
+        # registered per-group / per-offset address terms
+        goffs = [Signal(ab, name=f"goff{j}") for j in range((n + g - 1) // g)]
+        ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, n))]
+        for j, sig in enumerate(goffs):
+            m.d.sync += sig.eq(j * self.gstride)
+        for j, sig in enumerate(ooffs):
+            m.d.sync += sig.eq(j * self.ostride)
         hits, misses, prefs, needs, nexts = [], [], [], [], []
         for i in range(n):
-            addr = Signal(26, name=f"addr{i}")
+            addr = Signal(ab, name=f"addr{i}")
             need = Signal(aw, name=f"need{i}")
             nxt = Signal(aw, name=f"next{i}")
             mask = Signal(name=f"mask{i}")
@@ -142,7 +160,7 @@ class Gather(wiring.Component):
             grp, off = divmod(i, g)
             line = Mux(hit_b, line_b, line_a)
             m.d.comb += [
-                addr.eq(self.base + grp * self.gstride + off * self.ostride),
+                addr.eq(self.base + goffs[grp] + ooffs[off]),
                 need.eq(addr[lb:]),
                 nxt.eq(need + 1),
                 mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
@@ -150,8 +168,10 @@ class Gather(wiring.Component):
                 hit_b.eq(v_b & (tag_b == need)),
                 a_next.eq(v_a & (tag_a == nxt)),
                 has_next.eq(a_next | (v_b & (tag_b == nxt))),
-                miss.eq(mask & ~hit_a & ~hit_b & ~(ret & (if_tag == need))),
-                pref.eq(mask & (hit_a | hit_b) & ~has_next & ~(ret & (if_tag == nxt))),
+                miss.eq(mask & ~hit_a & ~hit_b & ~(ret & (if_tag == need))
+                        & ~(rq_v & (rq_a == need))),
+                pref.eq(mask & (hit_a | hit_b) & ~has_next & ~(ret & (if_tag == nxt))
+                        & ~(rq_v & (rq_a == nxt))),
                 self.data[i].eq(Mux(mask, line.word_select(addr[:lb], 8) if lb else line, 0)),
             ]
             with m.If(self.flush):
@@ -173,21 +193,35 @@ class Gather(wiring.Component):
             prefs.append(pref)
             needs.append(need)
             nexts.append(nxt)
-        sel = Signal(aw)
-        expr = Const(0, aw)
-        for i in reversed(range(n)):
-            expr = Mux(prefs[i], nexts[i], expr)
-        for i in reversed(range(n)):
-            expr = Mux(misses[i], needs[i], expr)
-        m.d.comb += sel.eq(expr)
+
+        def first(flags, vals):
+            """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
+            items = list(zip(flags, vals))
+            while len(items) > 1:
+                nxt_items = []
+                for k in range(0, len(items) - 1, 2):
+                    (fa, va), (fb, vb) = items[k], items[k + 1]
+                    nxt_items.append((fa | fb, Mux(fa, va, vb)))
+                if len(items) % 2:
+                    nxt_items.append(items[-1])
+                items = nxt_items
+            return items[0]
+
+        any_miss, miss_a = first(misses, needs)
+        any_pref, pref_a = first(prefs, nexts)
+        with m.If(self.flush):
+            m.d.sync += rq_v.eq(0)
+        with m.Elif(~rq_v | port.ack):
+            m.d.sync += [rq_v.eq(self.req & (any_miss | any_pref)),
+                         rq_a.eq(Mux(any_miss, miss_a, pref_a))]
         m.d.comb += [
-            port.en.eq(self.req & (Cat(misses).any() | Cat(prefs).any()) & ~self.flush),
+            port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
-            port.addr.eq(sel),
+            port.addr.eq(rq_a),
             self.valid.eq(self.req & Cat(hits).all() & ~self.flush),
         ]
         with m.If(port.ack):
-            m.d.sync += if_tag.eq(sel)
+            m.d.sync += if_tag.eq(rq_a)
         return m
 
 
