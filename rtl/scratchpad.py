@@ -89,6 +89,15 @@ class MemPortSignature(wiring.Signature):
         return f"MemPortSignature({self.addr_bits}, {self.word_bytes})"
 
 
+def _onehot_mux(sel: list, vals: list):
+    """``vals[i]`` where ``sel[i]`` is set (``sel`` one-hot or all 0, giving 0)."""
+    terms = [Mux(s_, v, 0) for s_, v in zip(sel, vals)]
+    while len(terms) > 1:
+        terms = [terms[k] | terms[k + 1] if k + 1 < len(terms) else terms[k]
+                 for k in range(0, len(terms), 2)]
+    return terms[0]
+
+
 def rr_arbiter(m: Module, reqs: list, name: str) -> list[Signal]:
     """Round-robin arbiter: one-hot grants for the request bits ``reqs`` (Amaranth values).
 
@@ -195,15 +204,11 @@ class BankedMemory(wiring.Component):
             wreq = [p.en & p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r")
             wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w")
-            raddr = Const(0, max(1, (rows - 1).bit_length()))
-            waddr = raddr
-            wdata = Const(0, 8 * wb)
-            wmask = Const(0, wb)
-            for i, p in enumerate(ports):
-                raddr = Mux(rg[i], row_of(p), raddr)
-                waddr = Mux(wg[i], row_of(p), waddr)
-                wdata = Mux(wg[i], p.wdata, wdata)
-                wmask = Mux(wg[i], p.wmask, wmask)
+            # grants are one-hot: AND-OR multiplexers (log depth, not a priority chain)
+            raddr = _onehot_mux(rg, [row_of(p) for p in ports])
+            waddr = _onehot_mux(wg, [row_of(p) for p in ports])
+            wdata = _onehot_mux(wg, [p.wdata for p in ports])
+            wmask = _onehot_mux(wg, [p.wmask for p in ports])
             m.d.comb += [
                 rp.addr.eq(raddr),
                 rp.en.eq(1),

@@ -79,11 +79,12 @@ class Gather(wiring.Component):
     returned word takes it (lanes reading the same word share one read).
 
     Timing: the lane offsets ``(i // group) * gstride + (i % group) * ostride`` are registered
-    (``gstride``/``ostride`` are per-instruction constants: they must hold for two cycles
-    before the first ``req`` after ``flush``), and the SPAD request is registered: a word found
-    missing in cycle t is requested in cycle t+1. Requests are hints: a returned word fills a
-    lane only when its address is the one the lane needs (or the next one) at that time, so
-    a request that went stale is harmless.
+    (two register stages: ``gstride``/``ostride`` are per-instruction constants), leaving one
+    adder per lane, and the SPAD request is registered: a word found missing in cycle t is
+    requested in cycle t+1. Tags are true word addresses and a returned word fills a lane only
+    when it is the word the lane needs (or the next one) at that time, so offsets or requests
+    that are a few cycles stale cost time, never correctness. ``ostride`` is used only with
+    ``var_ostride`` (else it is 1).
 
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
     combinational from the cache, so a beat can be taken every cycle while lanes hit. ``flush``
@@ -100,11 +101,13 @@ class Gather(wiring.Component):
     port : Out(MemPortSignature)
     """
 
-    def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int):
+    def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int,
+                 var_ostride: bool = False):
         self.lanes = lanes
         self.group = group
         self.word_bytes = word_bytes
         self.addr_bits = addr_bits
+        self.var_ostride = var_ostride  # else ``ostride`` is 1 (the port is ignored)
         super().__init__(
             {
                 "base": In(24),
@@ -132,13 +135,16 @@ class Gather(wiring.Component):
         ret = port.rvalid
         rq_v = Signal()  # registered request
         rq_a = Signal(aw)
-        # registered per-group / per-offset address terms
+        # registered address terms: per group, per offset, then per lane
         goffs = [Signal(ab, name=f"goff{j}") for j in range((n + g - 1) // g)]
-        ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, n))]
         for j, sig in enumerate(goffs):
             m.d.sync += sig.eq(j * self.gstride)
-        for j, sig in enumerate(ooffs):
-            m.d.sync += sig.eq(j * self.ostride)
+        if self.var_ostride:
+            ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, n))]
+            for j, sig in enumerate(ooffs):
+                m.d.sync += sig.eq(j * self.ostride)
+        else:
+            ooffs = [Const(j, ab) for j in range(min(g, n))]
         hits, misses, prefs, needs, nexts = [], [], [], [], []
         for i in range(n):
             addr = Signal(ab, name=f"addr{i}")
@@ -159,8 +165,10 @@ class Gather(wiring.Component):
             pref = Signal(name=f"pref{i}")
             grp, off = divmod(i, g)
             line = Mux(hit_b, line_b, line_a)
+            loff = Signal(ab, name=f"loff{i}")
+            m.d.sync += loff.eq(goffs[grp] + ooffs[off])
             m.d.comb += [
-                addr.eq(self.base + goffs[grp] + ooffs[off]),
+                addr.eq(self.base + loff),
                 need.eq(addr[lb:]),
                 nxt.eq(need + 1),
                 mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
@@ -321,7 +329,8 @@ class GemmUnit(wiring.Component):
         LM, LN = self.lm, self.ln
         m.submodules.engine = eng = _engine_class(eng_name)(cfg)
         m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr))
-        m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr))
+        m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr),
+                                      var_ostride=eng_name == "lut")
         wiring.connect(m, wiring.flipped(self.act_port), ag.port)
         wiring.connect(m, wiring.flipped(self.wgt_port), wg.port)
 
@@ -415,90 +424,96 @@ class GemmUnit(wiring.Component):
         woff = Signal(24)
         wsub = Signal(17)  # systolic wt: kk index; ternary: j*T; lut: q*g
         plane = Signal(3)
+        # registered gather bases: acur = abase + aoff, wcur = wbase + (engine's offset)
+        acur = Signal(24)
+        wcur = Signal(24)
 
         start_stmts = [
             abase.eq(a), aoff.eq(0), wbase.eq(w), woff.eq(0), wsub.eq(0), plane.eq(0),
+            acur.eq(a), wcur.eq(w),
             crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
             *ci.reset(), *aw_.reset(), *ww_.reset(),
         ]
         if eng_name == "systolic":
             a_last_beat = aoff == kk - 1
             m.d.comb += [
-                ag.base.eq(abase + aoff),
+                ag.base.eq(acur),
                 ag.gstride.eq(kk),
                 ag.glim.eq(aw_.orem),
                 ag.khi.eq(1),
                 eng.act.payload.eq(ag.data),
-                wg.base.eq(wbase + Mux(wt, woff, wsub)),
+                wg.base.eq(wcur),
                 wg.gstride.eq(Mux(wt, 1, kk)),
                 wg.glim.eq(ww_.nrem),
                 wg.khi.eq(1),
                 eng.wgt.payload.eq(wg.data),
             ]
             with m.If(a_fire):
-                m.d.sync += aoff.eq(aoff + 1)
+                m.d.sync += [aoff.eq(aoff + 1), acur.eq(acur + 1)]
                 with m.If(a_last_beat):
-                    m.d.sync += aoff.eq(0)
+                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
                     aw_.advance()
                     with m.If(aw_.last_n):
-                        m.d.sync += abase.eq(abase + kk * LM)
+                        m.d.sync += [abase.eq(abase + kk * LM), acur.eq(abase + kk * LM)]
                     with m.If(aw_.last):
                         m.d.sync += a_done.eq(1)
             with m.If(w_fire):
-                m.d.sync += [wsub.eq(wsub + 1), woff.eq(woff + nn)]
+                m.d.sync += [wsub.eq(wsub + 1), woff.eq(woff + nn),
+                             wcur.eq(wcur + Mux(wt, nn, 1))]
                 with m.If(wsub == kk - 1):
-                    m.d.sync += [wsub.eq(0), woff.eq(0)]
+                    m.d.sync += [wsub.eq(0), woff.eq(0), wcur.eq(wbase)]
                     ww_.advance()
                     with m.If(ww_.last_n):
-                        m.d.sync += wbase.eq(w)
+                        m.d.sync += [wbase.eq(w), wcur.eq(w)]
                     with m.Else():
-                        m.d.sync += wbase.eq(wbase + Mux(wt, LN, kk * LN))
+                        m.d.sync += [wbase.eq(wbase + Mux(wt, LN, kk * LN)),
+                                     wcur.eq(wbase + Mux(wt, LN, kk * LN))]
                     with m.If(ww_.last):
                         m.d.sync += w_done.eq(1)
         elif eng_name == "ternary":
             T = cfg.ternary_k
             m.d.comb += [
-                ag.base.eq(abase + aoff),
+                ag.base.eq(acur),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.khi.eq(kk - aoff),
                 eng.act.payload.eq(ag.data),
-                wg.base.eq(wbase + woff),
+                wg.base.eq(wcur),
                 wg.gstride.eq(k4),
                 wg.glim.eq(ww_.nrem),
                 wg.khi.eq(k4 - woff),
                 eng.wgt.payload.eq(wg.data),
             ]
             with m.If(a_fire):
-                m.d.sync += aoff.eq(aoff + T)
+                m.d.sync += [aoff.eq(aoff + T), acur.eq(acur + T)]
                 with m.If(aoff + T >= kk):
-                    m.d.sync += aoff.eq(0)
+                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
                     aw_.advance()
                     with m.If(aw_.last_n):
-                        m.d.sync += abase.eq(abase + kk)
+                        m.d.sync += [abase.eq(abase + kk), acur.eq(abase + kk)]
                     with m.If(aw_.last):
                         m.d.sync += a_done.eq(1)
             with m.If(w_fire):
-                m.d.sync += [wsub.eq(wsub + T), woff.eq(woff + T // 4)]
+                m.d.sync += [wsub.eq(wsub + T), woff.eq(woff + T // 4), wcur.eq(wcur + T // 4)]
                 with m.If(wsub + T >= kk):
-                    m.d.sync += [wsub.eq(0), woff.eq(0)]
+                    m.d.sync += [wsub.eq(0), woff.eq(0), wcur.eq(wbase)]
                     ww_.advance()
                     with m.If(ww_.last_n):
-                        m.d.sync += wbase.eq(w)
+                        m.d.sync += [wbase.eq(w), wcur.eq(w)]
                     with m.Else():
-                        m.d.sync += wbase.eq(wbase + k4 * LN)
+                        m.d.sync += [wbase.eq(wbase + k4 * LN), wcur.eq(wbase + k4 * LN)]
                     with m.If(ww_.last):
                         m.d.sync += w_done.eq(1)
         else:  # lut
             G = cfg.lut_group
             gmask = (1 << G) - 1
             m.d.comb += [
-                ag.base.eq(abase + aoff),
+                ag.base.eq(acur),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.khi.eq(G),
                 eng.act.payload.eq(ag.data),
-                wg.base.eq(wbase + (wsub >> 3)),
+                wg.base.eq(wcur),
                 wg.gstride.eq(bkb),
                 wg.ostride.eq(kb),
                 wg.glim.eq(ww_.nrem),
@@ -513,25 +528,26 @@ class GemmUnit(wiring.Component):
                     byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
                 m.d.comb += eng.wgt.payload[i].eq((byte >> shift) & gmask)
             with m.If(a_fire):
-                m.d.sync += aoff.eq(aoff + G)
+                m.d.sync += [aoff.eq(aoff + G), acur.eq(acur + G)]
                 with m.If(aoff + G >= kk):
-                    m.d.sync += aoff.eq(0)
+                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
                     aw_.advance()
                     with m.If(aw_.last_n):
-                        m.d.sync += abase.eq(abase + kk)
+                        m.d.sync += [abase.eq(abase + kk), acur.eq(abase + kk)]
                     with m.If(aw_.last):
                         m.d.sync += a_done.eq(1)
             with m.If(w_fire):
                 m.d.sync += plane.eq(plane + 1)
                 with m.If(plane == bits - 1):
-                    m.d.sync += [plane.eq(0), wsub.eq(wsub + G)]
+                    m.d.sync += [plane.eq(0), wsub.eq(wsub + G),
+                                 wcur.eq(wbase + ((wsub + G) >> 3))]
                     with m.If(wsub + G >= kk):
-                        m.d.sync += wsub.eq(0)
+                        m.d.sync += [wsub.eq(0), wcur.eq(wbase)]
                         ww_.advance()
                         with m.If(ww_.last_n):
-                            m.d.sync += wbase.eq(w)
+                            m.d.sync += [wbase.eq(w), wcur.eq(w)]
                         with m.Else():
-                            m.d.sync += wbase.eq(wbase + bkb * LN)
+                            m.d.sync += [wbase.eq(wbase + bkb * LN), wcur.eq(wbase + bkb * LN)]
                         with m.If(ww_.last):
                             m.d.sync += w_done.eq(1)
 
