@@ -634,22 +634,33 @@ class GemmUnit(wiring.Component):
 
 
 class _ReadAdapter:
-    """VectorUnit element read stream -> word MemPort (1-cycle latency, byte/word select)."""
+    """VectorUnit element read stream -> word MemPort (byte/word select).
+
+    The requests pass through a two-entry FIFO, so neither the port's ``en``/``addr`` nor the
+    unit's ``ready`` is combinational through the bank arbiter (timing); reads answer two
+    cycles after the unit's request (the unit's ``depth`` covers it)."""
+
+    LATENCY = 2
 
     def __init__(self, m, req, resp, port, elem_bytes: int, word_bytes: int, name: str):
         lb = _log2(word_bytes)
         le = _log2(elem_bytes)
         off = Signal(max(1, lb - le), name=f"{name}_off")
+        q = fifo.SyncFIFO(width=len(req.payload), depth=2)
+        m.submodules[f"{name}_q"] = q
         m.d.comb += [
-            port.en.eq(req.valid),
+            q.w_data.eq(req.payload),
+            q.w_en.eq(req.valid),
+            req.ready.eq(q.w_rdy),
+            port.en.eq(q.r_rdy),
             port.we.eq(0),
-            port.addr.eq(req.payload >> lb),
-            req.ready.eq(port.ack),
+            port.addr.eq(q.r_data >> lb),
+            q.r_en.eq(port.ack),
             resp.valid.eq(port.rvalid),
         ]
         if lb > le:
             with m.If(port.ack):
-                m.d.sync += off.eq(req.payload[le:lb])
+                m.d.sync += off.eq(q.r_data[le:lb])
             m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
         else:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
@@ -736,7 +747,8 @@ class ComputeUnit(wiring.Component):
             wiring.connect(m, wiring.flipped(sp[f"{e}_wgt"]), gu.wgt_port)
             wiring.connect(m, wiring.flipped(ac[f"{e}_wbr"]), gu.wb_rd)
             wiring.connect(m, wiring.flipped(ac[f"{e}_wbw"]), gu.wb_wr)
-        m.submodules.vector = vu = VectorUnit(cfg)
+        # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
+        m.submodules.vector = vu = VectorUnit(cfg, depth=2 + _ReadAdapter.LATENCY)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")
         _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb)
