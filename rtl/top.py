@@ -666,22 +666,32 @@ class _ReadAdapter:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
 
 
-def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int) -> None:
+def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str):
+    """VectorUnit element write stream -> word MemPort, through a two-entry FIFO (the unit's
+    ``ready`` is not combinational through the bank arbiter). Returns the FIFO: a vector
+    instruction is complete only when it is empty."""
     lb = _log2(word_bytes)
     le = _log2(elem_bytes)
     emask = (1 << elem_bytes) - 1
+    q = fifo.SyncFIFO(width=len(wr.payload.as_value()), depth=2)
+    m.submodules[f"{name}_q"] = q
+    head = data.View(wr.payload.shape(), q.r_data)
     m.d.comb += [
-        port.en.eq(wr.valid),
+        q.w_data.eq(wr.payload),
+        q.w_en.eq(wr.valid),
+        wr.ready.eq(q.w_rdy),
+        port.en.eq(q.r_rdy),
         port.we.eq(1),
-        port.addr.eq(wr.payload.addr >> lb),
-        port.wdata.eq(Cat([wr.payload.data] * (word_bytes // elem_bytes))),
-        wr.ready.eq(port.ack),
+        port.addr.eq(head.addr >> lb),
+        port.wdata.eq(Cat([head.data] * (word_bytes // elem_bytes))),
+        q.r_en.eq(port.ack),
     ]
     if lb > le:
-        sel = wr.payload.addr[le:lb]
+        sel = head.addr[le:lb]
         m.d.comb += port.wmask.eq(Const(emask, word_bytes) << (sel * elem_bytes))
     else:
         m.d.comb += port.wmask.eq(emask)
+    return q
 
 
 class ComputeUnit(wiring.Component):
@@ -751,8 +761,8 @@ class ComputeUnit(wiring.Component):
         m.submodules.vector = vu = VectorUnit(cfg, depth=2 + _ReadAdapter.LATENCY)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")
-        _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb)
-        _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb)
+        wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw")
+        wq_ac = _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb, "vacw")
 
         word = Signal(INSTR_BITS)
         opc = word[:8]
@@ -821,13 +831,15 @@ class ComputeUnit(wiring.Component):
                 with m.If(vu.cmd.ready):
                     m.next = "WAIT_VEC"
             with m.State("WAIT_VEC"), m.If(vu.done):
+                m.next = "VEC_DRAIN"
+            with m.State("VEC_DRAIN"), m.If(~wq_sp.r_rdy & ~wq_ac.r_rdy):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
             for e, gu in gemms.items():
                 with m.State(f"WAIT_{e}"), m.If(gu.done):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-        m.d.comb += vbusy.eq(vu.busy | pbusy)
+        m.d.comb += vbusy.eq(vu.busy | pbusy | wq_sp.r_rdy | wq_ac.r_rdy)
 
         order = ("systolic", "ternary", "lut")
         for i, e in enumerate(order):
