@@ -53,6 +53,7 @@ __all__ = [
     "breakdown_from_log",
     "build_board",
     "cli_build_board",
+    "critical_paths",
     "format_report",
     "hierarchy_breakdown",
     "parse_fmax",
@@ -100,6 +101,42 @@ def parse_fmax(log_text: str) -> dict[str, dict[str, Any]]:
         out[m.group(1)] = {"mhz": float(m.group(2)), "target_mhz": float(m.group(4)),
                            "pass": m.group(3) == "PASS"}
     return out
+
+
+def critical_paths(report: dict[str, Any], root: str | Path | None = None
+                   ) -> list[dict[str, Any]]:
+    """Summaries of the critical paths in a nextpnr ``--report`` JSON, worst first.
+
+    Each is ``{"ns", "logic_ns", "route_ns", "levels", "from", "to", "sources"}``: the path's
+    delay, its split into cell and routing delay, the number of logic cells on it, the first
+    and last cell, and the Python source lines (``file:line``, relative to ``root``) that
+    Amaranth recorded on its nets, in path order without repeats: where to look first.
+    """
+    out = []
+    for cp in report.get("critical_paths", []):
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        logic = sum(x["delay"] for x in steps if x.get("type") != "routing")
+        route = sum(x["delay"] for x in steps if x.get("type") == "routing")
+        srcs: list[str] = []
+        for x in steps:
+            for src in x.get("sources", []):
+                if src.startswith("/share/"):  # yosys' own techmap libraries
+                    continue
+                if root is not None:
+                    with contextlib.suppress(ValueError):
+                        src = str(Path(src).relative_to(root))
+                if src not in srcs:
+                    srcs.append(src)
+        out.append({
+            "ns": round(logic + route, 2), "logic_ns": round(logic, 2),
+            "route_ns": round(route, 2),
+            "levels": sum(1 for x in steps if x.get("type") == "logic"),
+            "from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"],
+            "sources": srcs,
+        })
+    return sorted(out, key=lambda c: -c["ns"])
 
 
 # nextpnr resource -> report key, per family
@@ -466,6 +503,12 @@ def build_board(
         prog.close()
         raise
 
+    report_file = bdir / "report.json"
+    paths = []
+    if report_file.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            paths = critical_paths(json.loads(report_file.read_text()),
+                                   root=Path(__file__).resolve().parents[1])
     clocks = parse_fmax(pnr_text)
     target = float(cfg.clock_mhz)
     main = None
@@ -492,6 +535,7 @@ def build_board(
                   "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
                   "routed": route, "clocks": clocks},
         "resources": resources,
+        "critical_paths": paths,
         "fits": fits,
         "overflow": overflow,
         "bitstream": str(bitstream) if bitstream else None,
@@ -519,6 +563,11 @@ def format_report(r: dict[str, Any]) -> str:
         est = "" if c.get("routed", True) else " (post-placement estimate, not routed)"
         lines.append(f"clock:     Fmax {c['fmax_mhz']:.2f} MHz vs target {c['pll_mhz']:g} MHz "
                      f"(PLL from {r['pll']['fin_mhz']:g} MHz) -> {verdict}{est}")
+    for cp in r.get("critical_paths", [])[:1]:
+        lines.append(f"critical:  {cp['ns']:.2f} ns ({cp['levels']} logic levels, "
+                     f"{cp['logic_ns']:.2f} ns logic + {cp['route_ns']:.2f} ns routing) "
+                     f"{cp['from']} -> {cp['to']}")
+        lines.append("           through " + (", ".join(cp["sources"]) or "(no source lines)"))
     lines.append(f"uart:      {r['uart']['baud']} baud (divisor {r['uart']['divisor']})")
     lines.append("resources: " + ("fits" if r["fits"] else "DOES NOT FIT"))
     for k, v in r["resources"].items():

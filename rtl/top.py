@@ -35,7 +35,7 @@ from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import MemPortSignature, acc_memory, spad_memory
 
-__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop"]
+__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "scratchpad_bits"]
 
 
 def _log2(v: int) -> int:
@@ -66,6 +66,12 @@ def _div_const(m: Module, x, d: int, nbits: int, name: str) -> Signal:
     mul = -(-(1 << s) // d)
     m.d.comb += out.eq((x * mul) >> s)
     return out
+
+
+def scratchpad_bits(cfg: AcceleratorConfig) -> tuple[int, int]:
+    """Word-address widths ``(spad_bits, acc_bits)`` of the SPAD and ACC scratchpads."""
+    return (max(1, _log2(cfg.spad_bytes // cfg.bus_bytes)),
+            max(1, _log2(cfg.acc_bytes // cfg.bus_bytes)))
 
 
 class Gather(wiring.Component):
@@ -885,10 +891,7 @@ class TritiumTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        spad_words = cfg.spad_bytes // cfg.bus_bytes
-        acc_words = cfg.acc_bytes // cfg.bus_bytes
-        sbits = max(1, _log2(spad_words))
-        abits = max(1, _log2(acc_words))
+        sbits, abits = scratchpad_bits(cfg)
 
         m.submodules.csr = csr = CsrBlock(cfg)
         m.submodules.ctrl = ctrl = Controller(cfg, axi_signature(cfg))

@@ -148,8 +148,8 @@ def test_checker_matches_golden_checks():
         async def tb(ctx, words=words, got=got, dut=dut, keys=keys):
             for w in words:
                 ctx.set(dut.word, w)
-                await ctx.tick()
-                await ctx.tick()
+                for _ in range(InstrChecker.LATENCY):
+                    await ctx.tick()
                 got.append((ctx.get(dut.code),
                             {k: ctx.get(getattr(dut.hull, k)) for k in keys}))
 
