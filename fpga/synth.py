@@ -74,6 +74,9 @@ UNITS: dict[str, tuple[Callable[[AcceleratorConfig], Any] | str, str | None]] = 
     "compute": ("tritium.fpga.synth:_compute", None),
     "csr": ("tritium.rtl.csr:CsrBlock", None),
     "top": ("tritium.rtl.top:TritiumTop", None),
+    "gemm_systolic": ("tritium.fpga.synth:_gemm_systolic", "systolic"),
+    "gemm_ternary": ("tritium.fpga.synth:_gemm_ternary", "ternary"),
+    "gemm_lut": ("tritium.fpga.synth:_gemm_lut", "lut"),
 }
 
 
@@ -82,6 +85,19 @@ def _controller(cfg: AcceleratorConfig):
     from tritium.rtl.dma import axi_signature
 
     return Controller(cfg, axi_signature(cfg))
+
+
+def _gemm(engine: str):
+    def make(cfg: AcceleratorConfig):
+        from tritium.rtl.top import GemmUnit, scratchpad_bits
+
+        return GemmUnit(cfg, engine, *scratchpad_bits(cfg))
+
+    make.__name__ = make.__qualname__ = f"GemmUnit[{engine}]"
+    return make
+
+
+_gemm_systolic, _gemm_ternary, _gemm_lut = (_gemm(e) for e in ("systolic", "ternary", "lut"))
 
 
 def _compute(cfg: AcceleratorConfig):

@@ -383,8 +383,9 @@ class VectorUnit(wiring.Component):
     pass issues ``K`` reads per element on one port (one request per cycle, at most ``depth``
     outstanding, each tagged with what its response is for), collects the responses in request
     order through one FIFO and feeds one element per
-    ``K`` responses into a 5-stage pipeline: operands; 9x9 multiply / table read; 32x32
-    multiply; rounding shift; write register. Row reductions (sum of squares, absmax, max, exp
+    ``K`` responses into a 7-stage pipeline: operands; 9x9 multiply / table read; multiplier
+    operands; the four 16x16 partial products of the 32x32 multiply; their sum; rounding
+    shift; write register. Row reductions (sum of squares, absmax, max, exp
     sum, argmax) are folded in as elements pass stages 1-2. After a row's reduction pass the
     collector waits for that pass to leave stage 2, then computes the row's reciprocal with a
     sequential isqrt (24 cycles, VRMS) and divider (32 cycles, VRMS / VQUANT / VSOFTMAX) before
@@ -397,30 +398,33 @@ class VectorUnit(wiring.Component):
     ============ ================================ =============================================
     op           reads per element (K)            cycles
     ============ ================================ =============================================
-    VREQ         1 (per-channel: 3)               ``T + 11`` (per-channel ``3 T + 9``)
-    VADD         2                                ``2 T + 9``
-    VADD32       2                                ``2 T + 9``
-    VMUL         2                                ``2 T + 13``
-    VSCALE       1, + 1 scale per row             ``T + rows + 9``
-    VACT         1, + 256 table bytes             ``T + 265``
-    VRMS         1 (sum of squares), then 2       ``rows * (3 n + 61) + 37``
-    VQUANT       1 (absmax), then 1               ``rows * (2 n + 36) + 9``
-    VGATE        3                                ``3 T + 9``
-    VSOFTMAX     1 (max), 1 (exp sum), then 1     ``rows * (3 n + 36) + 521``
-    VARGMAX      1                                ``rows * (n + 3) + 8``
+    VREQ         1 (per-channel: 3)               ``T + 13`` (per-channel ``3 T + 11``)
+    VADD         2                                ``2 T + 11``
+    VADD32       2                                ``2 T + 11``
+    VMUL         2                                ``2 T + 15``
+    VSCALE       1, + 1 scale per row             ``T + rows + 11``
+    VACT         1, + 256 table bytes             ``T + 267``
+    VRMS         1 (sum of squares), then 2       ``rows * (3 n + 61) + 41 - n % 2``
+    VQUANT       1 (absmax), then 1               ``rows * (2 n + 36) + 11``
+    VGATE        3                                ``3 T + 11``
+    VSOFTMAX     1 (max), 1 (exp sum), then 1     ``rows * (3 n + 36) + 523``
+    VARGMAX      1                                ``rows * (n + 3) + 10``
     ============ ================================ =============================================
 
-    i.e. one read per cycle plus a fixed latency of 9 cycles (command register, first request,
-    memory, response FIFO, 5 stages), plus the row-end work (VMUL, VRMS: + 2 cycles where the
+    i.e. one read per cycle plus a fixed latency of 11 cycles (command register, first request,
+    memory, response FIFO, 7 stages), plus the row-end work (VMUL, VRMS: + 2 cycles where the
     reads switch from ACC parameters to SPAD data: both ports share one response FIFO, so the
     issuer changes ports only when no read is outstanding). Memory stalls and longer read
     latency add to these. No ``valid`` output depends combinationally on any ``ready`` input
     (every ``valid`` comes from registered state), so the top may arbitrate the ports
     combinationally; ``sp_rdata.ready`` and ``ac_rdata.ready`` are constantly high.
 
-    Multipliers: one 32x32 signed (requantization ``x * M0``, VSCALE, the reciprocal products;
-    VRMS uses it twice per element, ``(x*g) * r`` then ``* M0``, which its 2 reads per element
-    leave time for) and one 9x9 signed (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``):
+    Multipliers: one 32x32 signed in two register stages (partial products, sum; one 32x32
+    multiply in one cycle alone limits the ECP5-85F to 75 MHz) for requantization ``x * M0``,
+    VSCALE and the reciprocal products; VRMS uses it twice per element, ``(x*g) * r`` then
+    ``* M0``: its element leaves the sum stage back into the partial-product stage, and two
+    VRMS elements swap between the two stages, so its 2 reads per element still set the pace
+    (an even ``n`` costs one cycle more at the end, the pairing of the last two elements) and one 9x9 signed (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``):
     5 SB_MAC16 on iCE40, 5 MULT18X18D on ECP5. Requantization ``(p + 2^(ts-1)) >> ts`` with
     ``ts = 31 - shift`` in ``[1, 62]`` is computed as ``((p >> (ts-1)) + 1) >> 1`` with
     ``p >> (ts-1)`` saturated to 11 bits (enough for the int8 clamp that follows), so the 64-bit
@@ -461,17 +465,17 @@ class VectorUnit(wiring.Component):
         if op not in VECTOR_OPS or rows == 0 or n == 0:
             return 2
         return {
-            Op.VREQ: 3 * t + 9 if instr.per_channel else t + 11,
-            Op.VADD: 2 * t + 9,
-            Op.VADD32: 2 * t + 9,
-            Op.VMUL: 2 * t + 13,
-            Op.VSCALE: t + rows + 9,
-            Op.VACT: t + 265,
-            Op.VRMS: rows * (3 * n + 61) + 37,
-            Op.VQUANT: rows * (2 * n + 36) + 9,
-            Op.VGATE: 3 * t + 9,
-            Op.VSOFTMAX: rows * (3 * n + 36) + 521,
-            Op.VARGMAX: rows * (n + 3) + 8,
+            Op.VREQ: 3 * t + 11 if instr.per_channel else t + 13,
+            Op.VADD: 2 * t + 11,
+            Op.VADD32: 2 * t + 11,
+            Op.VMUL: 2 * t + 15,
+            Op.VSCALE: t + rows + 11,
+            Op.VACT: t + 267,
+            Op.VRMS: rows * (3 * n + 61) + 41 - n % 2,
+            Op.VQUANT: rows * (2 * n + 36) + 11,
+            Op.VGATE: 3 * t + 11,
+            Op.VSOFTMAX: rows * (3 * n + 36) + 523,
+            Op.VARGMAX: rows * (n + 3) + 10,
         }[op]
 
     def elaborate(self, platform):
@@ -621,6 +625,26 @@ class VectorUnit(wiring.Component):
         s2_rms = Signal()
         s2_sp = Signal(signed(18))
         s2_re = Signal()  # a row-end word, not an output element
+        # M: the multiplier's operands (X selected: register, small product or table entry)
+        m_v = Signal()
+        m_rms = Signal()
+        m_x = Signal(signed(32))
+        m_y = Signal(signed(32))
+        m_ts = Signal(6)
+        m_off = Signal(signed(9))
+        m_cls = Signal(2)
+        m_re = Signal()
+        # P: the four 16x16 partial products of the 32x32 multiply
+        p_v = Signal()
+        p_pend = Signal()
+        p_ll = Signal(32)
+        p_lh = Signal(signed(33))
+        p_hl = Signal(signed(33))
+        p_hh = Signal(signed(32))
+        p_ts = Signal(6)
+        p_off = Signal(signed(9))
+        p_cls = Signal(2)
+        p_re = Signal()
         # S3: product
         s3_v = Signal()
         s3_pend = Signal()  # VRMS: second multiply (by M0) still to do
@@ -648,7 +672,11 @@ class VectorUnit(wiring.Component):
         # ---------------------------------------------------------------- handshakes
         o_ready = Signal()
         s4_ready = Signal()
-        s3_ready = Signal()
+        m_ready = Signal()
+        m_leave = Signal()
+        p_ready = Signal()
+        p_leave = Signal()
+        s3_out = Signal()
         s2_ready = Signal()
         s1_ready = Signal()
         s2_leave = Signal()
@@ -660,8 +688,16 @@ class VectorUnit(wiring.Component):
             o_ready.eq(~o_v | port_ready),
             s4_ready.eq(~s4_v | o_ready),
             recirc.eq(s3_v & s3_pend),
-            s3_ready.eq(~s3_v | (~s3_pend & s4_ready)),
-            s2_leave.eq(s2_v & (~s2_main | s3_ready)),
+            s3_out.eq(s3_v & ~s3_pend & s4_ready),
+            # P moves on when S3 is free or frees up (its element leaves, or recirculates: then
+            # the two swap). P takes nothing while S3 recirculates, and takes an element behind
+            # one that will recirculate only when that one will too (VRMS): two VRMS elements
+            # swap between P and S3 and leave in order, one every two cycles.
+            p_leave.eq(p_v & (~s3_v | s3_out | recirc)),
+            p_ready.eq(~recirc & (~p_v | (p_leave & (~p_pend | m_rms)))),
+            m_leave.eq(m_v & p_ready),
+            m_ready.eq(~m_v | m_leave),
+            s2_leave.eq(s2_v & (~s2_main | m_ready)),
             s2_ready.eq(~s2_v | s2_leave),
             s1_leave.eq(s1_v & s2_ready),
             s1_ready.eq(~s1_v | s2_ready),
@@ -669,7 +705,7 @@ class VectorUnit(wiring.Component):
         empty = Signal()  # nothing in flight
         front_empty = Signal()  # every element collected so far has left S2 (reductions done)
         m.d.comb += [
-            empty.eq(~(s1_v | s2_v | s3_v | s4_v | o_v)),
+            empty.eq(~(s1_v | s2_v | m_v | p_v | s3_v | s4_v | o_v)),
             front_empty.eq(~(s1_v | s2_v)),
         ]
         inject = Signal()
@@ -807,31 +843,68 @@ class VectorUnit(wiring.Component):
             m.d.sync += rsum.eq(Mux(s2_first, 0, rsum)
                                 + Mux(is_[Op.VRMS], s2_sp[:15], t_rd.data))
 
-        # ---------------------------------------------------------------- S2 -> S3: multiply
+        # ---------------------------------------------------------------- S2 -> M -> P -> S3
+        # Three register stages: the operands (the table read and the X select end at M), the
+        # partial products (P), their sum (S3). A VRMS element leaves S3 once more through P for
+        # its second multiply (by M0).
+        tab = Signal(signed(17))  # VACT entries are stored sign-extended, exp entries unsigned
+        m.d.comb += tab.eq(Cat(t_rd.data, is_[Op.VACT] & t_rd.data[15]))
+        with m.If(m_ready):
+            m.d.sync += [
+                m_v.eq(s2_v & s2_main),
+                m_rms.eq(s2_rms),
+                m_x.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
+                m_y.eq(s2_y),
+                m_ts.eq(s2_ts),
+                m_off.eq(s2_off),
+                m_cls.eq(s2_cls),
+                m_re.eq(s2_re),
+            ]
         mul_x = Signal(signed(32))
         mul_y = Signal(signed(32))
-        x2 = Signal(signed(32))
-        tab = Signal(signed(17))  # VACT entries are stored sign-extended, exp entries unsigned
         m.d.comb += [
-            tab.eq(Cat(t_rd.data, is_[Op.VACT] & t_rd.data[15])),
-            x2.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
-            mul_x.eq(Mux(recirc, s3_prod[:32].as_signed(), x2)),
-            mul_y.eq(Mux(recirc, qreg, s2_y)),
+            mul_x.eq(Mux(recirc, s3_prod[:32].as_signed(), m_x)),
+            mul_y.eq(Mux(recirc, qreg, m_y)),
         ]
-        prod = Signal(signed(64))
-        m.d.comb += prod.eq(mul_x * mul_y)
+        xl, xh = mul_x[:16], mul_x[16:].as_signed()
+        yl, yh = mul_y[:16], mul_y[16:].as_signed()
+        partials = [p_ll.eq(xl * yl), p_lh.eq(xl * yh), p_hl.eq(xh * yl), p_hh.eq(xh * yh)]
         with m.If(recirc):
-            m.d.sync += [s3_prod.eq(prod), s3_pend.eq(0)]
-        with m.Elif(s3_ready):
             m.d.sync += [
-                s3_v.eq(s2_v & s2_main),
-                s3_pend.eq(s2_rms),
-                s3_prod.eq(prod),
-                s3_ts.eq(s2_ts),
-                s3_off.eq(s2_off),
-                s3_cls.eq(s2_cls),
-                s3_re.eq(s2_re),
+                *partials,
+                p_v.eq(1),
+                p_pend.eq(0),
+                p_ts.eq(s3_ts),
+                p_off.eq(s3_off),
+                p_cls.eq(s3_cls),
+                p_re.eq(s3_re),
             ]
+        with m.Elif(p_ready):
+            m.d.sync += [
+                *partials,
+                p_v.eq(m_v),
+                p_pend.eq(m_rms),
+                p_ts.eq(m_ts),
+                p_off.eq(m_off),
+                p_cls.eq(m_cls),
+                p_re.eq(m_re),
+            ]
+        with m.Elif(p_leave):
+            m.d.sync += p_v.eq(0)
+        prod = Signal(signed(64))
+        m.d.comb += prod.eq(p_ll + ((p_lh + p_hl) << 16) + (p_hh << 32))
+        with m.If(p_leave):
+            m.d.sync += [
+                s3_v.eq(1),
+                s3_pend.eq(p_pend),
+                s3_prod.eq(prod),
+                s3_ts.eq(p_ts),
+                s3_off.eq(p_off),
+                s3_cls.eq(p_cls),
+                s3_re.eq(p_re),
+            ]
+        with m.Elif(s3_out | recirc):
+            m.d.sync += s3_v.eq(0)
 
         # ---------------------------------------------------------------- S3 -> S4: shift
         # Rounding shifts by ts >= 1 ((p + 2^(ts-1)) >> ts) are done as ((p >> (ts-1)) + 1) >> 1;

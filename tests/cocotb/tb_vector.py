@@ -397,6 +397,9 @@ async def vector_cycles(dut):
         Instr.make(Op.VREQ, rows=2, n=64, src=0, dst=0, param=4 * (acc_words - 2)),
         Instr.make(Op.VREQ, rows=3, n=8, per_channel=1, src=0, dst=0, param=256),
     ]
+    # VRMS elements pass the 32x32 multiplier twice: rows and n of both parities
+    fixed += [Instr.make(Op.VRMS, rows=r, n=n, src=0, src2=2048, dst=4096, param=0)
+              for r, n in ((2, 2), (2, 7), (4, 1), (4, 10), (5, 33), (1, 64))]
     if cfg.spad_bytes >= 65536:  # long rows: wide row sums, long argmax indexes
         fixed += [
             Instr.make(Op.VARGMAX, rows=1, n=60000, src=0, dst=0),
