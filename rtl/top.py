@@ -414,15 +414,22 @@ class GemmUnit(wiring.Component):
                 m.d.sync += cn0.eq(cn0 + 4 * LN)
 
         # ------------------------------------------------------------------ walkers
+        # A gathered beat (act_in / wgt_in) goes through a register slice into the engine:
+        # the gather's address-compare-select logic and the engine's input registers are
+        # separate register stages (ECP5 timing). a_fire / w_fire: a beat leaves its gather.
         a_fire = Signal()
         w_fire = Signal()
+        act_in = Signal(eng.act.payload.shape())
+        wgt_in = Signal(eng.wgt.payload.shape())
+        for fire, gat, in_, st in ((a_fire, ag, act_in, eng.act), (w_fire, wg, wgt_in, eng.wgt)):
+            m.d.comb += fire.eq(gat.valid & (~st.valid | st.ready))
+            with m.If(fire):
+                m.d.sync += [st.valid.eq(1), st.payload.eq(in_)]
+            with m.Elif(st.ready):
+                m.d.sync += st.valid.eq(0)
         m.d.comb += [
-            a_fire.eq(eng.act.valid & eng.act.ready),
-            w_fire.eq(eng.wgt.valid & eng.wgt.ready),
             ag.req.eq(run & ~a_done),
             wg.req.eq(run & ~w_done),
-            eng.act.valid.eq(ag.valid),
-            eng.wgt.valid.eq(wg.valid),
         ]
         abase = Signal(24)
         aoff = Signal(17)  # beat offset along k (kk, j*T or q*g)
@@ -447,12 +454,12 @@ class GemmUnit(wiring.Component):
                 ag.gstride.eq(kk),
                 ag.glim.eq(aw_.orem),
                 ag.khi.eq(1),
-                eng.act.payload.eq(ag.data),
+                act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(Mux(wt, 1, kk)),
                 wg.glim.eq(ww_.nrem),
                 wg.khi.eq(1),
-                eng.wgt.payload.eq(wg.data),
+                wgt_in.eq(wg.data),
             ]
             with m.If(a_fire):
                 m.d.sync += [aoff.eq(aoff + 1), acur.eq(acur + 1)]
@@ -483,12 +490,12 @@ class GemmUnit(wiring.Component):
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.khi.eq(kk - aoff),
-                eng.act.payload.eq(ag.data),
+                act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(k4),
                 wg.glim.eq(ww_.nrem),
                 wg.khi.eq(k4 - woff),
-                eng.wgt.payload.eq(wg.data),
+                wgt_in.eq(wg.data),
             ]
             with m.If(a_fire):
                 m.d.sync += [aoff.eq(aoff + T), acur.eq(acur + T)]
@@ -518,7 +525,7 @@ class GemmUnit(wiring.Component):
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.khi.eq(G),
-                eng.act.payload.eq(ag.data),
+                act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(bkb),
                 wg.ostride.eq(kb),
@@ -532,7 +539,7 @@ class GemmUnit(wiring.Component):
                 byte = wg.data[i * mb]
                 for p_ in range(1, mb):
                     byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
-                m.d.comb += eng.wgt.payload[i].eq((byte >> shift) & gmask)
+                m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
             with m.If(a_fire):
                 m.d.sync += [aoff.eq(aoff + G), acur.eq(acur + G)]
                 with m.If(aoff + G >= kk):
@@ -634,7 +641,7 @@ class GemmUnit(wiring.Component):
         m.d.comb += [
             self.done.eq(fin),
             self.busy.eq(run | setup),
-            self.stall.eq((run | setup) & ~w_fire),
+            self.stall.eq((run | setup) & ~(eng.wgt.valid & eng.wgt.ready)),
         ]
         return m
 
