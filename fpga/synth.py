@@ -146,6 +146,20 @@ def _resolve(name: str) -> tuple[Callable[[AcceleratorConfig], Any], str | None]
     return factory, engine
 
 
+def _unit_factory(unit_name: str, cfg: AcceleratorConfig, target: str):
+    """The factory of ``unit_name``; :class:`SynthError` for an unknown target or unit, or a
+    unit whose engine ``cfg`` lacks."""
+    if target not in TARGETS:
+        raise SynthError(f"target={target!r}; target must be one of {', '.join(TARGETS)}")
+    factory, engine = _resolve(unit_name)
+    if engine is not None and not cfg.has(engine):
+        raise SynthError(
+            f"unit={unit_name!r}; config {cfg.name!r} has no {engine} engine "
+            f"(engines: {', '.join(cfg.engines)})"
+        )
+    return factory
+
+
 # --------------------------------------------------------------------------- stat parsing
 def parse_stat(log_text: str, top: str | None = None) -> dict[str, int]:
     """Cell counts by type from the last yosys ``stat`` report of ``top`` in a log.
@@ -240,14 +254,7 @@ def synth_unit(
         Unknown unit or target, engine absent from ``cfg``, or yosys failed (with the log's
         tail).
     """
-    if target not in TARGETS:
-        raise SynthError(f"target={target!r}; target must be one of {', '.join(TARGETS)}")
-    factory, engine = _resolve(unit_name)
-    if engine is not None and not cfg.has(engine):
-        raise SynthError(
-            f"unit={unit_name!r}; config {cfg.name!r} has no {engine} engine "
-            f"(engines: {', '.join(cfg.engines)})"
-        )
+    factory = _unit_factory(unit_name, cfg, target)
     from tritium.sim.build import verilog_for
 
     top = f"tritium_{unit_name}"
@@ -322,14 +329,7 @@ def unit_timing(
         :func:`~tritium.fpga.build.build_board`'s report with ``unit`` and ``target`` added;
         ``critical_paths`` lists nextpnr's worst paths (``from``, ``to``, ``ns``, ``levels``).
     """
-    if target not in TARGETS:
-        raise SynthError(f"target={target!r}; target must be one of {', '.join(TARGETS)}")
-    factory, engine = _resolve(unit_name)
-    if engine is not None and not cfg.has(engine):
-        raise SynthError(
-            f"unit={unit_name!r}; config {cfg.name!r} has no {engine} engine "
-            f"(engines: {', '.join(cfg.engines)})"
-        )
+    factory = _unit_factory(unit_name, cfg, target)
     from tritium.fpga.boards import UnitShell
     from tritium.fpga.build import _out_root, build_board
 

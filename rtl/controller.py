@@ -47,6 +47,7 @@ its own upcoming instructions must FENCE first (no tritium tool emits such code)
 from __future__ import annotations
 
 import functools
+import itertools
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -807,18 +808,13 @@ class Controller(wiring.Component):
                     with m.Else():
                         m.next = "DECODE"
                 run_guard()
-            with m.State("DECODE"):
-                m.next = "CHECK"
-                run_guard()
-            with m.State("CHECK"):
-                m.next = "CHECK2"
-                run_guard()
-            with m.State("CHECK2"):
-                m.next = "CHECK3"
-                run_guard()
-            with m.State("CHECK3"):
-                m.next = "DISPATCH"
-                run_guard()
+            # one state per register stage of the checker
+            check_states = ("DECODE", "CHECK", "CHECK2", "CHECK3", "DISPATCH")
+            assert len(check_states) == InstrChecker.LATENCY + 1
+            for state, after in itertools.pairwise(check_states):
+                with m.State(state):
+                    m.next = after
+                    run_guard()
             with m.State("DISPATCH"):
                 with m.If(err_pend):
                     m.next = "DRAIN"

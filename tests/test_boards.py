@@ -533,3 +533,37 @@ def test_program_arguments(tmp_path, capsys):
         find_bitstream("ulx3s", root=tmp_path)
     assert main(["program", "--board", "ulx3s", "--bitstream", str(bit), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("openFPGALoader -b ulx3s -m ")
+
+
+def test_critical_paths_from_nextpnr_report(tmp_path):
+    """critical_paths: worst first, logic vs routing delay, levels, source lines (yosys'
+    techmap libraries dropped, project paths made relative)."""
+    from tritium.fpga.build import critical_paths
+
+    def step(kind, delay, cell, srcs=()):
+        s = {"type": kind, "delay": delay, "from": {"cell": cell}, "to": {"cell": cell + "'"}}
+        if srcs:
+            s["sources"] = list(srcs)
+        return s
+
+    root = tmp_path / "repo"
+    report = {"critical_paths": [
+        {"from": "clk", "to": "clk", "path": [
+            step("clk-to-q", 0.5, "a"),
+            step("routing", 2.0, "a", [f"{root}/rtl/vector.py:822", "/share/x.v:1.2-3.4"]),
+            step("logic", 0.4, "b"),
+            step("routing", 1.5, "b", [f"{root}/rtl/vector.py:822", f"{root}/rtl/top.py:9"]),
+            step("setup", 0.1, "c"),
+        ]},
+        {"from": "clk", "to": "clk", "path": [step("clk-to-q", 0.5, "x"),
+                                              step("routing", 9.0, "x", ["/elsewhere/y.py:1"])]},
+        {"from": "clk", "to": "clk", "path": []},
+    ]}
+    paths = critical_paths(report, root=root)
+    assert [p["ns"] for p in paths] == [9.5, 4.5]
+    worst, second = paths
+    assert worst["sources"] == ["/elsewhere/y.py:1"] and worst["levels"] == 0
+    assert second["logic_ns"] == 1.0 and second["route_ns"] == 3.5 and second["levels"] == 1
+    assert second["from"] == "a" and second["to"] == "c'"
+    assert second["sources"] == ["rtl/vector.py:822", "rtl/top.py:9"]
+    assert critical_paths({}) == []
