@@ -789,8 +789,6 @@ class UnitShell(wiring.Component):
         return make
 
 
-
-
 def default_core(family: str | None = None) -> CoreFactory:
     """The SoC (:func:`board_soc` of ``family``; plain ``TritiumSoc`` when ``None``) when
     :mod:`tritium.fpga.soc` exists, else :class:`EchoCore`."""

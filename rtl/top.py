@@ -421,12 +421,13 @@ class GemmUnit(wiring.Component):
         w_fire = Signal()
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
+        # The slice loads whenever it is free, valid or not, so that the gather's valid (an AND
+        # over every lane's tag compare) enables only the valid bit, not the payload registers.
         for fire, gat, in_, st in ((a_fire, ag, act_in, eng.act), (w_fire, wg, wgt_in, eng.wgt)):
-            m.d.comb += fire.eq(gat.valid & (~st.valid | st.ready))
-            with m.If(fire):
-                m.d.sync += [st.valid.eq(1), st.payload.eq(in_)]
-            with m.Elif(st.ready):
-                m.d.sync += st.valid.eq(0)
+            free = ~st.valid | st.ready
+            m.d.comb += fire.eq(gat.valid & free)
+            with m.If(free):
+                m.d.sync += [st.valid.eq(gat.valid), st.payload.eq(in_)]
         m.d.comb += [
             ag.req.eq(run & ~a_done),
             wg.req.eq(run & ~w_done),
