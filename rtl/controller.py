@@ -203,7 +203,7 @@ def hulls_conflict(a, b) -> object:
 
 
 class InstrChecker(wiring.Component):
-    """Decode and check one instruction word: a three-stage pipeline.
+    """Decode and check one instruction word: a four-stage pipeline.
 
     ``code``, ``queue``, ``serial`` and ``hull`` describe the ``word`` presented
     :attr:`LATENCY` (4) cycles earlier (hold ``word`` stable that long). ``code`` is the
