@@ -409,7 +409,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    "(inputs from a shift register, outputs registered) and report its Fmax "
                    "and critical path")
     p.add_argument("--place-only", action="store_true",
-                   help="--board: stop after placement (fit check; no routing, no bitstream)")
+                   help="--board or --unit --fmax: stop after placement (fit check, estimated "
+                   "Fmax; no routing, no bitstream)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--force", action="store_true", help="ignore cached results")
 

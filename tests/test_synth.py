@@ -169,9 +169,10 @@ def test_unit_shell_drives_inputs_and_folds_outputs():
 
 
 @pytest.mark.slow
-def test_unit_timing_csr_on_ecp5():
+def test_unit_timing_csr_on_ecp5(capsys):
     """The CSR block alone, placed and routed on the ECP5-85F: nextpnr's Fmax and a critical
-    path whose source lines point into the RTL."""
+    path whose source lines point into the RTL; ``tritium build --unit csr --fmax`` prints it
+    (and, with --json, the report)."""
     from tritium.fpga.build import format_report
     from tritium.fpga.synth import unit_timing
 
@@ -185,3 +186,15 @@ def test_unit_timing_csr_on_ecp5():
     assert any(s.startswith(("rtl/", "fpga/")) for p in r["critical_paths"] for s in p["sources"])
     with pytest.raises(SynthError, match="no systolic engine"):
         unit_timing("systolic", PRESETS["tiny"], "ecp5")
+
+    # the command line (same build directory: a cache hit, so in this test, not a parallel one)
+    from tritium.host.cli import main
+
+    capsys.readouterr()
+    assert main(["build", "--unit", "csr", "--fmax"]) == 0
+    out = capsys.readouterr().out
+    assert re.match(r"csr \(base, ecp5\): Fmax [\d.]+ MHz vs 75 MHz; LUT \d+, FF \d+", out)
+    assert "critical path" in out and "rtl/" in out
+    assert main(["build", "--unit", "csr", "--fmax", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["unit"] == "csr" and r["clock"]["fmax_mhz"] > 10 and r.get("cached")
