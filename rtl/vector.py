@@ -80,6 +80,12 @@ _TAG = data.StructLayout({
     "rowend": unsigned(1),  # last read of the row's reduction: row-end work follows
 })
 
+# What an element carries from stage to stage after S2: rounding shift, output offset, clamp
+# class, row-end word.
+_ELEM_CTL = data.StructLayout({
+    "ts": unsigned(6), "off": signed(9), "cls": unsigned(2), "re": unsigned(1),
+})
+
 # Output clamp classes.
 _CLS_I8, _CLS_Q127, _CLS_I32 = 0, 1, 2
 # Multiplier X operand sources in stage 2: register, small product, table entry.
@@ -630,10 +636,7 @@ class VectorUnit(wiring.Component):
         m_rms = Signal()
         m_x = Signal(signed(32))
         m_y = Signal(signed(32))
-        m_ts = Signal(6)
-        m_off = Signal(signed(9))
-        m_cls = Signal(2)
-        m_re = Signal()
+        m_ctl = Signal(_ELEM_CTL)
         # P: the four 16x16 partial products of the 32x32 multiply
         p_v = Signal()
         p_pend = Signal()
@@ -641,18 +644,13 @@ class VectorUnit(wiring.Component):
         p_lh = Signal(signed(33))
         p_hl = Signal(signed(33))
         p_hh = Signal(signed(32))
-        p_ts = Signal(6)
-        p_off = Signal(signed(9))
-        p_cls = Signal(2)
-        p_re = Signal()
+        p_ctl = Signal(_ELEM_CTL)
         # S3: product
         s3_v = Signal()
         s3_pend = Signal()  # VRMS: second multiply (by M0) still to do
         s3_prod = Signal(signed(64))
-        s3_ts = Signal(6)
-        s3_off = Signal(signed(9))
-        s3_cls = Signal(2)
-        s3_re = Signal()
+        s3_ctl = Signal(_ELEM_CTL)
+        s3_ts, s3_off, s3_cls, s3_re = s3_ctl.ts, s3_ctl.off, s3_ctl.cls, s3_ctl.re
         # S4: shifted, saturated to 36 bits
         s4_v = Signal()
         s4_val = Signal(signed(32))
@@ -855,10 +853,7 @@ class VectorUnit(wiring.Component):
                 m_rms.eq(s2_rms),
                 m_x.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
                 m_y.eq(s2_y),
-                m_ts.eq(s2_ts),
-                m_off.eq(s2_off),
-                m_cls.eq(s2_cls),
-                m_re.eq(s2_re),
+                m_ctl.eq(Cat(s2_ts, s2_off, s2_cls, s2_re)),
             ]
         mul_x = Signal(signed(32))
         mul_y = Signal(signed(32))
@@ -874,20 +869,14 @@ class VectorUnit(wiring.Component):
                 *partials,
                 p_v.eq(1),
                 p_pend.eq(0),
-                p_ts.eq(s3_ts),
-                p_off.eq(s3_off),
-                p_cls.eq(s3_cls),
-                p_re.eq(s3_re),
+                p_ctl.eq(s3_ctl),
             ]
         with m.Elif(p_ready):
             m.d.sync += [
                 *partials,
                 p_v.eq(m_v),
                 p_pend.eq(m_rms),
-                p_ts.eq(m_ts),
-                p_off.eq(m_off),
-                p_cls.eq(m_cls),
-                p_re.eq(m_re),
+                p_ctl.eq(m_ctl),
             ]
         with m.Elif(p_leave):
             m.d.sync += p_v.eq(0)
@@ -898,10 +887,7 @@ class VectorUnit(wiring.Component):
                 s3_v.eq(1),
                 s3_pend.eq(p_pend),
                 s3_prod.eq(prod),
-                s3_ts.eq(p_ts),
-                s3_off.eq(p_off),
-                s3_cls.eq(p_cls),
-                s3_re.eq(p_re),
+                s3_ctl.eq(p_ctl),
             ]
         with m.Elif(s3_out | recirc):
             m.d.sync += s3_v.eq(0)
