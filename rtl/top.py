@@ -75,25 +75,33 @@ def scratchpad_bits(cfg: AcceleratorConfig) -> tuple[int, int]:
 
 
 class Gather(wiring.Component):
-    """Assembles one beat of ``lanes`` bytes from the SPAD, with a two-word cache per lane.
+    """Assembles one beat of ``lanes`` bytes from the SPAD through two-word caches.
 
     Lane ``i`` reads the byte at ``base + (i // group) * gstride + (i % group) * ostride`` when
-    ``i // group < glim`` and ``klo <= i % group < khi`` (else it gives 0). Each lane keeps the
-    word it uses and, when the port has nothing more urgent to do, prefetches the following
-    word, so a walker that steps through rows of A/W finds the next word there when it crosses
-    a word boundary. Missing words are read first, one per cycle; every lane that needs a
-    returned word takes it (lanes reading the same word share one read).
+    ``i // group < glim`` and ``klo <= i % group < khi`` (else it gives 0).
 
-    Timing: the lane offsets ``(i // group) * gstride + (i % group) * ostride`` are registered
+    The cache is organised in *units* of two words each (entries A and B, tagged with their
+    word address). When the lanes of a group read contiguous bytes (``ostride`` is 1, i.e. not
+    ``var_ostride``) and a group is at most one word long, one unit serves the whole group:
+    its bytes lie in the word ``w0`` holding the group's first byte and, when the group
+    straddles a word boundary, in ``w0 + 1``; each lane selects its byte from those two words.
+    Otherwise (``var_ostride``, one-byte groups, groups longer than a word) every lane is its
+    own unit. A unit keeps the word it uses and, when the port has nothing more urgent to do
+    and the unit does not straddle, prefetches the following word, so a walker that steps
+    through rows of A/W finds the next word there when it crosses a word boundary. Missing
+    words are read first, one per cycle; every unit that needs a returned word takes it (units
+    reading the same word share one read). A straddling group holds both its words and so
+    cannot prefetch: rows that start off a word boundary take about three cycles per beat.
+
+    Timing: the unit offsets ``(i // group) * gstride + (i % group) * ostride`` are registered
     (two register stages: ``gstride``/``ostride`` are per-instruction constants), leaving one
-    adder per lane, and the SPAD request is registered: a word found missing in cycle t is
-    requested in cycle t+1. Tags are true word addresses and a returned word fills a lane only
-    when it is the word the lane needs (or the next one) at that time, so offsets or requests
-    that are a few cycles stale cost time, never correctness. ``ostride`` is used only with
-    ``var_ostride`` (else it is 1).
+    adder per unit, and the SPAD request is registered: a word found missing in cycle t is
+    requested in cycle t+1. Tags are true word addresses and a returned word fills a unit only
+    when it is a word the unit needs (or the next one) at that time, so offsets or requests
+    that are a few cycles stale cost time, never correctness.
 
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
-    combinational from the cache, so a beat can be taken every cycle while lanes hit. ``flush``
+    combinational from the cache, so a beat can be taken every cycle while units hit. ``flush``
     empties the caches and drops the pending request (done at each instruction start, so no
     stale SPAD data survive).
 
@@ -109,11 +117,15 @@ class Gather(wiring.Component):
 
     def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int,
                  var_ostride: bool = False):
+        if word_bytes < 2 or word_bytes & (word_bytes - 1):
+            raise ValueError(f"word_bytes={word_bytes}; must be a power of two >= 2")
         self.lanes = lanes
         self.group = group
         self.word_bytes = word_bytes
         self.addr_bits = addr_bits
         self.var_ostride = var_ostride  # else ``ostride`` is 1 (the port is ignored)
+        #: one cache unit per group (True) or per lane (False)
+        self.grouped = not var_ostride and 1 < group <= word_bytes
         super().__init__(
             {
                 "base": In(24),
@@ -130,9 +142,17 @@ class Gather(wiring.Component):
             }
         )
 
+    def units(self) -> list[tuple[int, int, list[int]]]:
+        """Cache units as ``(group, offset of the unit's first lane, [lane, ...])``: the lanes
+        of a unit read consecutive bytes from the unit's address on."""
+        n, g = self.lanes, self.group
+        if self.grouped:
+            return [(j, 0, list(range(j * g, min(n, (j + 1) * g)))) for j in range(-(-n // g))]
+        return [(i // g, i % g, [i]) for i in range(n)]
+
     def elaborate(self, platform):
         m = Module()
-        n, g, wb = self.lanes, self.group, self.word_bytes
+        g, wb = self.group, self.word_bytes
         lb = _log2(wb)
         aw = self.addr_bits
         ab = aw + lb  # byte-address bits that matter (higher ones are cut off by the SPAD)
@@ -141,72 +161,94 @@ class Gather(wiring.Component):
         ret = port.rvalid
         rq_v = Signal()  # registered request
         rq_a = Signal(aw)
-        # registered address terms: per group, per offset, then per lane
-        goffs = [Signal(ab, name=f"goff{j}") for j in range((n + g - 1) // g)]
+
+        def inflight(word):
+            return (ret & (if_tag == word)) | (rq_v & (rq_a == word))
+
+        # registered address terms: per group, per offset, then per unit
+        goffs = [Signal(ab, name=f"goff{j}") for j in range(-(-self.lanes // g))]
         for j, sig in enumerate(goffs):
             m.d.sync += sig.eq(j * self.gstride)
         if self.var_ostride:
-            ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, n))]
+            ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, self.lanes))]
             for j, sig in enumerate(ooffs):
                 m.d.sync += sig.eq(j * self.ostride)
         else:
-            ooffs = [Const(j, ab) for j in range(min(g, n))]
-        hits, misses, prefs, needs, nexts = [], [], [], [], []
-        for i in range(n):
-            addr = Signal(ab, name=f"addr{i}")
-            need = Signal(aw, name=f"need{i}")
-            nxt = Signal(aw, name=f"next{i}")
-            mask = Signal(name=f"mask{i}")
-            tag_a = Signal(aw, name=f"tag_a{i}")
-            tag_b = Signal(aw, name=f"tag_b{i}")
-            v_a = Signal(name=f"v_a{i}")
-            v_b = Signal(name=f"v_b{i}")
-            line_a = Signal(8 * wb, name=f"line_a{i}")
-            line_b = Signal(8 * wb, name=f"line_b{i}")
-            hit_a = Signal(name=f"hit_a{i}")
-            hit_b = Signal(name=f"hit_b{i}")
-            a_next = Signal(name=f"a_next{i}")
-            has_next = Signal(name=f"has_next{i}")
-            miss = Signal(name=f"miss{i}")
-            pref = Signal(name=f"pref{i}")
-            grp, off = divmod(i, g)
-            line = Mux(hit_b, line_b, line_a)
-            loff = Signal(ab, name=f"loff{i}")
-            m.d.sync += loff.eq(goffs[grp] + ooffs[off])
+            ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
+        oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
+        for u, (grp, uoff, lanes) in enumerate(self.units()):
+            loff = Signal(ab, name=f"loff{u}")
+            m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
+            addr = Signal(ab, name=f"addr{u}")
+            lo = Signal(lb, name=f"lo{u}")
+            w0 = Signal(aw, name=f"need{u}")
+            nxt = Signal(aw, name=f"next{u}")
+            tag_a = Signal(aw, name=f"tag_a{u}")
+            tag_b = Signal(aw, name=f"tag_b{u}")
+            v_a = Signal(name=f"v_a{u}")
+            v_b = Signal(name=f"v_b{u}")
+            line_a = Signal(8 * wb, name=f"line_a{u}")
+            line_b = Signal(8 * wb, name=f"line_b{u}")
+            hit_a0 = Signal(name=f"hit_a{u}")   # entry A holds w0
+            hit_b0 = Signal(name=f"hit_b{u}")
+            hit_a1 = Signal(name=f"a_next{u}")  # entry A holds w0 + 1
+            hit_b1 = Signal(name=f"b_next{u}")
+            need0 = Signal(name=f"need0_{u}")   # an enabled lane reads from w0
+            need1 = Signal(name=f"need1_{u}")   # ... from w0 + 1 (the group straddles)
+            have0 = hit_a0 | hit_b0
+            have1 = hit_a1 | hit_b1
             m.d.comb += [
                 addr.eq(self.base + loff),
-                need.eq(addr[lb:]),
-                nxt.eq(need + 1),
-                mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
-                hit_a.eq(v_a & (tag_a == need)),
-                hit_b.eq(v_b & (tag_b == need)),
-                a_next.eq(v_a & (tag_a == nxt)),
-                has_next.eq(a_next | (v_b & (tag_b == nxt))),
-                miss.eq(mask & ~hit_a & ~hit_b & ~(ret & (if_tag == need))
-                        & ~(rq_v & (rq_a == need))),
-                pref.eq(mask & (hit_a | hit_b) & ~has_next & ~(ret & (if_tag == nxt))
-                        & ~(rq_v & (rq_a == nxt))),
-                self.data[i].eq(Mux(mask, line.word_select(addr[:lb], 8) if lb else line, 0)),
+                lo.eq(addr[:lb]),
+                w0.eq(addr[lb:]),
+                nxt.eq(w0 + 1),
+                hit_a0.eq(v_a & (tag_a == w0)),
+                hit_b0.eq(v_b & (tag_b == w0)),
+                hit_a1.eq(v_a & (tag_a == nxt)),
+                hit_b1.eq(v_b & (tag_b == nxt)),
             ]
+            n0, n1 = [], []
+            for o, i in enumerate(lanes):
+                off = uoff + o
+                mask = Signal(name=f"mask{i}")
+                m.d.comb += mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi))
+                if o == 0:
+                    n0.append(mask)
+                    byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
+                else:
+                    span = Signal(name=f"span{i}")  # lane i's byte is in w0 + 1
+                    m.d.comb += span.eq(lo >= wb - o)
+                    n0.append(mask & ~span)
+                    n1.append(mask & span)
+                    idx = Signal(lb, name=f"idx{i}")
+                    m.d.comb += idx.eq(lo + o)  # modulo the word
+                    use_b = Mux(span, hit_b1, hit_b0)
+                    byte = Mux(use_b, line_b.word_select(idx, 8), line_a.word_select(idx, 8))
+                m.d.comb += self.data[i].eq(Mux(mask, byte, 0))
+            m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
+            oks.append((~need0 | have0) & (~need1 | have1))
+            # demand misses (w0 first), then the prefetch of the next word
+            misses.append(need0 & ~have0 & ~inflight(w0))
+            miss_as.append(w0)
+            if n1:
+                misses.append(need1 & ~have1 & ~inflight(nxt))
+                miss_as.append(nxt)
+            prefs.append(need0 & have0 & ~need1 & ~have1 & ~inflight(nxt))
+            pref_as.append(nxt)
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
-            with m.Elif(ret & (if_tag == need) & ~hit_a & ~hit_b):
-                # demand fill: keep the entry that holds the next word
-                with m.If(a_next):
+            with m.Elif(ret & (if_tag == w0) & ~have0):
+                # w0 arrives: keep the entry that holds the next word
+                with m.If(hit_a1):
                     m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
                 with m.Else():
                     m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
-            with m.Elif(ret & (if_tag == nxt) & ~has_next):
-                # prefetch fill: into the entry not holding the current word
-                with m.If(hit_a):
+            with m.Elif(ret & (if_tag == nxt) & ~have1):
+                # the next word arrives (straddle or prefetch): keep the entry holding w0
+                with m.If(hit_a0):
                     m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
                 with m.Else():
                     m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
-            hits.append(hit_a | hit_b | ~mask)
-            misses.append(miss)
-            prefs.append(pref)
-            needs.append(need)
-            nexts.append(nxt)
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
@@ -221,8 +263,8 @@ class Gather(wiring.Component):
                 items = nxt_items
             return items[0]
 
-        any_miss, miss_a = first(misses, needs)
-        any_pref, pref_a = first(prefs, nexts)
+        any_miss, miss_a = first(misses, miss_as)
+        any_pref, pref_a = first(prefs, pref_as)
         with m.If(self.flush):
             m.d.sync += rq_v.eq(0)
         with m.Elif(~rq_v | port.ack):
@@ -232,7 +274,7 @@ class Gather(wiring.Component):
             port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
             port.addr.eq(rq_a),
-            self.valid.eq(self.req & Cat(hits).all() & ~self.flush),
+            self.valid.eq(self.req & Cat(oks).all() & ~self.flush),
         ]
         with m.If(port.ack):
             m.d.sync += if_tag.eq(rq_a)
