@@ -93,12 +93,18 @@ class Gather(wiring.Component):
     reading the same word share one read). A straddling group holds both its words and so
     cannot prefetch: rows that start off a word boundary take about three cycles per beat.
 
-    Timing: the unit offsets ``(i // group) * gstride + (i % group) * ostride`` are registered
-    (two register stages: ``gstride``/``ostride`` are per-instruction constants), leaving one
-    adder per unit, and the SPAD request is registered: a word found missing in cycle t is
-    requested in cycle t+1. Tags are true word addresses and a returned word fills a unit only
-    when it is a word the unit needs (or the next one) at that time, so offsets or requests
-    that are a few cycles stale cost time, never correctness.
+    Timing: every unit's address is a register. ``base`` is the beat's base address and
+    ``base_adv`` the next beat's, the one the walker moves to when the beat is taken
+    (``take``, i.e. ``valid`` and the consumer accepts): the unit registers
+    ``(base_adv if take else base) + offset``, both sums computed before ``take`` is known, so
+    the tag compares start from registers. The base may change without ``take`` only while
+    ``flush`` (instruction start). The unit offsets ``(i // group) * gstride + (i % group) *
+    ostride`` are registered (two register stages: ``gstride``/``ostride`` are per-instruction
+    constants); the missing and prefetch words are registered before one of them is selected,
+    and the request is registered: a word found missing in cycle t is requested in cycle t+2.
+    Tags are true word addresses and a returned word fills a unit only when it is a word the
+    unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
+    cycles stale (after ``flush``) cost time, never correctness.
 
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
     combinational from the cache, so a beat can be taken every cycle while units hit. ``flush``
@@ -107,7 +113,8 @@ class Gather(wiring.Component):
 
     Members
     -------
-    base, gstride, ostride : In(24)
+    base, base_adv, gstride, ostride : In(24)
+    take : In(1)
     glim, klo, khi : In(24)
     req, flush : In(1)
     valid : Out(1)
@@ -129,6 +136,8 @@ class Gather(wiring.Component):
         super().__init__(
             {
                 "base": In(24),
+                "base_adv": In(24),
+                "take": In(1),
                 "gstride": In(24),
                 "ostride": In(24, init=1),
                 "glim": In(24),
@@ -179,10 +188,13 @@ class Gather(wiring.Component):
         for u, (grp, uoff, lanes) in enumerate(self.units()):
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
-            addr = Signal(ab, name=f"addr{u}")
+            addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
+            addr_d = Signal(ab, name=f"addr_d{u}")
+            nxt_d = Signal(aw, name=f"next_d{u}")
             lo = Signal(lb, name=f"lo{u}")
             w0 = Signal(aw, name=f"need{u}")
             nxt = Signal(aw, name=f"next{u}")
+            m.d.sync += [addr.eq(addr_d), nxt.eq(nxt_d)]
             tag_a = Signal(aw, name=f"tag_a{u}")
             tag_b = Signal(aw, name=f"tag_b{u}")
             v_a = Signal(name=f"v_a{u}")
@@ -198,10 +210,10 @@ class Gather(wiring.Component):
             have0 = hit_a0 | hit_b0
             have1 = hit_a1 | hit_b1
             m.d.comb += [
-                addr.eq(self.base + loff),
+                addr_d.eq(Mux(self.take, self.base_adv + loff, self.base + loff)),
+                nxt_d.eq(addr_d[lb:] + 1),
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
-                nxt.eq(w0 + 1),
                 hit_a0.eq(v_a & (tag_a == w0)),
                 hit_b0.eq(v_b & (tag_b == w0)),
                 hit_a1.eq(v_a & (tag_a == nxt)),
@@ -263,8 +275,20 @@ class Gather(wiring.Component):
                 items = nxt_items
             return items[0]
 
-        any_miss, miss_a = first(misses, miss_as)
-        any_pref, pref_a = first(prefs, pref_as)
+        def registered(flags, vals, kind):
+            """The candidates one cycle later (timing: the tag compares and the selection
+            tree are separate stages), less the word requested in the meantime."""
+            out_f, out_v = [], []
+            for k, (f_, v_) in enumerate(zip(flags, vals)):
+                rf = Signal(name=f"{kind}_f{k}")
+                rv = Signal(aw, name=f"{kind}_a{k}")
+                m.d.sync += [rf.eq(f_ & ~self.flush), rv.eq(v_)]
+                out_f.append(rf & ~(rq_v & (rq_a == rv)))
+                out_v.append(rv)
+            return out_f, out_v
+
+        any_miss, miss_a = first(*registered(misses, miss_as, "miss"))
+        any_pref, pref_a = first(*registered(prefs, pref_as, "pref"))
         with m.If(self.flush):
             m.d.sync += rq_v.eq(0)
         with m.Elif(~rq_v | port.ack):
@@ -490,6 +514,41 @@ class GemmUnit(wiring.Component):
             crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
             *ci.reset(), *aw_.reset(), *ww_.reset(),
         ]
+        # Walker updates happen when a beat is taken (a_fire / w_fire). The gathers register
+        # their lane addresses: besides the current base (acur / wcur) they get the base the
+        # walker moves to when the beat is taken (acur_adv / wcur_adv), computed from the
+        # walker's registers alone, so that the take signal only selects between two sums.
+        advanced = {}  # id(register) -> its value after a take (combinational)
+        for reg, fire in ((acur, a_fire), (wcur, w_fire)):
+            adv = Signal.like(reg, name=f"{reg.name}_adv")
+            m.d.comb += adv.eq(reg)
+            with m.If(fire):
+                m.d.sync += reg.eq(adv)
+            advanced[id(reg)] = adv
+
+        def take(fire, *stmts):
+            """Assignments that happen when a beat is taken (``fire``); those to acur / wcur
+            set their ``_adv`` value instead, whether or not the beat is taken."""
+            plain = []
+            for st in stmts:
+                if id(st.lhs) in advanced:
+                    m.d.comb += advanced[id(st.lhs)].eq(st.rhs)
+                else:
+                    plain.append(st)
+            if plain:
+                with m.If(fire):
+                    m.d.sync += plain
+
+        def take_a(*stmts):
+            take(a_fire, *stmts)
+
+        def take_w(*stmts):
+            take(w_fire, *stmts)
+
+        m.d.comb += [
+            ag.base_adv.eq(advanced[id(acur)]), ag.take.eq(a_fire),
+            wg.base_adv.eq(advanced[id(wcur)]), wg.take.eq(w_fire),
+        ]
         if eng_name == "systolic":
             a_last_beat = aoff == kk - 1
             m.d.comb += [
@@ -504,62 +563,65 @@ class GemmUnit(wiring.Component):
                 wg.khi.eq(1),
                 wgt_in.eq(wg.data),
             ]
-            with m.If(a_fire):
-                m.d.sync += [aoff.eq(aoff + 1), acur.eq(acur + 1)]
-                with m.If(a_last_beat):
-                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
+            take_a(aoff.eq(aoff + 1), acur.eq(acur + 1))
+            with m.If(a_last_beat):
+                take_a(aoff.eq(0), acur.eq(abase))
+                with m.If(a_fire):
                     aw_.advance()
-                    with m.If(aw_.last_n):
-                        m.d.sync += [abase.eq(abase + kk * LM), acur.eq(abase + kk * LM)]
-                    with m.If(aw_.last):
-                        m.d.sync += a_done.eq(1)
-            with m.If(w_fire):
-                m.d.sync += [wsub.eq(wsub + 1), woff.eq(woff + nn),
-                             wcur.eq(wcur + Mux(wt, nn, 1))]
-                with m.If(wsub == kk - 1):
-                    m.d.sync += [wsub.eq(0), woff.eq(0), wcur.eq(wbase)]
+                with m.If(aw_.last_n):
+                    take_a(abase.eq(abase + kk * LM), acur.eq(abase + kk * LM))
+                with m.If(aw_.last):
+                    take_a(a_done.eq(1))
+            take_w(wsub.eq(wsub + 1), woff.eq(woff + nn), wcur.eq(wcur + Mux(wt, nn, 1)))
+            with m.If(wsub == kk - 1):
+                take_w(wsub.eq(0), woff.eq(0), wcur.eq(wbase))
+                with m.If(w_fire):
                     ww_.advance()
-                    with m.If(ww_.last_n):
-                        m.d.sync += [wbase.eq(w), wcur.eq(w)]
-                    with m.Else():
-                        m.d.sync += [wbase.eq(wbase + Mux(wt, LN, kk * LN)),
-                                     wcur.eq(wbase + Mux(wt, LN, kk * LN))]
-                    with m.If(ww_.last):
-                        m.d.sync += w_done.eq(1)
+                with m.If(ww_.last_n):
+                    take_w(wbase.eq(w), wcur.eq(w))
+                with m.Else():
+                    take_w(wbase.eq(wbase + Mux(wt, LN, kk * LN)),
+                           wcur.eq(wbase + Mux(wt, LN, kk * LN)))
+                with m.If(ww_.last):
+                    take_w(w_done.eq(1))
         elif eng_name == "ternary":
             T = cfg.ternary_k
+            # lane limits kk - aoff and k/4 - woff, kept as registers (timing)
+            akhi = Signal(17)
+            wkhi = Signal(17)
+            start_stmts += [akhi.eq(kk), wkhi.eq(k4)]
             m.d.comb += [
                 ag.base.eq(acur),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
-                ag.khi.eq(kk - aoff),
+                ag.khi.eq(akhi),
                 act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(k4),
                 wg.glim.eq(ww_.nrem),
-                wg.khi.eq(k4 - woff),
+                wg.khi.eq(wkhi),
                 wgt_in.eq(wg.data),
             ]
-            with m.If(a_fire):
-                m.d.sync += [aoff.eq(aoff + T), acur.eq(acur + T)]
-                with m.If(aoff + T >= kk):
-                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
+            take_a(aoff.eq(aoff + T), acur.eq(acur + T), akhi.eq(akhi - T))
+            with m.If(aoff + T >= kk):
+                take_a(aoff.eq(0), acur.eq(abase), akhi.eq(kk))
+                with m.If(a_fire):
                     aw_.advance()
-                    with m.If(aw_.last_n):
-                        m.d.sync += [abase.eq(abase + kk), acur.eq(abase + kk)]
-                    with m.If(aw_.last):
-                        m.d.sync += a_done.eq(1)
-            with m.If(w_fire):
-                m.d.sync += [wsub.eq(wsub + T), woff.eq(woff + T // 4), wcur.eq(wcur + T // 4)]
-                with m.If(wsub + T >= kk):
-                    m.d.sync += [wsub.eq(0), woff.eq(0), wcur.eq(wbase)]
+                with m.If(aw_.last_n):
+                    take_a(abase.eq(abase + kk), acur.eq(abase + kk))
+                with m.If(aw_.last):
+                    take_a(a_done.eq(1))
+            take_w(wsub.eq(wsub + T), wcur.eq(wcur + T // 4), wkhi.eq(wkhi - T // 4))
+            with m.If(wsub + T >= kk):
+                take_w(wsub.eq(0), wcur.eq(wbase), wkhi.eq(k4))
+                with m.If(w_fire):
                     ww_.advance()
-                    with m.If(ww_.last_n):
-                        m.d.sync += [wbase.eq(w), wcur.eq(w)]
-                    with m.Else():
-                        m.d.sync += [wbase.eq(wbase + k4 * LN), wcur.eq(wbase + k4 * LN)]
-                    with m.If(ww_.last):
-                        m.d.sync += w_done.eq(1)
+                with m.If(ww_.last_n):
+                    take_w(wbase.eq(w), wcur.eq(w))
+                with m.Else():
+                    take_w(wbase.eq(wbase + k4 * LN), wcur.eq(wbase + k4 * LN))
+                with m.If(ww_.last):
+                    take_w(w_done.eq(1))
         else:  # lut
             G = cfg.lut_group
             gmask = (1 << G) - 1
@@ -583,29 +645,28 @@ class GemmUnit(wiring.Component):
                 for p_ in range(1, mb):
                     byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
                 m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
-            with m.If(a_fire):
-                m.d.sync += [aoff.eq(aoff + G), acur.eq(acur + G)]
-                with m.If(aoff + G >= kk):
-                    m.d.sync += [aoff.eq(0), acur.eq(abase)]
+            take_a(aoff.eq(aoff + G), acur.eq(acur + G))
+            with m.If(aoff + G >= kk):
+                take_a(aoff.eq(0), acur.eq(abase))
+                with m.If(a_fire):
                     aw_.advance()
-                    with m.If(aw_.last_n):
-                        m.d.sync += [abase.eq(abase + kk), acur.eq(abase + kk)]
-                    with m.If(aw_.last):
-                        m.d.sync += a_done.eq(1)
-            with m.If(w_fire):
-                m.d.sync += plane.eq(plane + 1)
-                with m.If(plane == bits - 1):
-                    m.d.sync += [plane.eq(0), wsub.eq(wsub + G),
-                                 wcur.eq(wbase + ((wsub + G) >> 3))]
-                    with m.If(wsub + G >= kk):
-                        m.d.sync += [wsub.eq(0), wcur.eq(wbase)]
+                with m.If(aw_.last_n):
+                    take_a(abase.eq(abase + kk), acur.eq(abase + kk))
+                with m.If(aw_.last):
+                    take_a(a_done.eq(1))
+            take_w(plane.eq(plane + 1))
+            with m.If(plane == bits - 1):
+                take_w(plane.eq(0), wsub.eq(wsub + G), wcur.eq(wbase + ((wsub + G) >> 3)))
+                with m.If(wsub + G >= kk):
+                    take_w(wsub.eq(0), wcur.eq(wbase))
+                    with m.If(w_fire):
                         ww_.advance()
-                        with m.If(ww_.last_n):
-                            m.d.sync += [wbase.eq(w), wcur.eq(w)]
-                        with m.Else():
-                            m.d.sync += [wbase.eq(wbase + bkb * LN), wcur.eq(wbase + bkb * LN)]
-                        with m.If(ww_.last):
-                            m.d.sync += w_done.eq(1)
+                    with m.If(ww_.last_n):
+                        take_w(wbase.eq(w), wcur.eq(w))
+                    with m.Else():
+                        take_w(wbase.eq(wbase + bkb * LN), wcur.eq(wbase + bkb * LN))
+                    with m.If(ww_.last):
+                        take_w(w_done.eq(1))
 
         # ------------------------------------------------------------------ writer
         # One int32 per cycle: element e is written while element e+1 (accumulate) is read

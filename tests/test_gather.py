@@ -75,16 +75,20 @@ def test_gather_random_beats(shape):
 
     async def tb(ctx):
         for beats in instrs:
+            # the walker's view: base = this beat's address, base_adv = the next one's,
+            # take = the beat is accepted this cycle (the address moves on only then)
             p0 = beats[0]
             ctx.set(dut.req, 0)
             ctx.set(dut.gstride, p0["gstride"])
             ctx.set(dut.ostride, p0["ostride"])
+            ctx.set(dut.base, p0["base"])
             ctx.set(dut.flush, 1)
             await ctx.tick()
             ctx.set(dut.flush, 0)
-            for p in beats:
+            for b, p in enumerate(beats):
                 for k in ("base", "glim", "klo", "khi"):
                     ctx.set(getattr(dut, k), p[k])
+                ctx.set(dut.base_adv, beats[min(b + 1, len(beats) - 1)]["base"])
                 while rnd.random() < 0.2:  # consumer pause
                     ctx.set(dut.req, 0)
                     await ctx.tick()
@@ -97,7 +101,9 @@ def test_gather_random_beats(shape):
                 waits.append(n)
                 got.append([ctx.get(dut.data[i]) for i in range(lanes)])
                 exp.append(_expect(mem, lanes, group, p))
+                ctx.set(dut.take, 1)
                 await ctx.tick()
+                ctx.set(dut.take, 0)
         ctx.set(dut.req, 0)
 
     # the SPAD: a memory that acknowledges a request when ``grant`` (random) is high
