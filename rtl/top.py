@@ -811,6 +811,27 @@ def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str):
     return q
 
 
+def _share_port(m: Module, port, clients: dict, name: str) -> None:
+    """Connect several :class:`MemPortSignature` clients to one ``port`` (client view).
+
+    ``clients`` maps a name to ``(client port, select)``; at most one ``select`` is high at a
+    time and only the selected client's requests reach ``port``. A read's ``rvalid`` goes back
+    to the client whose request was acknowledged, also when its select has dropped since.
+    """
+    if len(clients) == 1:
+        (c, _), = clients.values()
+        wiring.connect(m, wiring.flipped(port), c)
+        return
+    for k, (c, sel) in clients.items():
+        owner = Signal(name=f"{name}_{k}_owner")  # acknowledged last cycle for this client
+        m.d.sync += owner.eq(port.ack & sel)
+        with m.If(sel):
+            m.d.comb += [port.en.eq(c.en), port.addr.eq(c.addr), port.we.eq(c.we),
+                         port.wdata.eq(c.wdata), port.wmask.eq(c.wmask)]
+        m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(port.rvalid & owner),
+                     c.rdata.eq(port.rdata)]
+
+
 class ComputeUnit(wiring.Component):
     """The compute queue's executor: one GEMM or vector instruction at a time.
 
@@ -836,11 +857,9 @@ class ComputeUnit(wiring.Component):
         self.spad_bits = spad_bits
         self.acc_bits = acc_bits
         self.engines = tuple(cfg.engines)
-        #: port names, in order
-        self.sp_ports = [f"{e}_{p}" for e in self.engines for p in ("act", "wgt")] + [
-            "vec_rd", "vec_wr"]
-        self.ac_ports = [f"{e}_{p}" for e in self.engines for p in ("wbr", "wbw")] + [
-            "vec_rd", "vec_wr", "param"]
+        #: port names, in order; the GEMM units share act / wgt / wbr / wbw (one runs at a time)
+        self.sp_ports = ["act", "wgt", "vec_rd", "vec_wr"]
+        self.ac_ports = ["wbr", "wbw", "vec_rd", "vec_wr", "param"]
         bb = cfg.bus_bytes
         super().__init__(
             {
@@ -870,10 +889,10 @@ class ComputeUnit(wiring.Component):
             gu = GemmUnit(cfg, e, self.spad_bits, self.acc_bits)
             m.submodules[f"gemm_{e}"] = gu
             gemms[e] = gu
-            wiring.connect(m, wiring.flipped(sp[f"{e}_act"]), gu.act_port)
-            wiring.connect(m, wiring.flipped(sp[f"{e}_wgt"]), gu.wgt_port)
-            wiring.connect(m, wiring.flipped(ac[f"{e}_wbr"]), gu.wb_rd)
-            wiring.connect(m, wiring.flipped(ac[f"{e}_wbw"]), gu.wb_wr)
+        for name, mem, attr in (("act", sp, "act_port"), ("wgt", sp, "wgt_port"),
+                                ("wbr", ac, "wb_rd"), ("wbw", ac, "wb_wr")):
+            _share_port(m, mem[name], {e: (getattr(gu, attr), gu.busy)
+                                       for e, gu in gemms.items()}, name)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
         m.submodules.vector = vu = VectorUnit(cfg, depth=2 + _ReadAdapter.LATENCY)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
