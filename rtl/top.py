@@ -211,7 +211,8 @@ class Gather(wiring.Component):
             have1 = hit_a1 | hit_b1
             m.d.comb += [
                 addr_d.eq(Mux(self.take, self.base_adv + loff, self.base + loff)),
-                nxt_d.eq(addr_d[lb:] + 1),
+                nxt_d.eq(Mux(self.take, (self.base_adv + loff)[lb:ab] + 1,
+                             (self.base + loff)[lb:ab] + 1)),
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
                 hit_a0.eq(v_a & (tag_a == w0)),
@@ -837,7 +838,7 @@ class ComputeUnit(wiring.Component):
 
     Cycle contract: an instruction is accepted when the previous one is done; GEMMs run on
     their engine's :class:`GemmUnit`, vector ops on the VectorUnit; VREQ/VMUL/VRMS first read
-    their ``2 * count`` parameter words from ACC (two cycles each) and finish at once with
+    their ``2 * count`` parameter words from ACC (three cycles each) and finish at once with
     ``err`` and ``code = BAD_OPERAND`` when an M0 is negative or a shift is outside
     ``[-31, 30]`` (nothing written). ``done`` pulses at the end of every instruction.
 
@@ -912,14 +913,13 @@ class ComputeUnit(wiring.Component):
         paddr = Signal(24)
         pleft = Signal(18)  # words left to check
         pm0 = Signal(18)  # of which M0 words (the rest are shifts)
-        pval = Signal(32)
+        pbad = Signal()  # the word just read is out of range (registered: timing)
         m.d.comb += [pport.addr.eq(paddr >> lb), pport.we.eq(0)]
         if lb > 2:
             pword = pport.rdata.word_select(paddr[2:lb], 32)
         else:
             pword = pport.rdata[:32]
-        m.d.comb += pval.eq(pword)
-        sval = pval.as_signed()
+        sval = pword.as_signed()
         vbusy = Signal()
         pbusy = Signal()
 
@@ -950,18 +950,21 @@ class ComputeUnit(wiring.Component):
             with m.State("PCHECK"):
                 m.d.comb += pbusy.eq(1)
                 with m.If(pport.rvalid):
-                    bad = Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30))
-                    with m.If(bad):
-                        m.d.comb += [self.done.eq(1), self.err.eq(1),
-                                     self.code.eq(ErrorCode.BAD_OPERAND)]
-                        m.next = "IDLE"
-                    with m.Elif(pleft == 1):
-                        m.next = "VEC"
-                    with m.Else():
-                        m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
-                        with m.If(pm0 != 0):
-                            m.d.sync += pm0.eq(pm0 - 1)
-                        m.next = "PREAD"
+                    m.d.sync += pbad.eq(Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30)))
+                    m.next = "PJUDGE"
+            with m.State("PJUDGE"):
+                m.d.comb += pbusy.eq(1)
+                with m.If(pbad):
+                    m.d.comb += [self.done.eq(1), self.err.eq(1),
+                                 self.code.eq(ErrorCode.BAD_OPERAND)]
+                    m.next = "IDLE"
+                with m.Elif(pleft == 1):
+                    m.next = "VEC"
+                with m.Else():
+                    m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
+                    with m.If(pm0 != 0):
+                        m.d.sync += pm0.eq(pm0 - 1)
+                    m.next = "PREAD"
             with m.State("VEC"):
                 m.d.comb += vu.cmd.valid.eq(1)
                 with m.If(vu.cmd.ready):
