@@ -546,6 +546,28 @@ class GemmUnit(wiring.Component):
         def take_w(*stmts):
             take(w_fire, *stmts)
 
+        def a_next_tile(step):
+            """End of a row of A: next tile's rows (``abase += step`` after its last
+            channel tile), or done."""
+            with m.If(a_fire):
+                aw_.advance()
+            with m.If(aw_.last_n):
+                take_a(abase.eq(abase + step), acur.eq(abase + step))
+            with m.If(aw_.last):
+                take_a(a_done.eq(1))
+
+        def w_next_tile(step):
+            """End of a channel tile's weights: the next channel tile (``wbase += step``),
+            back to ``w`` for the next row tile, or done."""
+            with m.If(w_fire):
+                ww_.advance()
+            with m.If(ww_.last_n):
+                take_w(wbase.eq(w), wcur.eq(w))
+            with m.Else():
+                take_w(wbase.eq(wbase + step), wcur.eq(wbase + step))
+            with m.If(ww_.last):
+                take_w(w_done.eq(1))
+
         m.d.comb += [
             ag.base_adv.eq(advanced[id(acur)]), ag.take.eq(a_fire),
             wg.base_adv.eq(advanced[id(wcur)]), wg.take.eq(w_fire),
@@ -567,24 +589,11 @@ class GemmUnit(wiring.Component):
             take_a(aoff.eq(aoff + 1), acur.eq(acur + 1))
             with m.If(a_last_beat):
                 take_a(aoff.eq(0), acur.eq(abase))
-                with m.If(a_fire):
-                    aw_.advance()
-                with m.If(aw_.last_n):
-                    take_a(abase.eq(abase + kk * LM), acur.eq(abase + kk * LM))
-                with m.If(aw_.last):
-                    take_a(a_done.eq(1))
+                a_next_tile(kk * LM)
             take_w(wsub.eq(wsub + 1), woff.eq(woff + nn), wcur.eq(wcur + Mux(wt, nn, 1)))
             with m.If(wsub == kk - 1):
                 take_w(wsub.eq(0), woff.eq(0), wcur.eq(wbase))
-                with m.If(w_fire):
-                    ww_.advance()
-                with m.If(ww_.last_n):
-                    take_w(wbase.eq(w), wcur.eq(w))
-                with m.Else():
-                    take_w(wbase.eq(wbase + Mux(wt, LN, kk * LN)),
-                           wcur.eq(wbase + Mux(wt, LN, kk * LN)))
-                with m.If(ww_.last):
-                    take_w(w_done.eq(1))
+                w_next_tile(Mux(wt, LN, kk * LN))
         elif eng_name == "ternary":
             T = cfg.ternary_k
             # lane limits kk - aoff and k/4 - woff, kept as registers (timing)
@@ -606,23 +615,11 @@ class GemmUnit(wiring.Component):
             take_a(aoff.eq(aoff + T), acur.eq(acur + T), akhi.eq(akhi - T))
             with m.If(aoff + T >= kk):
                 take_a(aoff.eq(0), acur.eq(abase), akhi.eq(kk))
-                with m.If(a_fire):
-                    aw_.advance()
-                with m.If(aw_.last_n):
-                    take_a(abase.eq(abase + kk), acur.eq(abase + kk))
-                with m.If(aw_.last):
-                    take_a(a_done.eq(1))
+                a_next_tile(kk)
             take_w(wsub.eq(wsub + T), wcur.eq(wcur + T // 4), wkhi.eq(wkhi - T // 4))
             with m.If(wsub + T >= kk):
                 take_w(wsub.eq(0), wcur.eq(wbase), wkhi.eq(k4))
-                with m.If(w_fire):
-                    ww_.advance()
-                with m.If(ww_.last_n):
-                    take_w(wbase.eq(w), wcur.eq(w))
-                with m.Else():
-                    take_w(wbase.eq(wbase + k4 * LN), wcur.eq(wbase + k4 * LN))
-                with m.If(ww_.last):
-                    take_w(w_done.eq(1))
+                w_next_tile(k4 * LN)
         else:  # lut
             G = cfg.lut_group
             gmask = (1 << G) - 1
@@ -649,25 +646,13 @@ class GemmUnit(wiring.Component):
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
             with m.If(aoff + G >= kk):
                 take_a(aoff.eq(0), acur.eq(abase))
-                with m.If(a_fire):
-                    aw_.advance()
-                with m.If(aw_.last_n):
-                    take_a(abase.eq(abase + kk), acur.eq(abase + kk))
-                with m.If(aw_.last):
-                    take_a(a_done.eq(1))
+                a_next_tile(kk)
             take_w(plane.eq(plane + 1))
             with m.If(plane == bits - 1):
                 take_w(plane.eq(0), wsub.eq(wsub + G), wcur.eq(wbase + ((wsub + G) >> 3)))
                 with m.If(wsub + G >= kk):
                     take_w(wsub.eq(0), wcur.eq(wbase))
-                    with m.If(w_fire):
-                        ww_.advance()
-                    with m.If(ww_.last_n):
-                        take_w(wbase.eq(w), wcur.eq(w))
-                    with m.Else():
-                        take_w(wbase.eq(wbase + bkb * LN), wcur.eq(wbase + bkb * LN))
-                    with m.If(ww_.last):
-                        take_w(w_done.eq(1))
+                    w_next_tile(bkb * LN)
 
         # ------------------------------------------------------------------ writer
         # One int32 per cycle: element e is written while element e+1 (accumulate) is read
