@@ -15,7 +15,6 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
-
 from tritium.rtl.top import Gather
 
 # (lanes, group, word_bytes, var_ostride): the shapes GemmUnit builds, and edge shapes
@@ -66,8 +65,8 @@ def test_gather_random_beats(shape):
             klo = rnd.randrange(group) if var_ost and rnd.random() < 0.5 else 0
             khi = group if rnd.random() < 0.7 else rnd.randrange(klo, group + 1)
             glim = ngroups if rnd.random() < 0.7 else rnd.randrange(0, ngroups + 1)
-            beats.append(dict(base=base % (1 << 24), gstride=gstride, ostride=ostride,
-                              glim=glim, klo=klo, khi=khi))
+            beats.append({"base": base % (1 << 24), "gstride": gstride, "ostride": ostride,
+                          "glim": glim, "klo": klo, "khi": khi})
             base += step
         instrs.append(beats)
     got, exp = [], []
