@@ -100,8 +100,9 @@ class Gather(wiring.Component):
     the tag compares start from registers. The base may change without ``take`` only while
     ``flush`` (instruction start). The unit offsets ``(i // group) * gstride + (i % group) *
     ostride`` are registered (two register stages: ``gstride``/``ostride`` are per-instruction
-    constants); the missing and prefetch words are registered before one of them is selected,
-    and the request is registered: a word found missing in cycle t is requested in cycle t+2.
+    constants); with more than :attr:`REGISTER_UNITS` units the missing and prefetch words
+    are registered before one of them is selected, and the request is registered: a word found
+    missing in cycle t is requested in cycle t+2 (t+1 with few units).
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -150,6 +151,9 @@ class Gather(wiring.Component):
                 "port": Out(MemPortSignature(addr_bits, word_bytes)),
             }
         )
+
+    #: up to this many cache units, the miss/prefetch candidates are not registered
+    REGISTER_UNITS = 8
 
     def units(self) -> list[tuple[int, int, list[int]]]:
         """Cache units as ``(group, offset of the unit's first lane, [lane, ...])``: the lanes
@@ -278,7 +282,11 @@ class Gather(wiring.Component):
 
         def registered(flags, vals, kind):
             """The candidates one cycle later (timing: the tag compares and the selection
-            tree are separate stages), less the word requested in the meantime."""
+            tree are separate stages), less the word requested in the meantime. With a few
+            units the tree is short and the extra cycle of miss latency would cost more
+            (a unit that needs a new word every beat waits for it): kept combinational."""
+            if len(self.units()) <= self.REGISTER_UNITS:
+                return flags, vals
             out_f, out_v = [], []
             for k, (f_, v_) in enumerate(zip(flags, vals)):
                 rf = Signal(name=f"{kind}_f{k}")
@@ -823,9 +831,9 @@ class ComputeUnit(wiring.Component):
 
     Cycle contract: an instruction is accepted when the previous one is done; GEMMs run on
     their engine's :class:`GemmUnit`, vector ops on the VectorUnit; VREQ/VMUL/VRMS first read
-    their ``2 * count`` parameter words from ACC (three cycles each) and finish at once with
-    ``err`` and ``code = BAD_OPERAND`` when an M0 is negative or a shift is outside
-    ``[-31, 30]`` (nothing written). ``done`` pulses at the end of every instruction.
+    their ``2 * count`` parameter words from ACC (back to back, one per cycle) and, when an M0
+    is negative or a shift is outside ``[-31, 30]``, finish with ``err`` and
+    ``code = BAD_OPERAND`` once every word is back (nothing written). ``done`` pulses at the end of every instruction.
 
     Members
     -------
@@ -894,14 +902,19 @@ class ComputeUnit(wiring.Component):
             m.d.comb += gu.cmd.payload.eq(word)
 
         # parameter checker
+        # The words are read back to back (one per cycle while the port acknowledges) and
+        # each returned word is checked into a sticky flag; the verdict comes from that register
+        # once every word is back (timing: ACC block RAM -> compare -> register).
         pport = ac["param"]
         paddr = Signal(24)
-        pleft = Signal(18)  # words left to check
-        pm0 = Signal(18)  # of which M0 words (the rest are shifts)
-        pbad = Signal()  # the word just read is out of range (registered: timing)
+        pleft = Signal(18)  # words left to request
+        prcv = Signal(18)  # words left to receive
+        pm0 = Signal(18)  # M0 words among those left to receive (they come first)
+        pbad = Signal()  # a word received so far is out of range
+        pword_lane = Signal(max(1, lb - 2))  # 32-bit lane of the word acknowledged last cycle
         m.d.comb += [pport.addr.eq(paddr >> lb), pport.we.eq(0)]
         if lb > 2:
-            pword = pport.rdata.word_select(paddr[2:lb], 32)
+            pword = pport.rdata.word_select(pword_lane, 32)
         else:
             pword = pport.rdata[:32]
         sval = pword.as_signed()
@@ -924,18 +937,23 @@ class ComputeUnit(wiring.Component):
                 is_vec = Cat(opc == int(o) for o in VEC_OPS).any()
                 with m.If(is_param):
                     count = Mux((opc == Op.VREQ) & v.per_channel, v.n, 1)
-                    m.d.sync += [paddr.eq(v.param), pleft.eq(count << 1), pm0.eq(count)]
+                    m.d.sync += [paddr.eq(v.param), pleft.eq(count << 1),
+                                 prcv.eq(count << 1), pm0.eq(count), pbad.eq(0)]
                     m.next = "PREAD"
                 with m.Elif(is_vec):
                     m.next = "VEC"
             with m.State("PREAD"):
-                m.d.comb += [pbusy.eq(1), pport.en.eq(1)]
+                m.d.comb += [pbusy.eq(1), pport.en.eq(pleft != 0)]
                 with m.If(pport.ack):
-                    m.next = "PCHECK"
-            with m.State("PCHECK"):
-                m.d.comb += pbusy.eq(1)
+                    m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
+                    if lb > 2:
+                        m.d.sync += pword_lane.eq(paddr[2:lb])
                 with m.If(pport.rvalid):
-                    m.d.sync += pbad.eq(Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30)))
+                    bad = Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30))
+                    m.d.sync += [prcv.eq(prcv - 1), pbad.eq(pbad | bad)]
+                    with m.If(pm0 != 0):
+                        m.d.sync += pm0.eq(pm0 - 1)
+                with m.If(prcv == 0):
                     m.next = "PJUDGE"
             with m.State("PJUDGE"):
                 m.d.comb += pbusy.eq(1)
@@ -943,13 +961,8 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += [self.done.eq(1), self.err.eq(1),
                                  self.code.eq(ErrorCode.BAD_OPERAND)]
                     m.next = "IDLE"
-                with m.Elif(pleft == 1):
-                    m.next = "VEC"
                 with m.Else():
-                    m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
-                    with m.If(pm0 != 0):
-                        m.d.sync += pm0.eq(pm0 - 1)
-                    m.next = "PREAD"
+                    m.next = "VEC"
             with m.State("VEC"):
                 m.d.comb += vu.cmd.valid.eq(1)
                 with m.If(vu.cmd.ready):

@@ -227,6 +227,18 @@ async def faults(dut):
     ])
     await _expect_fault(h, img, ErrorCode.BAD_OPERAND, INSTR_BYTES)
     checked.append("bad_operand_param")
+    # per-channel VREQ: valid M0s, the third of four shifts out of range (the words are read
+    # back to back; the last-but-one decides)
+    words = np.array([1 << 20, 3, 1 << 30, 7, 0, -31, 31, 30], "<i4")
+    img = MemoryImage(cfg, prog_bytes=1024)
+    par = img.place(words)
+    img.set_program([
+        Instr.make(Op.LOAD, space=1, rows=1, row_bytes=32, loc=0, dram=par),
+        Instr.make(Op.VREQ, rows=1, n=4, src=64, dst=0, param=0, per_channel=1),
+        Instr.make(Op.HALT),
+    ])
+    await _expect_fault(h, img, ErrorCode.BAD_OPERAND, INSTR_BYTES)
+    checked.append("bad_operand_per_channel")
     await _recover(h, p.seed + 7)
 
     # 8. reset while a long program runs, then a correct run
