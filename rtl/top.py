@@ -194,6 +194,8 @@ class Gather(wiring.Component):
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
             addr_d = Signal(ab, name=f"addr_d{u}")
+            sum_cur = Signal(ab, name=f"sum_cur{u}")  # this beat's address, the next beat's
+            sum_adv = Signal(ab, name=f"sum_adv{u}")
             nxt_d = Signal(aw, name=f"next_d{u}")
             lo = Signal(lb, name=f"lo{u}")
             w0 = Signal(aw, name=f"need{u}")
@@ -214,9 +216,10 @@ class Gather(wiring.Component):
             have0 = hit_a0 | hit_b0
             have1 = hit_a1 | hit_b1
             m.d.comb += [
-                addr_d.eq(Mux(self.take, self.base_adv + loff, self.base + loff)),
-                nxt_d.eq(Mux(self.take, (self.base_adv + loff)[lb:ab] + 1,
-                             (self.base + loff)[lb:ab] + 1)),
+                sum_cur.eq(self.base + loff),
+                sum_adv.eq(self.base_adv + loff),
+                addr_d.eq(Mux(self.take, sum_adv, sum_cur)),
+                nxt_d.eq(Mux(self.take, sum_adv[lb:] + 1, sum_cur[lb:] + 1)),
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
                 hit_a0.eq(v_a & (tag_a == w0)),
