@@ -189,7 +189,8 @@ class Gather(wiring.Component):
         else:
             ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
-        for u, (grp, uoff, lanes) in enumerate(self.units()):
+        units = self.units()
+        for u, (grp, uoff, lanes) in enumerate(units):
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -288,7 +289,7 @@ class Gather(wiring.Component):
             tree are separate stages), less the word requested in the meantime. With a few
             units the tree is short and the extra cycle of miss latency would cost more
             (a unit that needs a new word every beat waits for it): kept combinational."""
-            if len(self.units()) <= self.REGISTER_UNITS:
+            if len(units) <= self.REGISTER_UNITS:
                 return flags, vals
             out_f, out_v = [], []
             for k, (f_, v_) in enumerate(zip(flags, vals)):
@@ -513,7 +514,6 @@ class GemmUnit(wiring.Component):
         abase = Signal(24)
         aoff = Signal(17)  # beat offset along k (kk, j*T or q*g)
         wbase = Signal(24)
-        woff = Signal(24)
         wsub = Signal(17)  # systolic wt: kk index; ternary: j*T; lut: q*g
         plane = Signal(3)
         # registered gather bases: acur = abase + aoff, wcur = wbase + (engine's offset)
@@ -521,7 +521,7 @@ class GemmUnit(wiring.Component):
         wcur = Signal(24)
 
         start_stmts = [
-            abase.eq(a), aoff.eq(0), wbase.eq(w), woff.eq(0), wsub.eq(0), plane.eq(0),
+            abase.eq(a), aoff.eq(0), wbase.eq(w), wsub.eq(0), plane.eq(0),
             acur.eq(a), wcur.eq(w),
             crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
             *ci.reset(), *aw_.reset(), *ww_.reset(),
@@ -601,13 +601,13 @@ class GemmUnit(wiring.Component):
             with m.If(a_last_beat):
                 take_a(aoff.eq(0), acur.eq(abase))
                 a_next_tile(kk * LM)
-            take_w(wsub.eq(wsub + 1), woff.eq(woff + nn), wcur.eq(wcur + Mux(wt, nn, 1)))
+            take_w(wsub.eq(wsub + 1), wcur.eq(wcur + Mux(wt, nn, 1)))
             with m.If(wsub == kk - 1):
-                take_w(wsub.eq(0), woff.eq(0), wcur.eq(wbase))
+                take_w(wsub.eq(0), wcur.eq(wbase))
                 w_next_tile(Mux(wt, LN, kk * LN))
         elif eng_name == "ternary":
             T = cfg.ternary_k
-            # lane limits kk - aoff and k/4 - woff, kept as registers (timing)
+            # lane limits kk - aoff and k/4 - wsub/4, kept as registers (timing)
             akhi = Signal(17)
             wkhi = Signal(17)
             start_stmts += [akhi.eq(kk), wkhi.eq(k4)]
@@ -836,7 +836,8 @@ class ComputeUnit(wiring.Component):
     their engine's :class:`GemmUnit`, vector ops on the VectorUnit; VREQ/VMUL/VRMS first read
     their ``2 * count`` parameter words from ACC (back to back, one per cycle) and, when an M0
     is negative or a shift is outside ``[-31, 30]``, finish with ``err`` and
-    ``code = BAD_OPERAND`` once every word is back (nothing written). ``done`` pulses at the end of every instruction.
+    ``code = BAD_OPERAND`` once every word is back (nothing written). ``done`` pulses at the
+    end of every instruction.
 
     Members
     -------
