@@ -21,7 +21,8 @@ Pipeline (one instruction in flight in the front end; queues run concurrently be
 
 Queues and dependency tracking: each queue is a ring of ``cfg.queue_depth`` slots holding the
 instruction, its pc and its *footprint hulls* (per space DRAM/SPAD/ACC, the covering interval
-of the ranges it reads and of those it writes). When an instruction is dispatched, its hulls
+of the ranges it reads and of those it writes, in blocks of 1/64 of the space: see
+:data:`HAZARD_BLOCKS`). When an instruction is dispatched, its hulls
 are compared with every occupied slot of the *other two* queues (all of them are older); a
 read-after-write, write-after-read or write-after-write overlap sets a bit in the new slot's
 ``deps`` mask. A queue hands its oldest slot to its unit only when that mask is zero, and a
@@ -72,6 +73,8 @@ __all__ = [
     "SPACES",
     "Controller",
     "InstrChecker",
+    "hazard_shift",
+    "hull_blocks",
     "hull_layout",
     "instr_layout",
     "queue_of",
@@ -154,11 +157,30 @@ def space_sizes(cfg: AcceleratorConfig) -> dict[str, int]:
     return {"DRAM": cfg.dev_mem_bytes, "SPAD": cfg.spad_bytes, "ACC": cfg.acc_bytes}
 
 
+#: Hazard tracking resolves each space into at most about this many blocks: hulls hold block
+#: indices (``lo`` rounded down, ``hi`` rounded up), so the comparators and the queue slots'
+#: hull registers are a few bits wide instead of a full address. Coarser hulls only add
+#: waits (two ranges in one block count as overlapping), never remove one.
+HAZARD_BLOCKS = 64
+
+
+def hazard_shift(size: int) -> int:
+    """log2 of the hazard block size (bytes) of a space of ``size`` bytes."""
+    return max(0, (size // HAZARD_BLOCKS).bit_length() - 1)
+
+
+def hull_blocks(size: int, lo: int, hi: int) -> tuple[int, int]:
+    """The block interval ``[lo, hi)`` that the byte interval ``[lo, hi)`` of a space of
+    ``size`` bytes maps to in a hull (the reference for the checker's hull outputs)."""
+    g = hazard_shift(size)
+    return lo >> g, (hi + (1 << g) - 1) >> g
+
+
 @functools.cache
 def _hull_layout(dram: int, spad: int, acc: int) -> data.StructLayout:
     fields = {}
     for name, size in zip(SPACES, (dram, spad, acc)):
-        w = size.bit_length()
+        w = hull_blocks(size, 0, size)[1].bit_length()
         for d in ("r", "w"):
             fields[f"{name}_{d}_v"] = unsigned(1)
             fields[f"{name}_{d}_lo"] = unsigned(w)
@@ -167,7 +189,8 @@ def _hull_layout(dram: int, spad: int, acc: int) -> data.StructLayout:
 
 
 def hull_layout(cfg: AcceleratorConfig) -> data.StructLayout:
-    """Per-space read/write covering intervals ``[lo, hi)`` of an instruction (``_v``: any)."""
+    """Per-space read/write covering block intervals ``[lo, hi)`` of an instruction (``_v``:
+    any), in blocks of ``2**hazard_shift(size)`` bytes (:func:`hull_blocks`)."""
     s = space_sizes(cfg)
     return _hull_layout(s["DRAM"], s["SPAD"], s["ACC"])
 
@@ -470,10 +493,12 @@ class InstrChecker(wiring.Component):
                                 lo_v = lo_v | x
                             for x in hi[1:]:
                                 hi_v = hi_v | x
+                            sh = hazard_shift(sizes[sp])
                             m.d.comb += [
                                 getattr(hull, f"{sp}_{dname}_v").eq(Cat(cd[i] for i in sel).any()),
-                                getattr(hull, f"{sp}_{dname}_lo").eq(lo_v),
-                                getattr(hull, f"{sp}_{dname}_hi").eq(hi_v),
+                                getattr(hull, f"{sp}_{dname}_lo").eq(lo_v >> sh),
+                                getattr(hull, f"{sp}_{dname}_hi").eq(
+                                    (hi_v >> sh) + (hi_v[:sh] != 0 if sh else 0)),
                             ]
 
         code = Signal(4)

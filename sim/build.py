@@ -134,15 +134,15 @@ def _dependency_files(mod: types.ModuleType) -> set[Path]:
 def source_hash(factory: ComponentFactory, key_extra: str = "") -> str:
     """12-hex-digit digest of the RTL sources ``factory`` depends on, plus ``key_extra``.
 
-    The files are the factory's own module and every ``tritium.*`` module reachable from its
-    globals (``tritium.config``, sibling RTL units, ...). When the factory's module cannot be
-    found, every file under ``rtl/`` is hashed instead.
+    The files are the factory's own module, every ``tritium.*`` module reachable from its
+    globals (``tritium.config``, sibling RTL units, ...) and, always, every file under ``rtl/``
+    and ``fpga/``: a factory may import its component lazily inside a function (the units of
+    :mod:`tritium.fpga.synth` do), which the globals do not show.
     """
     mod = _factory_module(factory)
+    files = set((REPO_ROOT / "rtl").glob("*.py")) | set((REPO_ROOT / "fpga").glob("*.py"))
     if mod is not None and getattr(mod, "__file__", None):
-        files = _dependency_files(mod)
-    else:
-        files = set((REPO_ROOT / "rtl").glob("*.py"))
+        files |= _dependency_files(mod)
     h = hashlib.sha256()
     for f in sorted(files):
         h.update(str(f.relative_to(REPO_ROOT) if f.is_relative_to(REPO_ROOT) else f).encode())

@@ -95,7 +95,7 @@ def test_checker_matches_golden_checks():
     import random
 
     from amaranth.sim import Simulator
-    from tritium.rtl.controller import SPACES, InstrChecker
+    from tritium.rtl.controller import SPACES, InstrChecker, hull_blocks
 
     from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode, footprint
 
@@ -182,7 +182,8 @@ def test_checker_matches_golden_checks():
                             and not ins.accumulate):
                         sel = []
                     if sel:
-                        exp_h = (1, min(a for a, _ in sel), max(b for _, b in sel))
+                        exp_h = (1, *hull_blocks(sizes[SPACES.index(s)], min(a for a, _ in sel),
+                                                 max(b for _, b in sel)))
                         assert (hull[f"{s}_{d}_v"], hull[f"{s}_{d}_lo"],
                                 hull[f"{s}_{d}_hi"]) == exp_h, (ins, s, d)
                     else:
