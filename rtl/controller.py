@@ -10,11 +10,11 @@ valid opcodes are computed from the same table; the operand rules mirror
 Pipeline (one instruction in flight in the front end; queues run concurrently behind it)::
 
     FETCH   pc checks (MISALIGNED, ADDRESS_RANGE), one AXI burst of 16 bytes (id ID_FETCH)
-    DECODE  InstrChecker stage 1: opcode / reserved bits, engine present, operand and
-            alignment rules, the operands of the range products
-    CHECK   InstrChecker stage 2: the products (rows*row_bytes, m*k, n*k, ...)
-    CHECK2  InstrChecker stage 3: start, length and end of every footprint range
-    CHECK3  InstrChecker stage 4: every range inside its space, overlaps, per-space hulls
+    DECODE  start the InstrChecker on the fetched word
+    CHECK   until the checker is done: opcode / reserved bits, engine present, operand and
+            alignment rules; the range-length products (rows*row_bytes, m*k, n*k, ...) by a
+            shift-and-add multiplier; every footprint range inside its space, partial
+            overlaps, per-space hulls, one range per cycle (see InstrChecker)
     DISPATCH first failing check, in golden order -> fault; else by opcode:
             NOP/JUMP retire at once, FENCE/HALT wait until every queue is empty,
             LOAD -> load queue, STORE -> store queue, GEMM_* / V* -> compute queue
@@ -48,7 +48,6 @@ its own upcoming instructions must FENCE first (no tritium tool emits such code)
 from __future__ import annotations
 
 import functools
-import itertools
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -226,22 +225,40 @@ def hulls_conflict(a, b) -> object:
 
 
 class InstrChecker(wiring.Component):
-    """Decode and check one instruction word: a four-stage pipeline.
+    """Decode and check one instruction word, over several cycles with one adder per job.
 
-    ``code``, ``queue``, ``serial`` and ``hull`` describe the ``word`` presented
-    :attr:`LATENCY` (4) cycles earlier (hold ``word`` stable that long). ``code`` is the
+    Pulse ``start`` with the instruction in ``word`` and hold ``word`` stable until ``done``
+    (a level, cleared by the next ``start``; ``start`` restarts a check in progress). Then
+    ``code``, ``queue``, ``serial`` and ``hull`` describe the word. ``code`` is the
     :class:`~tritium.isa.ErrorCode` of the first failing check in the order of
     :meth:`tritium.golden.GoldenDevice.check` (decode, engine, operands, alignment, ranges,
     partial read/write overlap); the ACC parameter values of VREQ/VMUL/VRMS are checked by the
     compute unit when the instruction executes.
 
-    Stages: (1) field checks, the operands of the range-length products; (2) the products;
-    (3) each range's start, length and end (saturated) in one of four slots; (4) range and
-    overlap checks, hulls. Each stage is a register stage (ECP5 timing).
+    Steps (a small FSM; nothing here needs a multiplier or a comparator per pair of ranges):
+
+    ``MUL``
+        the field checks are registered; the three range-length products (rows*row_bytes,
+        m*k, n*k, ...) are computed one after the other by a shift-and-add multiplier that
+        saturates at the range width and stops when the multiplier's remaining bits are zero
+        (``bit_length`` cycles each, plus one).
+    ``SCAN``
+        each of the instruction's (at most four) ranges, writes first, is a *slot*: one
+        cycle computes a slot's start, length and saturated end, the next judges it: its end
+        against its space's size (ADDRESS_RANGE), a read slot against the write slot of its
+        space (partial overlap, BAD_OPERAND), and it widens its space's read or write hull
+        (block indices, :func:`hull_blocks`).
+    ``FINAL``
+        the error code, queue and hull are registered; ``done``.
+
+    A check takes ``7 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
+    row counts (``rows``, ``rows - 1``, ``m``) and the weight bytes per row (``k / 4``, ...).
 
     Members
     -------
     word : In(128)
+    start : In(1)
+    done : Out(1)
     code : Out(4)
     queue : Out(2)
         Index into :data:`QUEUES`, 3 for instructions the controller handles itself.
@@ -250,14 +267,16 @@ class InstrChecker(wiring.Component):
     hull : Out(hull_layout(cfg))
     """
 
-    #: Cycles from ``word`` to the outputs.
-    LATENCY = 4
+    #: Range slots: no instruction has more than this many ranges.
+    SLOTS = 4
 
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
         super().__init__(
             {
                 "word": In(INSTR_BITS),
+                "start": In(1),
+                "done": Out(1),
                 "code": Out(4),
                 "queue": Out(2),
                 "serial": Out(1),
@@ -272,14 +291,14 @@ class InstrChecker(wiring.Component):
         sizes = space_sizes(cfg)
         w = self.word
         opc = w[:8]
-        v_dma = data.View(instr_layout(Op.LOAD), w)
-        v_gemm = data.View(instr_layout(Op.GEMM_I8), w)
-        v_vec = data.View(instr_layout(Op.VREQ), w)
+        d = data.View(instr_layout(Op.LOAD), w)
+        g = data.View(instr_layout(Op.GEMM_I8), w)
+        v = data.View(instr_layout(Op.VREQ), w)
 
         def is_op(*ops):
             return Cat(opc == int(o) for o in ops).any()
 
-        # ------------------------------------------------------------------ stage 1
+        # ------------------------------------------------------------------ field checks
         invalid = Signal()
         absent = Signal()
         bad = Signal()
@@ -293,10 +312,9 @@ class InstrChecker(wiring.Component):
         absent_ops = [op for op in GEMM_OPS if not cfg.has(GEMM_ENGINE[op])]
         m.d.comb += absent.eq(is_op(*absent_ops) if absent_ops else 0)
 
-        def misal(v, unit):
-            return (v & (unit - 1)) != 0 if unit > 1 else Const(0)
+        def misal(val, unit):
+            return (val & (unit - 1)) != 0 if unit > 1 else Const(0)
 
-        g = v_gemm
         gemm_bad = (
             (g.m == 0)
             | (g.n == 0)
@@ -306,7 +324,6 @@ class InstrChecker(wiring.Component):
             | (~is_op(Op.GEMM_LUT) & (g.bits != 0))
             | (~is_op(Op.GEMM_I8) & g.wt)
         )
-        d = v_dma
         dma_bad = (
             (d.space > 1)
             | (d.rows == 0)
@@ -316,7 +333,6 @@ class InstrChecker(wiring.Component):
         dma_mis = misal(d.dram, bus) | misal(d.row_bytes, bus) | misal(d.stride, bus) | misal(
             d.loc, bus
         )
-        v = v_vec
         vec_bad = (v.rows == 0) | (v.n == 0) | (~is_op(Op.VREQ) & v.per_channel)
         vec_mis_terms = []
         for op in VEC_OPS:
@@ -332,9 +348,9 @@ class InstrChecker(wiring.Component):
         with m.Elif(is_op(*VEC_OPS)):
             m.d.comb += [bad.eq(vec_bad), mis.eq(vec_mis)]
 
-        # products for the ranges, saturated at SAT (operands multiplexed first: one multiplier
-        # per product). Every range end is computed saturated: an end > space size is reported
-        # the same, and ranges of instructions that pass the range check are exact.
+        # ------------------------------------------------------------------ products
+        # Range ends are computed saturated at SAT: an end beyond every space is reported the
+        # same, and the ranges of instructions that pass the range check are exact.
         W = max(sizes.values()).bit_length() + 1
         SAT = (1 << W) - 1
 
@@ -349,64 +365,51 @@ class InstrChecker(wiring.Component):
 
         is_dma = is_op(Op.LOAD, Op.STORE)
         is_gemm = is_op(*GEMM_OPS)
-        a1 = Mux(is_dma, d.rows, Mux(is_gemm, g.m, v.rows))
-        b1 = Mux(is_dma, d.row_bytes, Mux(is_gemm, g.k, v.n))
-        a2 = Mux(is_dma, d.rows - 1, g.m)
-        b2 = Mux(is_dma, sat(d.stride, "stride_sat"), g.n)
-        kk = Mux(is_op(Op.GEMM_I8), g.k, Mux(is_op(Op.GEMM_TERN), g.k >> 2, g.bits * (g.k >> 3)))
-        # the multiplier operands are registered: decode + mux, then multiply + saturate
-        ops = []
-        for name, x in (("a1", a1), ("b1", b1), ("a2", a2), ("b2", b2), ("nn", g.n),
-                        ("kk", kk)):
-            x = Value.cast(x)
-            r = Signal(x.shape(), name=f"{name}_q")
-            m.d.sync += r.eq(x)
-            ops.append(r)
-        w0 = Signal(INSTR_BITS)
-        s0 = Signal(4)  # invalid, absent, bad, mis
-        m.d.sync += [w0.eq(w), s0.eq(Cat(invalid, absent, bad, mis))]
-
-        # ------------------------------------------------------------------ stage 2
-        p1 = Signal(W)
-        p2 = Signal(W)
-        p3 = Signal(W)
-        w1 = Signal(INSTR_BITS)
-        s1 = Signal(4)
-        m.d.sync += [
-            w1.eq(w0),
-            s1.eq(s0),
-            p1.eq(sat(ops[0] * ops[1], "p1_sat")),
-            p2.eq(sat(ops[2] * ops[3], "p2_sat")),
-            p3.eq(sat(ops[4] * ops[5], "p3_sat")),
+        # weight bytes per row: k (GEMM_I8), k/4 (GEMM_TERN), bits * k/8 (GEMM_LUT, bits 1..4;
+        # an absent engine's ranges are never judged: ENGINE_ABSENT comes first)
+        k8 = g.k >> 3
+        lut_kk = (Mux(g.bits[0], k8, 0) + Mux(g.bits[1], k8 << 1, 0) + Mux(g.bits[2], k8 << 2, 0)
+                  if cfg.has("lut") else 0)
+        kk = Mux(is_op(Op.GEMM_I8), g.k, Mux(is_op(Op.GEMM_TERN), g.k >> 2, lut_kk))
+        # (multiplicand, multiplier) of each product; the multiplier is the operand with the
+        # fewest bits in practice (a row count), as the multiplier stops at its last one bit.
+        operands = [
+            (Mux(is_dma, d.row_bytes, Mux(is_gemm, g.k, v.n)),
+             Mux(is_dma, d.rows, Mux(is_gemm, g.m, v.rows))),
+            (Mux(is_dma, sat(d.stride, "stride_sat"), g.n), Mux(is_dma, d.rows - 1, g.m)[:12]),
+            (g.n, kk),
         ]
+        YW = max(len(Value.cast(y)) for _, y in operands)
+        x = Signal(W)
+        x_over = Signal()  # x has been shifted past W bits
+        y = Signal(YW)
+        acc = Signal(W)
+        acc_over = Signal()
+        prod = [Signal(W, name=f"p{i + 1}") for i in range(len(operands))]
+        pidx = Signal(range(len(operands)))
+        fields = Signal(4)  # invalid, absent, bad, mis
 
-        # ------------------------------------------------------------------ stage 3
-        # Each instruction has at most four ranges; they go to "slots" 0..3 (reads, then
-        # writes), so the adders and comparators exist once per slot, not once per opcode.
-        opc1 = w1[:8]
-        d1 = data.View(instr_layout(Op.LOAD), w1)
-        g1 = data.View(instr_layout(Op.GEMM_I8), w1)
-        v1 = data.View(instr_layout(Op.VREQ), w1)
-        t_acc = sat(p1 << 2, "t_acc")
-        c_acc = sat(p2 << 2, "c_acc")
-        dram_len = sat(p2 + d1.row_bytes, "dram_len")
-        pc2 = Mux(v1.per_channel, v1.n << 3, 8)
+        # ------------------------------------------------------------------ ranges
+        t_acc = sat(prod[0] << 2, "t_acc")
+        c_acc = sat(prod[1] << 2, "c_acc")
+        dram_len = sat(prod[1] + d.row_bytes, "dram_len")
+        pc2 = Mux(v.per_channel, v.n << 3, 8)
 
         def ranges_of(op):
             """(space, start, length, cond) lists (reads, writes) of ``op`` in hardware."""
             if op in (Op.LOAD, Op.STORE):
-                dram = ("DRAM", d1.dram, dram_len, Const(1))
-                loc_s = ("SPAD", d1.loc, p1, d1.space == 0)
-                loc_a = ("ACC", d1.loc, p1, d1.space == 1)
+                dram = ("DRAM", d.dram, dram_len, Const(1))
+                loc_s = ("SPAD", d.loc, prod[0], d.space == 0)
+                loc_a = ("ACC", d.loc, prod[0], d.space == 1)
                 return ([dram], [loc_s, loc_a]) if op == Op.LOAD else ([loc_s, loc_a], [dram])
             if op in GEMM_OPS:
-                c = ("ACC", g1.c, c_acc, Const(1))
-                reads = [("SPAD", g1.a, p1, Const(1)), ("SPAD", g1.w, p3, Const(1)),
-                         ("ACC", g1.c, c_acc, g1.accumulate)]
+                c = ("ACC", g.c, c_acc, Const(1))
+                reads = [("SPAD", g.a, prod[0], Const(1)), ("SPAD", g.w, prod[2], Const(1)),
+                         ("ACC", g.c, c_acc, g.accumulate)]
                 return reads, [c]
             if op in VEC_OPS:
-                counts = {"t": (p1, t_acc), "n": (v1.n, v1.n << 2),
-                          "rows": (v1.rows, v1.rows << 2), "pc2": (None, pc2)}
+                counts = {"t": (prod[0], t_acc), "n": (v.n, v.n << 2),
+                          "rows": (v.rows, v.rows << 2), "pc2": (None, pc2)}
                 out = []
                 for lst in vec_ranges(op):
                     rs = []
@@ -415,108 +418,87 @@ class InstrChecker(wiring.Component):
                             n = counts[cnt][space == "ACC"]
                         else:
                             n = Const(cnt * (4 if space == "ACC" else 1), 12)
-                        rs.append((space, getattr(v1, fname), n, Const(1)))
+                        rs.append((space, getattr(v, fname), n, Const(1)))
                     out.append(rs)
                 return tuple(out)
             return [], []
 
-        NS = 4
-        st1 = [Signal(W, name=f"r{i}_start1") for i in range(NS)]
-        ln1 = [Signal(W, name=f"r{i}_len1") for i in range(NS)]
-        cd1 = [Signal(name=f"r{i}_cond1") for i in range(NS)]
-        with m.Switch(opc1):
+        def slots_of(op):
+            """``(dir, space, start, length, cond, partner)`` of each slot of ``op``, writes
+            first; ``partner``: a read range has a write range in its space (always slot 0)."""
+            reads, writes = ranges_of(op)
+            slots = [("w", *r) for r in writes] + [("r", *r) for r in reads]
+            assert len(slots) <= self.SLOTS, op
+            out = []
+            for dr, sp, start, length, cond in slots:
+                part = [j for j, s in enumerate(slots) if s[0] == "w" and s[1] == sp]
+                assert dr == "w" or part in ([], [0]), op
+                out.append((dr, sp, start, length, cond, dr == "r" and bool(part)))
+            return out
+
+        # SCAN is a two-stage pipeline: (A) slot k's start, length and saturated end;
+        # (B) the slot computed the cycle before is judged.
+        NS = self.SLOTS
+        k = Signal(range(NS + 1))
+        c_st = Signal(W)
+        c_ln = Signal(W)
+        c_cd = Signal()
+        j_k = Signal(range(NS))
+        j_valid = Signal()
+        j_st = Signal(W)
+        j_en = Signal(W)
+        j_cd = Signal()
+        j_wr = Signal()
+        j_sp = Signal(range(len(SPACES)))
+        j_part = Signal()
+        with m.Switch(opc):
             for op in Op:
-                reads, writes = ranges_of(op)
-                if not reads and not writes:
+                slots = slots_of(op)
+                if not slots:
                     continue
                 with m.Case(int(op)):
-                    for i, (_, start, length, cond) in enumerate(reads + writes):
-                        m.d.comb += [st1[i].eq(sat(start, None)), ln1[i].eq(length),
-                                     cd1[i].eq(cond)]
-
-        # ------------------------------------------------------------------ stage 4
-        st = [Signal(W, name=f"r{i}_start") for i in range(NS)]
-        en = [Signal(W, name=f"r{i}_end") for i in range(NS)]
-        cd = [Signal(name=f"r{i}_cond") for i in range(NS)]
-        opc2 = Signal(8)
-        s2 = Signal(4)
-        m.d.sync += [opc2.eq(opc1), s2.eq(s1)]
-        for i in range(NS):
-            m.d.sync += [st[i].eq(st1[i]), en[i].eq(sat(st1[i] + ln1[i], f"r{i}_end1")),
-                         cd[i].eq(cd1[i])]
-        over = [{sp: en[i] > sizes[sp] for sp in SPACES} for i in range(NS)]
-        lt = {(i, j): st[i] < st[j] for i in range(NS) for j in range(NS) if i != j}
-        gt = {(i, j): en[i] > en[j] for i in range(NS) for j in range(NS) if i != j}
-        pov = {}
-        for i in range(NS):
-            for j in range(i + 1, NS):
-                pov[i, j] = pov[j, i] = (st[j] < en[i]) & (st[i] < en[j]) & (
-                    (st[i] != st[j]) | (en[i] != en[j]))
-
+                    with m.Switch(k):
+                        for i, (_, _, start, length, cond, _) in enumerate(slots):
+                            with m.Case(i):
+                                m.d.comb += [c_st.eq(sat(start, None)), c_ln.eq(length),
+                                             c_cd.eq(cond)]
+                    with m.Switch(j_k):
+                        for i, (dr, sp, _, _, _, part) in enumerate(slots):
+                            with m.Case(i):
+                                m.d.comb += [j_wr.eq(dr == "w"), j_sp.eq(SPACES.index(sp)),
+                                             j_part.eq(part)]
+        c_en = sat(c_st + c_ln, "c_end")
+        pw_st = Signal(W)  # slot 0 (a write), the partner of the reads of its space
+        pw_en = Signal(W)
+        pw_cd = Signal()
+        live = j_valid & j_cd
+        j_over = Signal()
+        with m.Switch(j_sp):
+            for i, sp in enumerate(SPACES):
+                with m.Case(i):
+                    m.d.comb += j_over.eq(j_en > sizes[sp])
+        j_pov = (j_part & pw_cd & (pw_st < j_en) & (j_st < pw_en)
+                 & ((j_st != pw_st) | (j_en != pw_en)))
         range_err = Signal()
         overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
         hull = Signal(hull_layout(cfg))
-        with m.Switch(opc2):
-            for op in Op:
-                reads, writes = ranges_of(op)
-                if not reads and not writes:
-                    continue
-                slots = [("r", *r) for r in reads] + [("w", *r) for r in writes]
-                assert len(slots) <= NS, op
-                with m.Case(int(op)):
-                    m.d.comb += range_err.eq(
-                        Cat(cd[i] & over[i][sl[1]] for i, sl in enumerate(slots)).any())
-                    ovl = [cd[i] & cd[j] & pov[i, j]
-                           for i, si in enumerate(slots) if si[0] == "w"
-                           for j, sj in enumerate(slots) if sj[0] == "r" and sj[1] == si[1]]
-                    if ovl:
-                        m.d.comb += overlap.eq(Cat(ovl).any())
-                    for dname in ("r", "w"):
-                        for sp in SPACES:
-                            sel = [i for i, sl in enumerate(slots) if sl[:2] == (dname, sp)]
-                            if not sel:
-                                continue
-                            lo, hi = [], []
-                            for i in sel:
-                                others = [j for j in sel if j != i]
-                                win_lo = cd[i] & Cat(
-                                    ~cd[j] | (~lt[j, i] if i < j else lt[i, j])
-                                    for j in others).all() if others else cd[i]
-                                win_hi = cd[i] & Cat(
-                                    ~cd[j] | (~gt[j, i] if i < j else gt[i, j])
-                                    for j in others).all() if others else cd[i]
-                                lo.append(Mux(win_lo, st[i], 0))
-                                hi.append(Mux(win_hi, en[i], 0))
-                            lo_v = lo[0]
-                            hi_v = hi[0]
-                            for x in lo[1:]:
-                                lo_v = lo_v | x
-                            for x in hi[1:]:
-                                hi_v = hi_v | x
-                            sh = hazard_shift(sizes[sp])
-                            m.d.comb += [
-                                getattr(hull, f"{sp}_{dname}_v").eq(Cat(cd[i] for i in sel).any()),
-                                getattr(hull, f"{sp}_{dname}_lo").eq(lo_v >> sh),
-                                getattr(hull, f"{sp}_{dname}_hi").eq(
-                                    (hi_v >> sh) + (hi_v[:sh] != 0 if sh else 0)),
-                            ]
 
+        # ------------------------------------------------------------------ FSM
         code = Signal(4)
-        with m.If(s2[0]):
+        with m.If(fields[0]):
             m.d.comb += code.eq(ErrorCode.INVALID_OPCODE)
-        with m.Elif(s2[1]):
+        with m.Elif(fields[1]):
             m.d.comb += code.eq(ErrorCode.ENGINE_ABSENT)
-        with m.Elif(s2[2]):
+        with m.Elif(fields[2]):
             m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
-        with m.Elif(s2[3]):
+        with m.Elif(fields[3]):
             m.d.comb += code.eq(ErrorCode.MISALIGNED)
         with m.Elif(range_err):
             m.d.comb += code.eq(ErrorCode.ADDRESS_RANGE)
         with m.Elif(overlap):
             m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
-
         queue = Signal(2, init=3)
-        with m.Switch(opc2):
+        with m.Switch(opc):
             for op in Op:
                 q = queue_of(op)
                 if q is not None:
@@ -524,13 +506,78 @@ class InstrChecker(wiring.Component):
                         m.d.comb += queue.eq(q)
             with m.Default():
                 m.d.comb += queue.eq(3)
-        serial = Cat(opc2 == int(o) for o in SERIAL_OPS).any()
-        m.d.sync += [
-            self.code.eq(code),
-            self.queue.eq(queue),
-            self.serial.eq(serial),
-            self.hull.eq(hull),
-        ]
+
+        def load_product(i):
+            xv, yv = operands[i]
+            m.d.sync += [x.eq(xv), x_over.eq(0), y.eq(yv), acc.eq(0), acc_over.eq(0),
+                         pidx.eq(i)]
+
+        def on_start():
+            """``start`` (re)starts a check from any state."""
+            with m.If(self.start):
+                m.d.sync += [self.done.eq(0), fields.eq(Cat(invalid, absent, bad, mis))]
+                load_product(0)
+                m.next = "MUL"
+
+        with m.FSM(name="check"):
+            with m.State("IDLE"):
+                on_start()
+            with m.State("MUL"):
+                with m.If(y == 0):
+                    for i in range(len(operands)):
+                        with m.If(pidx == i):
+                            m.d.sync += prod[i].eq(Mux(acc_over, SAT, acc))
+                            if i + 1 < len(operands):
+                                load_product(i + 1)
+                            else:
+                                m.d.sync += [k.eq(0), j_valid.eq(0), range_err.eq(0),
+                                             overlap.eq(0), hull.eq(0), pw_cd.eq(0)]
+                                m.next = "SCAN"
+                with m.Else():
+                    with m.If(y[0]):
+                        total = acc + x
+                        m.d.sync += [acc.eq(total[:W]), acc_over.eq(acc_over | x_over | total[W])]
+                    m.d.sync += [x.eq(x << 1), x_over.eq(x_over | x[W - 1]), y.eq(y >> 1)]
+                on_start()
+            with m.State("SCAN"):
+                # stage A
+                m.d.sync += [j_st.eq(c_st), j_en.eq(c_en), j_cd.eq(c_cd), j_k.eq(k),
+                             j_valid.eq(k < NS), k.eq(k + 1)]
+                # stage B
+                with m.If(live):
+                    with m.If(j_over):
+                        m.d.sync += range_err.eq(1)
+                    with m.If(j_pov):
+                        m.d.sync += overlap.eq(1)
+                    for dname in ("r", "w"):
+                        for si, sp in enumerate(SPACES):
+                            sh = hazard_shift(sizes[sp])
+                            lo_b = j_st >> sh
+                            hi_b = (j_en >> sh) + (j_en[:sh] != 0 if sh else 0)
+                            hv = getattr(hull, f"{sp}_{dname}_v")
+                            hlo = getattr(hull, f"{sp}_{dname}_lo")
+                            hhi = getattr(hull, f"{sp}_{dname}_hi")
+                            with m.If((j_wr == (dname == "w")) & (j_sp == si)):
+                                m.d.sync += hv.eq(1)
+                                with m.If(~hv | (lo_b < hlo)):
+                                    m.d.sync += hlo.eq(lo_b)
+                                with m.If(~hv | (hi_b > hhi)):
+                                    m.d.sync += hhi.eq(hi_b)
+                with m.If(j_valid & (j_k == 0)):
+                    m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
+                with m.If(k == NS):
+                    m.next = "FINAL"
+                on_start()
+            with m.State("FINAL"):
+                m.d.sync += [
+                    self.code.eq(code),
+                    self.queue.eq(queue),
+                    self.serial.eq(is_op(*SERIAL_OPS)),
+                    self.hull.eq(hull),
+                    self.done.eq(1),
+                ]
+                m.next = "IDLE"
+                on_start()
         return m
 
 
@@ -539,8 +586,10 @@ class Controller(wiring.Component):
 
     See the module docstring for the pipeline and the hazard rules.
 
-    Cycle contract: an instruction that goes to a queue takes about ``fetch latency + 6``
-    cycles in the front end (fetch, DECODE, CHECK, CHECK2, CHECK3, DISPATCH); dispatch stalls while the target
+    Cycle contract: an instruction that goes to a queue takes ``fetch latency + 3`` cycles
+    plus the checker's (:class:`InstrChecker`) in the front end (fetch, DECODE, CHECK,
+    DISPATCH); the front end checks the next instruction while the queues execute earlier
+    ones, and dispatch stalls while the target
     queue is full (``depth`` slots, the executing one included), behind FENCE/HALT until the
     queues are empty, and behind VREQ/VMUL/VRMS until they finish.
 
@@ -833,13 +882,14 @@ class Controller(wiring.Component):
                     with m.Else():
                         m.next = "DECODE"
                 run_guard()
-            # one state per register stage of the checker
-            check_states = ("DECODE", "CHECK", "CHECK2", "CHECK3", "DISPATCH")
-            assert len(check_states) == InstrChecker.LATENCY + 1
-            for state, after in itertools.pairwise(check_states):
-                with m.State(state):
-                    m.next = after
-                    run_guard()
+            with m.State("DECODE"):  # ir holds the fetched word: check it
+                m.d.comb += chk.start.eq(1)
+                m.next = "CHECK"
+                run_guard()
+            with m.State("CHECK"):
+                with m.If(chk.done):
+                    m.next = "DISPATCH"
+                run_guard()
             with m.State("DISPATCH"):
                 with m.If(err_pend):
                     m.next = "DRAIN"
@@ -901,8 +951,7 @@ class Controller(wiring.Component):
         is_running = Signal()
         m.d.comb += is_running.eq(
             Cat(fsm.ongoing(st) for st in
-                ("FETCH", "FETCH_WAIT", "DECODE", "CHECK", "CHECK2", "CHECK3", "DISPATCH",
-                              "SERIAL", "DRAIN")).any()
+                ("FETCH", "FETCH_WAIT", "DECODE", "CHECK", "DISPATCH", "SERIAL", "DRAIN")).any()
         )
         with m.If(is_running):
             m.d.sync += wd.eq(wd + 1)

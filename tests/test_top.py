@@ -145,10 +145,21 @@ def test_checker_matches_golden_checks():
         got = []
         keys = [f"{s}_{d}_{x}" for s in SPACES for d in "rw" for x in ("v", "lo", "hi")]
 
-        async def tb(ctx, words=words, got=got, dut=dut, keys=keys):
+        async def tb(ctx, words=words, got=got, dut=dut, keys=keys, rnd=rnd):
             for w in words:
+                if rnd.random() < 0.1:  # a check interrupted by a new start
+                    ctx.set(dut.word, rnd.choice(words))
+                    ctx.set(dut.start, 1)
+                    await ctx.tick()
+                    ctx.set(dut.start, 0)
+                    for _ in range(rnd.randrange(12)):
+                        await ctx.tick()
                 ctx.set(dut.word, w)
-                for _ in range(InstrChecker.LATENCY):
+                ctx.set(dut.start, 1)
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                assert not ctx.get(dut.done)
+                while not ctx.get(dut.done):
                     await ctx.tick()
                 got.append((ctx.get(dut.code),
                             {k: ctx.get(getattr(dut.hull, k)) for k in keys}))
