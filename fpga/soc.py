@@ -33,10 +33,17 @@ __all__ = ["SocRam", "TritiumSoc"]
 class SocRam(wiring.Component):
     """On-chip device memory with an AXI4 slave port and a bridge word port.
 
-    Cycle contract: a read burst returns one beat per cycle (first beat two cycles after AR)
-    while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after the
-    last beat. One burst of each direction at a time. The bridge port is acknowledged in any
-    cycle in which the AXI side does not use the memory's read (resp. write) port.
+    Cycle contract: a read burst returns one beat per cycle (first beat four cycles after
+    AR) while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after
+    the last beat. One burst of each direction at a time. The bridge port is acknowledged in
+    any cycle in which the AXI side does not use the memory's read (resp. write) port; its
+    read data comes :attr:`LATENCY` cycles after the acknowledgement (``rvalid``).
+
+    The memory's address, write data and byte enables are registered right before it, and
+    its read data right after it (:attr:`LATENCY` = 3): on the ECP5 the memory is 128 block
+    RAMs spread over the die, and the logic that chooses a request (AXI or bridge) would
+    otherwise share a clock period with the wires to all of them. Reads and writes pass the
+    same input register, so their order is kept.
 
     Members
     -------
@@ -44,6 +51,9 @@ class SocRam(wiring.Component):
     port : In(MemPortSignature)
         Bridge access (word address, byte mask).
     """
+
+    #: Cycles from a request's acknowledgement to its read data.
+    LATENCY = 3
 
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
@@ -75,10 +85,9 @@ class SocRam(wiring.Component):
         r_bad = Signal()
         idw = len(axi.arid)
         # entries: data, last, bad, id (per beat: the next AR may arrive before they leave)
-        m.submodules.rfifo = rfifo = fifo.SyncFIFO(width=8 * bb + 2 + idw, depth=2)
-        r_pend = Signal()  # a read was issued last cycle
-        r_last_pend = Signal()
-        held = Signal(range(4))
+        L = self.LATENCY
+        m.submodules.rfifo = rfifo = fifo.SyncFIFO(width=8 * bb + 2 + idw, depth=L + 2)
+        held = Signal(range(L + 3))
         m.d.comb += axi.arready.eq(~r_active)
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += [
@@ -89,19 +98,24 @@ class SocRam(wiring.Component):
                 r_bad.eq(axi.araddr >= cfg.dev_mem_bytes),
             ]
         issue = Signal()
-        m.d.comb += issue.eq(r_active & (r_left != 0) & (held < 2))
+        m.d.comb += issue.eq(r_active & (r_left != 0) & (held < L + 2))
         with m.If(issue):
             m.d.sync += [r_addr.eq(r_addr + 1), r_left.eq(r_left - 1)]
             with m.If(r_left == 1):
                 m.d.sync += r_active.eq(0)
-        r_bad_pend = Signal()
-        r_id_pend = Signal(idw)
-        m.d.sync += [r_pend.eq(issue), r_last_pend.eq(issue & (r_left == 1)),
-                     r_bad_pend.eq(r_bad), r_id_pend.eq(r_id)]
+        # issue, last, bad, id of each read on its way through the memory pipeline
+        tag = Cat(issue, issue & (r_left == 1), r_bad, r_id)
+        for i in range(L):
+            nxt_tag = Signal(len(tag), name=f"r_tag{i + 1}")
+            m.d.sync += nxt_tag.eq(tag)
+            tag = nxt_tag
+        r_pend, r_last_pend, r_bad_pend, r_id_pend = tag[0], tag[1], tag[2], tag[3:]
+        rdata = Signal(8 * bb)  # the output register
+        m.d.sync += rdata.eq(rp.data)
         pop = Signal()
         m.d.comb += [
             rfifo.w_en.eq(r_pend),
-            rfifo.w_data.eq(Cat(Mux(r_bad_pend, 0, rp.data), r_last_pend, r_bad_pend,
+            rfifo.w_data.eq(Cat(Mux(r_bad_pend, 0, rdata), r_last_pend, r_bad_pend,
                                 r_id_pend)),
             axi.rvalid.eq(rfifo.r_rdy),
             axi.rdata.eq(rfifo.r_data[: 8 * bb]),
@@ -143,15 +157,23 @@ class SocRam(wiring.Component):
         m.d.comb += [
             p_rack.eq(p_rd & ~issue),
             p_wack.eq(p_wr & ~w_fire),
-            rp.addr.eq(Mux(issue, r_addr, port.addr)),
+            port.ack.eq(p_rack | p_wack),
+            port.rdata.eq(rdata),
             rp.en.eq(1),
+        ]
+        # the input register
+        m.d.sync += [
+            rp.addr.eq(Mux(issue, r_addr, port.addr)),
             wp.addr.eq(Mux(w_fire, w_addr, port.addr)),
             wp.data.eq(Mux(w_fire, axi.wdata, port.wdata)),
             wp.en.eq(Mux(w_fire, Mux(w_bad, 0, axi.wstrb), Mux(p_wack, port.wmask, 0))),
-            port.ack.eq(p_rack | p_wack),
-            port.rdata.eq(rp.data),
         ]
-        m.d.sync += port.rvalid.eq(p_rack)
+        rvalid = p_rack
+        for i in range(L):
+            nxt_v = Signal(name=f"p_rvalid{i + 1}")
+            m.d.sync += nxt_v.eq(rvalid)
+            rvalid = nxt_v
+        m.d.comb += port.rvalid.eq(rvalid)
         return m
 
 
