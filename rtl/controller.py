@@ -244,14 +244,15 @@ class InstrChecker(wiring.Component):
         (``bit_length`` cycles each, plus one).
     ``SCAN``
         each of the instruction's (at most four) ranges, writes first, is a *slot*: one
-        cycle computes a slot's start, length and saturated end, the next judges it: its end
+        cycle selects a slot's start and length, the next computes its saturated end, the
+        third judges it: its end
         against its space's size (ADDRESS_RANGE), a read slot against the write slot of its
         space (partial overlap, BAD_OPERAND), and it widens its space's read or write hull
         (block indices, :func:`hull_blocks`).
     ``FINAL``
         the error code, queue and hull are registered; ``done``.
 
-    A check takes ``7 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
+    A check takes ``8 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
     row counts (``rows``, ``rows - 1``, ``m``) and the weight bytes per row (``k / 4``, ...).
 
     Members
@@ -436,13 +437,18 @@ class InstrChecker(wiring.Component):
                 out.append((dr, sp, start, length, cond, dr == "r" and bool(part)))
             return out
 
-        # SCAN is a two-stage pipeline: (A) slot k's start, length and saturated end;
-        # (B) the slot computed the cycle before is judged.
+        # SCAN is a three-stage pipeline: (A) slot k's start and length; (E) its saturated
+        # end; (B) the slot is judged.
         NS = self.SLOTS
-        k = Signal(range(NS + 1))
+        k = Signal(range(NS + 2))
         c_st = Signal(W)
         c_ln = Signal(W)
         c_cd = Signal()
+        a_k = Signal(range(NS))
+        a_valid = Signal()
+        a_st = Signal(W)
+        a_ln = Signal(W)
+        a_cd = Signal()
         j_k = Signal(range(NS))
         j_valid = Signal()
         j_st = Signal(W)
@@ -467,7 +473,7 @@ class InstrChecker(wiring.Component):
                             with m.Case(i):
                                 m.d.comb += [j_wr.eq(dr == "w"), j_sp.eq(SPACES.index(sp)),
                                              j_part.eq(part)]
-        c_en = sat(c_st + c_ln, "c_end")
+        a_en = sat(a_st + a_ln, "a_end")
         pw_st = Signal(W)  # slot 0 (a write), the partner of the reads of its space
         pw_en = Signal(W)
         pw_cd = Signal()
@@ -530,7 +536,8 @@ class InstrChecker(wiring.Component):
                             if i + 1 < len(operands):
                                 load_product(i + 1)
                             else:
-                                m.d.sync += [k.eq(0), j_valid.eq(0), range_err.eq(0),
+                                m.d.sync += [k.eq(0), a_valid.eq(0), j_valid.eq(0),
+                                             range_err.eq(0),
                                              overlap.eq(0), hull.eq(0), pw_cd.eq(0)]
                                 m.next = "SCAN"
                 with m.Else():
@@ -540,9 +547,11 @@ class InstrChecker(wiring.Component):
                     m.d.sync += [x.eq(x << 1), x_over.eq(x_over | x[W - 1]), y.eq(y >> 1)]
                 on_start()
             with m.State("SCAN"):
-                # stage A
-                m.d.sync += [j_st.eq(c_st), j_en.eq(c_en), j_cd.eq(c_cd), j_k.eq(k),
-                             j_valid.eq(k < NS), k.eq(k + 1)]
+                # stages A and E
+                m.d.sync += [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
+                             a_valid.eq(k < NS), k.eq(k + 1),
+                             j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
+                             j_valid.eq(a_valid)]
                 # stage B
                 with m.If(live):
                     with m.If(j_over):
@@ -565,7 +574,7 @@ class InstrChecker(wiring.Component):
                                     m.d.sync += hhi.eq(hi_b)
                 with m.If(j_valid & (j_k == 0)):
                     m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
-                with m.If(k == NS):
+                with m.If(k == NS + 1):
                     m.next = "FINAL"
                 on_start()
             with m.State("FINAL"):
