@@ -103,13 +103,16 @@ class SocRam(wiring.Component):
             m.d.sync += [r_addr.eq(r_addr + 1), r_left.eq(r_left - 1)]
             with m.If(r_left == 1):
                 m.d.sync += r_active.eq(0)
-        # issue, last, bad, id of each read on its way through the memory pipeline
-        tag = Cat(issue, issue & (r_left == 1), r_bad, r_id)
+        # AXI read (issue, last, bad, id) and bridge read of each memory access on its way
+        # through the memory pipeline
+        p_rack = Signal()
+        tag = Cat(issue, issue & (r_left == 1), r_bad, p_rack, r_id)
         for i in range(L):
             nxt_tag = Signal(len(tag), name=f"r_tag{i + 1}")
             m.d.sync += nxt_tag.eq(tag)
             tag = nxt_tag
-        r_pend, r_last_pend, r_bad_pend, r_id_pend = tag[0], tag[1], tag[2], tag[3:]
+        r_pend, r_last_pend, r_bad_pend, p_rvalid, r_id_pend = (
+            tag[0], tag[1], tag[2], tag[3], tag[4:])
         rdata = Signal(8 * bb)  # the output register
         m.d.sync += rdata.eq(rp.data)
         pop = Signal()
@@ -152,7 +155,6 @@ class SocRam(wiring.Component):
         # ------------------------------------------------------------------ memory ports
         p_rd = port.en & ~port.we
         p_wr = port.en & port.we
-        p_rack = Signal()
         p_wack = Signal()
         m.d.comb += [
             p_rack.eq(p_rd & ~issue),
@@ -168,12 +170,7 @@ class SocRam(wiring.Component):
             wp.data.eq(Mux(w_fire, axi.wdata, port.wdata)),
             wp.en.eq(Mux(w_fire, Mux(w_bad, 0, axi.wstrb), Mux(p_wack, port.wmask, 0))),
         ]
-        rvalid = p_rack
-        for i in range(L):
-            nxt_v = Signal(name=f"p_rvalid{i + 1}")
-            m.d.sync += nxt_v.eq(rvalid)
-            rvalid = nxt_v
-        m.d.comb += port.rvalid.eq(rvalid)
+        m.d.comb += port.rvalid.eq(p_rvalid)
         return m
 
 
