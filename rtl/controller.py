@@ -36,7 +36,8 @@ the state of sequential execution.
 Faults: a failed check stops dispatch, waits until the queues drain (everything older
 completes) and sets STATUS.ERROR with ERROR and ERROR_PC = the instruction's pc. A unit error
 (AXI SLVERR/DECERR -> BUS_ERROR, bad parameters -> BAD_OPERAND) does the same with the pc of
-the queue slot. The watchdog (cycles since START >= CSR WATCHDOG) and CTRL.RESET abort:
+the queue slot. The watchdog (cycles since START >= CSR WATCHDOG, acted on one cycle later:
+the compare is registered) and CTRL.RESET abort:
 compute units are reset, the DMA units and the fetch port finish their outstanding AXI bursts
 without writing, the queues are emptied; the watchdog then reports WATCHDOG at the pc of the
 instruction being fetched/dispatched, RESET returns to idle.
@@ -794,6 +795,16 @@ class Controller(wiring.Component):
         enq = Signal()
         enq_q = chk.queue
         for q in range(Q):
+            # A free slot at the tail takes the checked instruction's pc, word and hull in
+            # every cycle: only its valid, issued and dependency bits wait for ``enq`` (timing:
+            # ``enq`` does not fan out to the slots' wide registers).
+            for i in range(D):
+                with m.If(~s_valid[q][i] & (tail[q] == i)):
+                    m.d.sync += [
+                        s_pc[q][i].eq(pc),
+                        s_word[q][i].eq(ir),
+                        s_hull[q][i].eq(chk.hull),
+                    ]
             with m.If(enq & (enq_q == q)):
                 other = Cat(
                     Const(0, D) if q2 == q else new_deps[q2 * D : (q2 + 1) * D] for q2 in range(Q)
@@ -803,9 +814,6 @@ class Controller(wiring.Component):
                         m.d.sync += [
                             s_valid[q][i].eq(1),
                             s_issued[q][i].eq(0),
-                            s_pc[q][i].eq(pc),
-                            s_word[q][i].eq(ir),
-                            s_hull[q][i].eq(chk.hull),
                             s_deps[q][i].eq(other & ~completing),
                         ]
                 m.d.sync += tail[q].eq(nxt(tail[q]))
@@ -821,8 +829,8 @@ class Controller(wiring.Component):
         dev = cfg.dev_mem_bytes
         pc_mis = pc[:4] != 0
         pc_range = pc > dev - INSTR_BYTES
-        wd_hit = Signal()
-        m.d.comb += wd_hit.eq(wd >= self.watchdog)
+        wd_hit = Signal()  # registered (timing: it gates ``enq``): one cycle after the compare
+        m.d.sync += wd_hit.eq(wd >= self.watchdog)
         abort_code = Signal(8)  # 0: return to IDLE after the abort; else report it
         abort_pc = Signal(32)
         status_busy = Signal()
@@ -846,7 +854,7 @@ class Controller(wiring.Component):
                 m.next = "ABORT"
 
         def begin():
-            m.d.sync += [pc.eq(self.prog_base), wd.eq(0), err_pend.eq(0),
+            m.d.sync += [pc.eq(self.prog_base), wd.eq(0), wd_hit.eq(0), err_pend.eq(0),
                          err_code.eq(0), err_pc.eq(0)]
             m.next = "FETCH"
 

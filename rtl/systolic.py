@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "systolic_latency"]
+__all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "systolic_fifo_rows", "systolic_latency"]
 
 #: Payload of the ``cmd`` stream shared by the GEMM engines: ``beats`` (bits 15..0) is the
 #: number of ``act``/``wgt`` beats of the tile (0 gives an all-zero product), ``acc`` (bit 16)
@@ -16,12 +16,21 @@ __all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "systolic_latency"]
 GEMM_CMD_LAYOUT = data.StructLayout({"beats": unsigned(16), "acc": unsigned(1)})
 
 
+def systolic_fifo_rows(rows: int, cols: int) -> int:
+    """Output FIFO depth, in rows: a tile's rows are reserved from its last beat until ``res``
+    takes them (``rows + cols + 3`` cycles with ``res`` always ready), tiles' last beats are
+    at least ``max(rows, cols)`` cycles apart, and the next tile needs ``rows`` more."""
+    period = max(rows, cols)
+    return rows * (-(-(rows + cols + 3) // period) + 1)
+
+
 def systolic_latency(rows: int, cols: int, k: int) -> int:
     """Cycles from the first ``act``/``wgt`` transfer of a tile to its last ``res`` transfer.
 
-    ``k`` beats, no idle input cycles, ``res`` always ready: ``max(k, 1) + rows + cols``.
+    ``k`` beats, no idle input cycles, ``res`` always ready: ``max(k, 1) + rows + cols + 1``
+    (the PEs register each product before adding it).
     """
-    return max(k, 1) + rows + cols
+    return max(k, 1) + rows + cols + 1
 
 
 #: Control travelling with each beat: ``v`` a beat (data or zero beat) is present, ``clr`` first
@@ -39,20 +48,24 @@ class SystolicArray(wiring.Component):
     the tile's ``K`` comes first on ``cmd``. The result leaves on ``res`` as ``R`` beats, row
     ``r`` of the ``R x C`` tile per beat, rows in order. Row ``r`` of ``A`` enters processing
     element (PE) row ``r`` delayed by ``r`` cycles and moves right, channel ``c`` of ``W`` enters
-    PE column ``c`` delayed by ``c`` cycles and moves down, so PE ``(r, c)`` (one multiplier,
-    one int32 accumulator, one result register) sees beat ``k`` at cycle ``k + r + c``. Results
+    PE column ``c`` delayed by ``c`` cycles and moves down, so PE ``(r, c)`` (one multiplier
+    with a product register, one int32 accumulator, one result register) sees beat ``k`` at
+    cycle ``k + r + c``. Results
     are captured per PE at the tile's last beat, so the next tile streams in without a gap, and
-    drain one row per cycle into a two-entry output FIFO.
+    drain one row per cycle into an output FIFO of :func:`systolic_fifo_rows` rows.
 
     Cycle contract: ``act`` and ``wgt`` transfer together (both valid), one beat per cycle.
     With ``res`` ready and inputs never idle, a tile of ``K`` beats takes
-    ``max(K, 1) + R + C`` cycles (:func:`systolic_latency`) from its first ``act``/``wgt``
-    transfer to its last ``res`` transfer (``K + C + 1`` to the first ``res`` beat), and
+    ``max(K, 1) + R + C + 1`` cycles (:func:`systolic_latency`) from its first ``act``/``wgt``
+    transfer to its last ``res`` transfer (``K + C + 2`` to the first ``res`` beat), and
     back-to-back tiles sustain one beat per cycle when ``K >= max(R, C)``; a shorter tile's last
     beat waits until ``max(R, C)`` cycles after the previous tile's last beat (so that result
-    rows never collide). ``K = 0`` injects one zero beat instead of taking inputs. Backpressure
-    on ``res`` stalls the whole array only in a cycle where a finished row finds the FIFO full;
-    no data is lost. Accumulators are 32 bits: sums up to ``K <= 131071`` of int8 products
+    rows never collide). ``K = 0`` injects one zero beat instead of taking inputs. The array
+    itself never stalls (no enable fans out to its registers): a tile's last beat enters only
+    when the output FIFO has room for its ``R`` rows besides the rows of the tiles before it
+    (a count of reserved rows, freed as ``res`` takes them), so backpressure on ``res`` holds
+    the input at a tile's last beat; no data is lost. The FIFO is deep enough that ``res``
+    always ready never holds the input. Accumulators are 32 bits: sums up to ``K <= 131071`` of int8 products
     (and chains of ``acc`` tiles within that bound) are exact.
 
     Parameters
@@ -75,7 +88,8 @@ class SystolicArray(wiring.Component):
     busy : Out(1)
         A tile is loaded, in flight or waiting in the output FIFO.
     stall : Out(1)
-        The array is held this cycle by ``res`` backpressure.
+        A tile's last beat waits this cycle for room in the output FIFO (``res``
+        backpressure).
     """
 
     def __init__(self, cfg: AcceleratorConfig):
@@ -98,8 +112,10 @@ class SystolicArray(wiring.Component):
         R, C = self.rows, self.cols
         period = max(R, C)  # minimum spacing, in cycles, of two tiles' last beats
 
-        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * C, depth=2)
-        en = Signal()  # the whole pipeline advances this cycle
+        depth = systolic_fifo_rows(R, C)
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * C, depth=depth)
+        reserved = Signal(range(depth + 1))  # rows of injected last beats not yet taken by res
+        room = Signal()  # registered: room for one more tile's R rows
 
         # ------------------------------------------------------------------ tile control
         loaded = Signal()  # a cmd is loaded
@@ -114,20 +130,22 @@ class SystolicArray(wiring.Component):
             zero.eq(rem == 0),
             is_last.eq(rem <= 1),
             go.eq(
-                en
-                & loaded
+                loaded
                 & (zero | (self.act.valid & self.wgt.valid))
-                & (~is_last | (since == period - 1))
+                & (~is_last | ((since == period - 1) & room))
             ),
             self.act.ready.eq(go & ~zero),
             self.wgt.ready.eq(go & ~zero),
             self.cmd.ready.eq(~loaded | (go & is_last)),
         ]
-        with m.If(en):
-            with m.If(go & is_last):
-                m.d.sync += since.eq(0)
-            with m.Elif(since != period - 1):
-                m.d.sync += since.eq(since + 1)
+        with m.If(go & is_last):
+            m.d.sync += since.eq(0)
+        with m.Elif(since != period - 1):
+            m.d.sync += since.eq(since + 1)
+        taken = ofifo.r_en & ofifo.r_rdy
+        nres = Signal.like(reserved)
+        m.d.comb += nres.eq(reserved + Mux(go & is_last, R, 0) - taken)
+        m.d.sync += [reserved.eq(nres), room.eq(nres <= depth - R)]
         with m.If(go):
             m.d.sync += first.eq(0)
             with m.If(~zero):
@@ -144,9 +162,9 @@ class SystolicArray(wiring.Component):
 
         # ------------------------------------------------------------------ skew / pipeline
         # ctrl[i]: control of the beat that is i cycles past the input registers; PE (r, c)
-        # works on ctrl[r + c], a_line[r][r + c], w_line[c][r + c]; row r is complete at
-        # ctrl[r + C].
-        ctrl = [Signal(_CTRL, name=f"ctrl{i}") for i in range(R + C)]
+        # multiplies a_line[r][r + c] by w_line[c][r + c] into its product register and adds
+        # that product under ctrl[r + c + 1]; row r is complete at ctrl[r + C + 1].
+        ctrl = [Signal(_CTRL, name=f"ctrl{i}") for i in range(R + C + 1)]
         a_line = [
             [Signal(signed(8), name=f"a{r}_{j}", reset_less=True) for j in range(r + C)]
             for r in range(R)
@@ -155,20 +173,19 @@ class SystolicArray(wiring.Component):
             [Signal(signed(8), name=f"w{c}_{j}", reset_less=True) for j in range(c + R)]
             for c in range(C)
         ]
-        with m.If(en):
-            m.d.sync += [
-                ctrl[0].v.eq(go),
-                ctrl[0].clr.eq(go & first & ~acc_flag),
-                ctrl[0].last.eq(go & is_last),
-            ]
-            m.d.sync += [ctrl[i + 1].eq(ctrl[i]) for i in range(R + C - 1)]
-            with m.If(go):
-                for r in range(R):
-                    m.d.sync += a_line[r][0].eq(Mux(zero, 0, self.act.payload[r]))
-                for c in range(C):
-                    m.d.sync += w_line[c][0].eq(Mux(zero, 0, self.wgt.payload[c]))
-            for line in a_line + w_line:
-                m.d.sync += [line[j + 1].eq(line[j]) for j in range(len(line) - 1)]
+        m.d.sync += [
+            ctrl[0].v.eq(go),
+            ctrl[0].clr.eq(go & first & ~acc_flag),
+            ctrl[0].last.eq(go & is_last),
+        ]
+        m.d.sync += [ctrl[i + 1].eq(ctrl[i]) for i in range(R + C)]
+        with m.If(go):
+            for r in range(R):
+                m.d.sync += a_line[r][0].eq(Mux(zero, 0, self.act.payload[r]))
+            for c in range(C):
+                m.d.sync += w_line[c][0].eq(Mux(zero, 0, self.wgt.payload[c]))
+        for line in a_line + w_line:
+            m.d.sync += [line[j + 1].eq(line[j]) for j in range(len(line) - 1)]
 
         # ------------------------------------------------------------------ PEs
         shadow = [[None] * C for _ in range(R)]
@@ -176,33 +193,30 @@ class SystolicArray(wiring.Component):
             for c in range(C):
                 acc = Signal(signed(32), name=f"acc{r}_{c}", reset_less=True)
                 out = Signal(signed(32), name=f"out{r}_{c}", reset_less=True)
-                prod = Signal(signed(16), name=f"prod{r}_{c}")
+                prod = Signal(signed(16), name=f"prod{r}_{c}", reset_less=True)
                 nxt = Signal(signed(32), name=f"nxt{r}_{c}")
-                cc = ctrl[r + c]
-                m.d.comb += [
-                    prod.eq(a_line[r][r + c] * w_line[c][r + c]),
-                    nxt.eq(Mux(cc.clr, 0, acc) + prod),
-                ]
-                with m.If(en & cc.v):
+                cc = ctrl[r + c + 1]
+                m.d.sync += prod.eq(a_line[r][r + c] * w_line[c][r + c])
+                m.d.comb += nxt.eq(Mux(cc.clr, 0, acc) + prod)
+                with m.If(cc.v):
                     m.d.sync += acc.eq(nxt)
                     with m.If(cc.last):
                         m.d.sync += out.eq(nxt)
                 shadow[r][c] = out
 
         # ------------------------------------------------------------------ drain
-        row_rdy = Cat(ctrl[r + C].last for r in range(R))  # at most one bit set
+        row_rdy = Cat(ctrl[r + C + 1].last for r in range(R))  # at most one bit set
         row_sel = [Mux(row_rdy[r], Cat(*shadow[r]), 0) for r in range(R)]
         wdata = row_sel[0]
         for x in row_sel[1:]:
             wdata = wdata | x
         m.d.comb += [
-            en.eq(~row_rdy.any() | ofifo.w_rdy),
-            ofifo.w_en.eq(en & row_rdy.any()),
+            ofifo.w_en.eq(row_rdy.any()),  # room reserved at the tile's last beat
             ofifo.w_data.eq(wdata),
             self.res.valid.eq(ofifo.r_rdy),
             self.res.payload.eq(ofifo.r_data),
             ofifo.r_en.eq(self.res.ready),
-            self.stall.eq(~en),
+            self.stall.eq(loaded & is_last & ~room),
             self.busy.eq(loaded | Cat(x.v for x in ctrl).any() | ofifo.r_rdy),
         ]
         return m

@@ -9,11 +9,16 @@ from tritium.rtl.systolic import GEMM_CMD_LAYOUT
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["GEMM_CMD_LAYOUT", "TernaryEngine", "ternary_latency"]
+__all__ = ["GEMM_CMD_LAYOUT", "RES_FIFO_DEPTH", "TernaryEngine", "ternary_latency"]
 
 #: 2-bit weight codes, as :func:`tritium.numerics.pack_ternary` writes them: bit 0 set means
 #: "non-zero", bit 1 set (with bit 0) means "negative"; ``0b10`` is reserved and reads as 0.
 CODE_POS, CODE_NEG = 0b01, 0b11
+
+
+#: Output FIFO depth: a result is reserved from its tile's last beat until ``res`` takes it
+#: (3 cycles with ``res`` always ready), so one-beat tiles back to back need 3 entries.
+RES_FIFO_DEPTH = 3
 
 
 def ternary_latency(beats: int) -> int:
@@ -50,8 +55,10 @@ class TernaryEngine(wiring.Component):
     tiles without gaps. With inputs never idle and ``res`` ready, a tile of ``B`` beats takes
     ``max(B, 1) + 1`` cycles (:func:`ternary_latency`) from its first ``act``/``wgt`` transfer
     to its ``res`` transfer. ``B = 0`` injects one zero beat instead of taking inputs.
-    Backpressure on ``res`` stalls the engine only in a cycle where a finished result finds
-    the two-entry output FIFO full; no data is lost. Sums are exact for ``K < 2**24``.
+    The pipeline never stalls (no enable fans out to the lanes' registers): a tile's last
+    beat enters only when the output FIFO (:data:`RES_FIFO_DEPTH` results) has room for its
+    result besides those of the tiles before it, so backpressure on ``res`` holds the input
+    at a tile's last beat; no data is lost. Sums are exact for ``K < 2**24``.
 
     Parameters
     ----------
@@ -75,7 +82,8 @@ class TernaryEngine(wiring.Component):
     busy : Out(1)
         A tile is loaded, in flight or waiting in the output FIFO.
     stall : Out(1)
-        The engine is held this cycle by ``res`` backpressure.
+        A tile's last beat waits this cycle for room in the output FIFO (``res``
+        backpressure).
     """
 
     def __init__(self, cfg: AcceleratorConfig):
@@ -101,8 +109,9 @@ class TernaryEngine(wiring.Component):
         m = Module()
         L, T = self.lanes, self.k
 
-        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * L, depth=2)
-        en = Signal()
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * L, depth=RES_FIFO_DEPTH)
+        reserved = Signal(range(RES_FIFO_DEPTH + 1))  # results of last beats not yet taken
+        room = Signal()  # registered: room for one more result
 
         # ------------------------------------------------------------------ tile control
         loaded = Signal()
@@ -115,7 +124,7 @@ class TernaryEngine(wiring.Component):
         m.d.comb += [
             zero.eq(rem == 0),
             is_last.eq(rem <= 1),
-            go.eq(en & loaded & (zero | (self.act.valid & self.wgt.valid))),
+            go.eq(loaded & (zero | (self.act.valid & self.wgt.valid)) & (~is_last | room)),
             self.act.ready.eq(go & ~zero),
             self.wgt.ready.eq(go & ~zero),
             self.cmd.ready.eq(~loaded | (go & is_last)),
@@ -140,8 +149,7 @@ class TernaryEngine(wiring.Component):
         last1 = Signal()
         psum_shape = signed(8 + (T - 1).bit_length() + 1)  # |sum| <= 128 * T
         psum = [Signal(psum_shape, name=f"psum{lane}", reset_less=True) for lane in range(L)]
-        with m.If(en):
-            m.d.sync += [v1.eq(go), clr1.eq(go & first & ~acc_flag), last1.eq(go & is_last)]
+        m.d.sync += [v1.eq(go), clr1.eq(go & first & ~acc_flag), last1.eq(go & is_last)]
         for lane in range(L):
             terms = []
             negs = []
@@ -153,7 +161,7 @@ class TernaryEngine(wiring.Component):
                 terms.append(Mux(nz, Mux(neg, ~a, a), 0))
                 negs.append(nz & neg)
             total = _tree_sum(terms) + _tree_sum(negs)
-            with m.If(en & go):
+            with m.If(go):
                 m.d.sync += psum[lane].eq(Mux(zero, 0, total))
 
         # ------------------------------------------------------------------ stage 2: accumulate
@@ -161,18 +169,20 @@ class TernaryEngine(wiring.Component):
         nxt = [Signal(signed(32), name=f"nxt{lane}") for lane in range(L)]
         for lane in range(L):
             m.d.comb += nxt[lane].eq(Mux(clr1, 0, acc[lane]) + psum[lane])
-            with m.If(en & v1):
+            with m.If(v1):
                 m.d.sync += acc[lane].eq(nxt[lane])
 
-        done = v1 & last1
+        taken = ofifo.r_en & ofifo.r_rdy
+        nres = Signal.like(reserved)
+        m.d.comb += nres.eq(reserved + (go & is_last) - taken)
+        m.d.sync += [reserved.eq(nres), room.eq(nres < RES_FIFO_DEPTH)]
         m.d.comb += [
-            en.eq(~done | ofifo.w_rdy),
-            ofifo.w_en.eq(en & done),
+            ofifo.w_en.eq(v1 & last1),  # room reserved at the tile's last beat
             ofifo.w_data.eq(Cat(*nxt)),
             self.res.valid.eq(ofifo.r_rdy),
             self.res.payload.eq(ofifo.r_data),
             ofifo.r_en.eq(self.res.ready),
-            self.stall.eq(~en),
+            self.stall.eq(loaded & is_last & ~room),
             self.busy.eq(loaded | v1 | ofifo.r_rdy),
         ]
         return m

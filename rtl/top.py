@@ -22,7 +22,7 @@ rejects their GEMMs with ``ENGINE_ABSENT``).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -98,11 +98,15 @@ class Gather(wiring.Component):
     (``take``, i.e. ``valid`` and the consumer accepts): the unit registers
     ``(base_adv if take else base) + offset``, both sums computed before ``take`` is known, so
     the tag compares start from registers. The base may change without ``take`` only while
-    ``flush`` (instruction start). The unit offsets ``(i // group) * gstride + (i % group) *
-    ostride`` are registered (two register stages: ``gstride``/``ostride`` are per-instruction
-    constants); with more than :attr:`REGISTER_UNITS` units the missing and prefetch words
-    are registered before one of them is selected, and the request is registered: a word found
-    missing in cycle t is requested in cycle t+2 (t+1 with few units).
+    ``flush`` (instruction start). The lane masks are registered the same way from the
+    limits (``glim``, ``klo``, ``khi``) and the next beat's (``glim_adv``, ...), so the
+    limit compares are not in the path from ``take`` to ``valid``; in the cycle after a
+    flush the masks are those of the old limits and ``valid`` stays low. The unit offsets
+    ``(i // group) * gstride + (i % group) * ostride`` are registered (two register stages:
+    ``gstride``/``ostride`` are per-instruction constants); with more than :attr:`REGISTER_UNITS` units the missing and
+    prefetch words are registered before one of them is selected, and the request is
+    registered: a word found missing in cycle t is requested in cycle t+2 (t+1 with few
+    units).
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -116,7 +120,7 @@ class Gather(wiring.Component):
     -------
     base, base_adv, gstride, ostride : In(24)
     take : In(1)
-    glim, klo, khi : In(24)
+    glim, klo, khi, glim_adv, klo_adv, khi_adv : In(24)
     req, flush : In(1)
     valid : Out(1)
     data : Out(ArrayLayout(unsigned(8), lanes))
@@ -144,6 +148,9 @@ class Gather(wiring.Component):
                 "glim": In(24),
                 "klo": In(24),
                 "khi": In(24),
+                "glim_adv": In(24),
+                "klo_adv": In(24),
+                "khi_adv": In(24),
                 "req": In(1),
                 "flush": In(1),
                 "valid": Out(1),
@@ -231,8 +238,12 @@ class Gather(wiring.Component):
             n0, n1 = [], []
             for o, i in enumerate(lanes):
                 off = uoff + o
+                # registered like the address: this beat's mask or, on take, the next one's
                 mask = Signal(name=f"mask{i}")
-                m.d.comb += mask.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi))
+                m.d.sync += mask.eq(Mux(
+                    self.take,
+                    (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv),
+                    (grp < self.glim) & (off >= self.klo) & (off < self.khi)))
                 if o == 0:
                     n0.append(mask)
                     byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
@@ -302,6 +313,8 @@ class Gather(wiring.Component):
 
         any_miss, miss_a = first(*registered(misses, miss_as, "miss"))
         any_pref, pref_a = first(*registered(prefs, pref_as, "pref"))
+        flushed = Signal()  # the masks were registered from the limits of before the flush
+        m.d.sync += flushed.eq(self.flush)
         with m.If(self.flush):
             m.d.sync += rq_v.eq(0)
         with m.Elif(~rq_v | port.ack):
@@ -311,7 +324,7 @@ class Gather(wiring.Component):
             port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
             port.addr.eq(rq_a),
-            self.valid.eq(self.req & Cat(oks).all() & ~self.flush),
+            self.valid.eq(self.req & Cat(oks).all() & ~self.flush & ~flushed),
         ]
         with m.If(port.ack):
             m.d.sync += if_tag.eq(rq_a)
@@ -335,12 +348,20 @@ class _TileLoop:
     def reset(self) -> list:
         return [self.orem.eq(self.mm), self.nrem.eq(self.nn)]
 
-    def advance(self) -> None:
+    def regs(self) -> tuple:
+        return self.orem, self.nrem
+
+    def advance(self, assign=None) -> None:
+        """Move to the next tile: ``assign(*stmts)`` makes the assignments (default: sync,
+        under the caller's conditions)."""
         m = self.m
+        if assign is None:
+            def assign(*stmts):
+                m.d.sync += list(stmts)
         with m.If(self.last_n):
-            m.d.sync += [self.orem.eq(self.orem - self.lm), self.nrem.eq(self.nn)]
+            assign(self.orem.eq(self.orem - self.lm), self.nrem.eq(self.nn))
         with m.Else():
-            m.d.sync += self.nrem.eq(self.nrem - self.ln)
+            assign(self.nrem.eq(self.nrem - self.ln))
 
 
 class GemmUnit(wiring.Component):
@@ -445,6 +466,12 @@ class GemmUnit(wiring.Component):
         kb = kk >> 3
         bkb = Signal(20)  # bits * k/8: LUT weight bytes per channel
         m.d.sync += bkb.eq(bits * kb)
+        # the walkers' last-beat compares take these from registers (no adder in the path to
+        # the advanced addresses): the last beat of a row is the one at offset >= k - step
+        step = {"systolic": 1, "ternary": cfg.ternary_k, "lut": cfg.lut_group}[eng_name]
+        k_step = Signal(signed(18))
+        bits1 = Signal(3)
+        m.d.sync += [k_step.eq(kk - step), bits1.eq(bits - 1)]
         n4 = Signal(20)
         m.d.comb += n4.eq(nn << 2)
 
@@ -520,6 +547,10 @@ class GemmUnit(wiring.Component):
         acur = Signal(24)
         wcur = Signal(24)
 
+        # lane limits kk - aoff and k/4 - wsub/4 of the ternary gathers, kept as registers
+        akhi = Signal(17)
+        wkhi = Signal(17)
+
         start_stmts = [
             abase.eq(a), aoff.eq(0), wbase.eq(w), wsub.eq(0), plane.eq(0),
             acur.eq(a), wcur.eq(w),
@@ -527,11 +558,14 @@ class GemmUnit(wiring.Component):
             *ci.reset(), *aw_.reset(), *ww_.reset(),
         ]
         # Walker updates happen when a beat is taken (a_fire / w_fire). The gathers register
-        # their lane addresses: besides the current base (acur / wcur) they get the base the
-        # walker moves to when the beat is taken (acur_adv / wcur_adv), computed from the
-        # walker's registers alone, so that the take signal only selects between two sums.
+        # their lane addresses and masks: besides the current base (acur / wcur) and lane
+        # limits they get the values the walker moves to when the beat is taken (acur_adv,
+        # ..., the "advanced" registers), computed from the walker's registers alone, so that
+        # the take signal only selects between two precomputed values.
         advanced = {}  # id(register) -> its value after a take (combinational)
-        for reg, fire in ((acur, a_fire), (wcur, w_fire)):
+        for reg, fire in ((acur, a_fire), (akhi, a_fire), *((r, a_fire) for r in aw_.regs()),
+                          (wcur, w_fire), (wkhi, w_fire), (plane, w_fire),
+                          *((r, w_fire) for r in ww_.regs())):
             adv = Signal.like(reg, name=f"{reg.name}_adv")
             m.d.comb += adv.eq(reg)
             with m.If(fire):
@@ -560,8 +594,7 @@ class GemmUnit(wiring.Component):
         def a_next_tile(step):
             """End of a row of A: next tile's rows (``abase += step`` after its last
             channel tile), or done."""
-            with m.If(a_fire):
-                aw_.advance()
+            aw_.advance(take_a)
             with m.If(aw_.last_n):
                 take_a(abase.eq(abase + step), acur.eq(abase + step))
             with m.If(aw_.last):
@@ -570,8 +603,7 @@ class GemmUnit(wiring.Component):
         def w_next_tile(step):
             """End of a channel tile's weights: the next channel tile (``wbase += step``),
             back to ``w`` for the next row tile, or done."""
-            with m.If(w_fire):
-                ww_.advance()
+            ww_.advance(take_w)
             with m.If(ww_.last_n):
                 take_w(wbase.eq(w), wcur.eq(w))
             with m.Else():
@@ -579,22 +611,29 @@ class GemmUnit(wiring.Component):
             with m.If(ww_.last):
                 take_w(w_done.eq(1))
 
+        def adv(reg):
+            return advanced[id(reg)]
+
         m.d.comb += [
-            ag.base_adv.eq(advanced[id(acur)]), ag.take.eq(a_fire),
-            wg.base_adv.eq(advanced[id(wcur)]), wg.take.eq(w_fire),
+            ag.base_adv.eq(adv(acur)), ag.take.eq(a_fire),
+            wg.base_adv.eq(adv(wcur)), wg.take.eq(w_fire),
         ]
         if eng_name == "systolic":
-            a_last_beat = aoff == kk - 1
+            a_last_beat = aoff >= k_step
             m.d.comb += [
                 ag.base.eq(acur),
                 ag.gstride.eq(kk),
                 ag.glim.eq(aw_.orem),
+                ag.glim_adv.eq(adv(aw_.orem)),
                 ag.khi.eq(1),
+                ag.khi_adv.eq(1),
                 act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(Mux(wt, 1, kk)),
                 wg.glim.eq(ww_.nrem),
+                wg.glim_adv.eq(adv(ww_.nrem)),
                 wg.khi.eq(1),
+                wg.khi_adv.eq(1),
                 wgt_in.eq(wg.data),
             ]
             take_a(aoff.eq(aoff + 1), acur.eq(acur + 1))
@@ -602,33 +641,34 @@ class GemmUnit(wiring.Component):
                 take_a(aoff.eq(0), acur.eq(abase))
                 a_next_tile(kk * LM)
             take_w(wsub.eq(wsub + 1), wcur.eq(wcur + Mux(wt, nn, 1)))
-            with m.If(wsub == kk - 1):
+            with m.If(wsub >= k_step):
                 take_w(wsub.eq(0), wcur.eq(wbase))
                 w_next_tile(Mux(wt, LN, kk * LN))
         elif eng_name == "ternary":
             T = cfg.ternary_k
-            # lane limits kk - aoff and k/4 - wsub/4, kept as registers (timing)
-            akhi = Signal(17)
-            wkhi = Signal(17)
             start_stmts += [akhi.eq(kk), wkhi.eq(k4)]
             m.d.comb += [
                 ag.base.eq(acur),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
+                ag.glim_adv.eq(1),
                 ag.khi.eq(akhi),
+                ag.khi_adv.eq(adv(akhi)),
                 act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(k4),
                 wg.glim.eq(ww_.nrem),
+                wg.glim_adv.eq(adv(ww_.nrem)),
                 wg.khi.eq(wkhi),
+                wg.khi_adv.eq(adv(wkhi)),
                 wgt_in.eq(wg.data),
             ]
             take_a(aoff.eq(aoff + T), acur.eq(acur + T), akhi.eq(akhi - T))
-            with m.If(aoff + T >= kk):
+            with m.If(aoff >= k_step):
                 take_a(aoff.eq(0), acur.eq(abase), akhi.eq(kk))
                 a_next_tile(kk)
             take_w(wsub.eq(wsub + T), wcur.eq(wcur + T // 4), wkhi.eq(wkhi - T // 4))
-            with m.If(wsub + T >= kk):
+            with m.If(wsub >= k_step):
                 take_w(wsub.eq(0), wcur.eq(wbase), wkhi.eq(k4))
                 w_next_tile(k4 * LN)
         else:  # lut
@@ -638,14 +678,19 @@ class GemmUnit(wiring.Component):
                 ag.base.eq(acur),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
+                ag.glim_adv.eq(1),
                 ag.khi.eq(G),
+                ag.khi_adv.eq(G),
                 act_in.eq(ag.data),
                 wg.base.eq(wcur),
                 wg.gstride.eq(bkb),
                 wg.ostride.eq(kb),
                 wg.glim.eq(ww_.nrem),
+                wg.glim_adv.eq(adv(ww_.nrem)),
                 wg.klo.eq(plane),
+                wg.klo_adv.eq(adv(plane)),
                 wg.khi.eq(plane + 1),
+                wg.khi_adv.eq(adv(plane) + 1),
             ]
             shift = wsub[:3] if G < 8 else Const(0, 3)
             mb = cfg.lut_max_bits
@@ -655,13 +700,13 @@ class GemmUnit(wiring.Component):
                     byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
                 m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
-            with m.If(aoff + G >= kk):
+            with m.If(aoff >= k_step):
                 take_a(aoff.eq(0), acur.eq(abase))
                 a_next_tile(kk)
             take_w(plane.eq(plane + 1))
-            with m.If(plane == bits - 1):
+            with m.If(plane == bits1):
                 take_w(plane.eq(0), wsub.eq(wsub + G), wcur.eq(wbase + ((wsub + G) >> 3)))
-                with m.If(wsub + G >= kk):
+                with m.If(wsub >= k_step):
                     take_w(wsub.eq(0), wcur.eq(wbase))
                     w_next_tile(bkb * LN)
 

@@ -74,8 +74,9 @@ def test_gather_random_beats(shape):
 
     async def tb(ctx):
         for beats in instrs:
-            # the walker's view: base = this beat's address, base_adv = the next one's,
-            # take = the beat is accepted this cycle (the address moves on only then)
+            # the walker's view: base (glim, klo, khi) = this beat's address (lane limits),
+            # base_adv (..._adv) = the next one's, take = the beat is accepted this cycle (the
+            # address and limits move on only then)
             p0 = beats[0]
             ctx.set(dut.req, 0)
             ctx.set(dut.gstride, p0["gstride"])
@@ -87,7 +88,9 @@ def test_gather_random_beats(shape):
             for b, p in enumerate(beats):
                 for k in ("base", "glim", "klo", "khi"):
                     ctx.set(getattr(dut, k), p[k])
-                ctx.set(dut.base_adv, beats[min(b + 1, len(beats) - 1)]["base"])
+                nxt = beats[min(b + 1, len(beats) - 1)]
+                for k in ("base", "glim", "klo", "khi"):
+                    ctx.set(getattr(dut, f"{k}_adv"), nxt[k])
                 while rnd.random() < 0.2:  # consumer pause
                     ctx.set(dut.req, 0)
                     await ctx.tick()
