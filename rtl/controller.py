@@ -439,7 +439,7 @@ class InstrChecker(wiring.Component):
             return out
 
         # SCAN is a three-stage pipeline: (A) slot k's start and length; (E) its saturated
-        # end; (B) the slot is judged.
+        # end, direction and space; (B) the slot is judged.
         NS = self.SLOTS
         k = Signal(range(NS + 2))
         c_st = Signal(W)
@@ -455,6 +455,9 @@ class InstrChecker(wiring.Component):
         j_st = Signal(W)
         j_en = Signal(W)
         j_cd = Signal()
+        a_wr = Signal()  # slot a_k's direction, space and partner flag (decoded in stage E)
+        a_sp = Signal(range(len(SPACES)))
+        a_part = Signal()
         j_wr = Signal()
         j_sp = Signal(range(len(SPACES)))
         j_part = Signal()
@@ -469,11 +472,11 @@ class InstrChecker(wiring.Component):
                             with m.Case(i):
                                 m.d.comb += [c_st.eq(sat(start, None)), c_ln.eq(length),
                                              c_cd.eq(cond)]
-                    with m.Switch(j_k):
+                    with m.Switch(a_k):
                         for i, (dr, sp, _, _, _, part) in enumerate(slots):
                             with m.Case(i):
-                                m.d.comb += [j_wr.eq(dr == "w"), j_sp.eq(SPACES.index(sp)),
-                                             j_part.eq(part)]
+                                m.d.comb += [a_wr.eq(dr == "w"), a_sp.eq(SPACES.index(sp)),
+                                             a_part.eq(part)]
         a_en = sat(a_st + a_ln, "a_end")
         pw_st = Signal(W)  # slot 0 (a write), the partner of the reads of its space
         pw_en = Signal(W)
@@ -552,7 +555,8 @@ class InstrChecker(wiring.Component):
                 m.d.sync += [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
                              a_valid.eq(k < NS), k.eq(k + 1),
                              j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
-                             j_valid.eq(a_valid)]
+                             j_valid.eq(a_valid), j_wr.eq(a_wr), j_sp.eq(a_sp),
+                             j_part.eq(a_part)]
                 # stage B
                 with m.If(live):
                     with m.If(j_over):

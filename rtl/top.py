@@ -334,16 +334,23 @@ class Gather(wiring.Component):
 class _TileLoop:
     """Outer (``LM`` rows of A per tile) x inner (``LN`` output channels per tile) loop."""
 
-    def __init__(self, m: Module, name: str, lm: int, ln: int, mm, nn):
+    def __init__(self, m: Module, name: str, lm: int, ln: int, mm, nn, comb_flags=True):
         self.m, self.lm, self.ln, self.mm, self.nn = m, lm, ln, mm, nn
         self.orem = Signal(13, name=f"{name}_orem")  # rows left: m - row0
         self.nrem = Signal(17, name=f"{name}_nrem")  # channels left: n - n0
         self.last_n = Signal(name=f"{name}_last_n")
         self.last = Signal(name=f"{name}_last")
-        m.d.comb += [
-            self.last_n.eq(self.nrem <= ln),
-            self.last.eq(self.last_n & (self.orem <= lm)),
-        ]
+        if comb_flags:  # else register_flags() makes them registers
+            m.d.comb += [
+                self.last_n.eq(self.nrem <= ln),
+                self.last.eq(self.last_n & (self.orem <= lm)),
+            ]
+
+    def register_flags(self, orem_next, nrem_next) -> None:
+        """``last_n`` / ``last`` as registers, from the values ``orem`` / ``nrem`` have after
+        this cycle (timing: the compares are not in the paths that use the flags)."""
+        last_n = nrem_next <= self.ln
+        self.m.d.sync += [self.last_n.eq(last_n), self.last.eq(last_n & (orem_next <= self.lm))]
 
     def reset(self) -> list:
         return [self.orem.eq(self.mm), self.nrem.eq(self.nn)]
@@ -476,8 +483,8 @@ class GemmUnit(wiring.Component):
         m.d.comb += n4.eq(nn << 2)
 
         ci = _TileLoop(m, "ci", LM, LN, mm, nn)
-        aw_ = _TileLoop(m, "aw", LM, LN, mm, nn)
-        ww_ = _TileLoop(m, "ww", LM, LN, mm, nn)
+        aw_ = _TileLoop(m, "aw", LM, LN, mm, nn, comb_flags=False)
+        ww_ = _TileLoop(m, "ww", LM, LN, mm, nn, comb_flags=False)
         ci_done = Signal()
         a_done = Signal()
         w_done = Signal()
@@ -563,14 +570,31 @@ class GemmUnit(wiring.Component):
         # ..., the "advanced" registers), computed from the walker's registers alone, so that
         # the take signal only selects between two precomputed values.
         advanced = {}  # id(register) -> its value after a take (combinational)
-        for reg, fire in ((acur, a_fire), (akhi, a_fire), *((r, a_fire) for r in aw_.regs()),
-                          (wcur, w_fire), (wkhi, w_fire), (plane, w_fire),
+        after = {}  # id(register) -> its value after this cycle: Mux(fire, _adv, register)
+        for reg, fire in ((acur, a_fire), (akhi, a_fire), (aoff, a_fire),
+                          *((r, a_fire) for r in aw_.regs()),
+                          (wcur, w_fire), (wkhi, w_fire), (wsub, w_fire), (plane, w_fire),
                           *((r, w_fire) for r in ww_.regs())):
             adv = Signal.like(reg, name=f"{reg.name}_adv")
             m.d.comb += adv.eq(reg)
             with m.If(fire):
                 m.d.sync += reg.eq(adv)
             advanced[id(reg)] = adv
+            after[id(reg)] = Mux(fire, adv, reg)
+
+        def flag(name, cond, *regs):
+            """A register holding ``cond(*regs)`` of the walker registers as they are after
+            this cycle, i.e. ``cond`` of their current values from the next cycle on (the
+            setup cycle's flags may be stale: the gathers give no beat in the cycle after a
+            flush). Timing: the walkers' compares leave the paths to the advanced values."""
+            f = Signal(name=name)
+            m.d.sync += f.eq(cond(*(after[id(r)] for r in regs)))
+            return f
+
+        for loop in (aw_, ww_):
+            loop.register_flags(*(after[id(r)] for r in loop.regs()))
+        a_row_end = flag("a_row_end", lambda o: o >= k_step, aoff)  # last beat of a row
+        w_row_end = flag("w_row_end", lambda o: o >= k_step, wsub)
 
         def take(fire, *stmts):
             """Assignments that happen when a beat is taken (``fire``); those to acur / wcur
@@ -619,7 +643,6 @@ class GemmUnit(wiring.Component):
             wg.base_adv.eq(adv(wcur)), wg.take.eq(w_fire),
         ]
         if eng_name == "systolic":
-            a_last_beat = aoff >= k_step
             m.d.comb += [
                 ag.base.eq(acur),
                 ag.gstride.eq(kk),
@@ -637,11 +660,11 @@ class GemmUnit(wiring.Component):
                 wgt_in.eq(wg.data),
             ]
             take_a(aoff.eq(aoff + 1), acur.eq(acur + 1))
-            with m.If(a_last_beat):
+            with m.If(a_row_end):
                 take_a(aoff.eq(0), acur.eq(abase))
                 a_next_tile(kk * LM)
             take_w(wsub.eq(wsub + 1), wcur.eq(wcur + Mux(wt, nn, 1)))
-            with m.If(wsub >= k_step):
+            with m.If(w_row_end):
                 take_w(wsub.eq(0), wcur.eq(wbase))
                 w_next_tile(Mux(wt, LN, kk * LN))
         elif eng_name == "ternary":
@@ -664,11 +687,11 @@ class GemmUnit(wiring.Component):
                 wgt_in.eq(wg.data),
             ]
             take_a(aoff.eq(aoff + T), acur.eq(acur + T), akhi.eq(akhi - T))
-            with m.If(aoff >= k_step):
+            with m.If(a_row_end):
                 take_a(aoff.eq(0), acur.eq(abase), akhi.eq(kk))
                 a_next_tile(kk)
             take_w(wsub.eq(wsub + T), wcur.eq(wcur + T // 4), wkhi.eq(wkhi - T // 4))
-            with m.If(wsub >= k_step):
+            with m.If(w_row_end):
                 take_w(wsub.eq(0), wcur.eq(wbase), wkhi.eq(k4))
                 w_next_tile(k4 * LN)
         else:  # lut
@@ -700,13 +723,13 @@ class GemmUnit(wiring.Component):
                     byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
                 m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
-            with m.If(aoff >= k_step):
+            with m.If(a_row_end):
                 take_a(aoff.eq(0), acur.eq(abase))
                 a_next_tile(kk)
             take_w(plane.eq(plane + 1))
-            with m.If(plane == bits1):
+            with m.If(flag("w_plane_end", lambda p: p == bits1, plane)):
                 take_w(plane.eq(0), wsub.eq(wsub + G), wcur.eq(wbase + ((wsub + G) >> 3)))
-                with m.If(wsub >= k_step):
+                with m.If(w_row_end):
                     take_w(wsub.eq(0), wcur.eq(wbase))
                     w_next_tile(bkb * LN)
 

@@ -665,6 +665,11 @@ class VectorUnit(wiring.Component):
         o_addr = Signal(aw)
         m.d.comb += [o_acc.eq(o_re | out_acc_op), o_addr.eq(Mux(o_re, rptr, wptr))]
         o_data = Signal(32)
+        # skid register behind OUT: S4 hands over whenever it is empty, so the write ports'
+        # ready does not run back through the pipeline's ready chain (timing)
+        k_v = Signal()
+        k_re = Signal()
+        k_data = Signal(32)
 
 
         # ---------------------------------------------------------------- handshakes
@@ -683,7 +688,7 @@ class VectorUnit(wiring.Component):
         port_ready = Signal()
         m.d.comb += [
             port_ready.eq(Mux(o_acc, self.ac_wr.ready, self.sp_wr.ready)),
-            o_ready.eq(~o_v | port_ready),
+            o_ready.eq(~k_v),
             s4_ready.eq(~s4_v | o_ready),
             recirc.eq(s3_v & s3_pend),
             s3_out.eq(s3_v & ~s3_pend & s4_ready),
@@ -703,7 +708,7 @@ class VectorUnit(wiring.Component):
         empty = Signal()  # nothing in flight
         front_empty = Signal()  # every element collected so far has left S2 (reductions done)
         m.d.comb += [
-            empty.eq(~(s1_v | s2_v | m_v | p_v | s3_v | s4_v | o_v)),
+            empty.eq(~(s1_v | s2_v | m_v | p_v | s3_v | s4_v | o_v | k_v)),
             front_empty.eq(~(s1_v | s2_v)),
         ]
         inject = Signal()
@@ -927,12 +932,13 @@ class VectorUnit(wiring.Component):
             y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
         ]
         y = Mux(s4_cls == _CLS_I32, s4_val, y8)
-        with m.If(o_ready):
-            m.d.sync += [
-                o_v.eq(s4_v),
-                o_re.eq(s4_re),
-                o_data.eq(y),
-            ]
+        with m.If(~o_v | port_ready):  # OUT is free after this cycle: skid first, then S4
+            with m.If(k_v):
+                m.d.sync += [o_v.eq(1), o_re.eq(k_re), o_data.eq(k_data), k_v.eq(0)]
+            with m.Else():
+                m.d.sync += [o_v.eq(s4_v), o_re.eq(s4_re), o_data.eq(y)]
+        with m.Elif(o_ready):  # OUT stays: S4's element (if any) waits in the skid register
+            m.d.sync += [k_v.eq(s4_v), k_re.eq(s4_re), k_data.eq(y)]
         with m.If(o_v & port_ready):
             with m.If(o_re):
                 m.d.sync += rptr.eq(rptr + 4)
