@@ -123,12 +123,10 @@ class SystolicArray(wiring.Component):
         first = Signal()
         acc_flag = Signal()
         since = Signal(range(period), init=period - 1)  # cycles since the last `last` beat
-        zero = Signal()
-        is_last = Signal()
+        zero = Signal(init=1)  # rem == 0 and rem <= 1, kept as registers (timing)
+        is_last = Signal(init=1)
         go = Signal()  # inject a beat this cycle
         m.d.comb += [
-            zero.eq(rem == 0),
-            is_last.eq(rem <= 1),
             go.eq(
                 loaded
                 & (zero | (self.act.valid & self.wgt.valid))
@@ -149,13 +147,15 @@ class SystolicArray(wiring.Component):
         with m.If(go):
             m.d.sync += first.eq(0)
             with m.If(~zero):
-                m.d.sync += rem.eq(rem - 1)
+                m.d.sync += [rem.eq(rem - 1), zero.eq(rem == 1), is_last.eq(rem <= 2)]
             with m.If(is_last):
                 m.d.sync += loaded.eq(0)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 loaded.eq(1),
                 rem.eq(self.cmd.payload.beats),
+                zero.eq(self.cmd.payload.beats == 0),
+                is_last.eq(self.cmd.payload.beats <= 1),
                 acc_flag.eq(self.cmd.payload.acc),
                 first.eq(1),
             ]

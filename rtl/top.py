@@ -335,22 +335,16 @@ class _TileLoop:
     """Outer (``LM`` rows of A per tile) x inner (``LN`` output channels per tile) loop."""
 
     def __init__(self, m: Module, name: str, lm: int, ln: int, mm, nn, comb_flags=True):
-        self.m, self.lm, self.ln, self.mm, self.nn = m, lm, ln, mm, nn
+        self.m, self.name, self.lm, self.ln, self.mm, self.nn = m, name, lm, ln, mm, nn
         self.orem = Signal(13, name=f"{name}_orem")  # rows left: m - row0
         self.nrem = Signal(17, name=f"{name}_nrem")  # channels left: n - n0
         self.last_n = Signal(name=f"{name}_last_n")
         self.last = Signal(name=f"{name}_last")
-        if comb_flags:  # else register_flags() makes them registers
+        if comb_flags:  # else the owner replaces them by registered flags
             m.d.comb += [
                 self.last_n.eq(self.nrem <= ln),
                 self.last.eq(self.last_n & (self.orem <= lm)),
             ]
-
-    def register_flags(self, orem_next, nrem_next) -> None:
-        """``last_n`` / ``last`` as registers, from the values ``orem`` / ``nrem`` have after
-        this cycle (timing: the compares are not in the paths that use the flags)."""
-        last_n = nrem_next <= self.ln
-        self.m.d.sync += [self.last_n.eq(last_n), self.last.eq(last_n & (orem_next <= self.lm))]
 
     def reset(self) -> list:
         return [self.orem.eq(self.mm), self.nrem.eq(self.nn)]
@@ -570,7 +564,7 @@ class GemmUnit(wiring.Component):
         # ..., the "advanced" registers), computed from the walker's registers alone, so that
         # the take signal only selects between two precomputed values.
         advanced = {}  # id(register) -> its value after a take (combinational)
-        after = {}  # id(register) -> its value after this cycle: Mux(fire, _adv, register)
+        fire_of = {}  # id(register) -> the take that moves it
         for reg, fire in ((acur, a_fire), (akhi, a_fire), (aoff, a_fire),
                           *((r, a_fire) for r in aw_.regs()),
                           (wcur, w_fire), (wkhi, w_fire), (wsub, w_fire), (plane, w_fire),
@@ -580,19 +574,23 @@ class GemmUnit(wiring.Component):
             with m.If(fire):
                 m.d.sync += reg.eq(adv)
             advanced[id(reg)] = adv
-            after[id(reg)] = Mux(fire, adv, reg)
+            fire_of[id(reg)] = fire
 
         def flag(name, cond, *regs):
-            """A register holding ``cond(*regs)`` of the walker registers as they are after
-            this cycle, i.e. ``cond`` of their current values from the next cycle on (the
-            setup cycle's flags may be stale: the gathers give no beat in the cycle after a
-            flush). Timing: the walkers' compares leave the paths to the advanced values."""
+            """A register holding ``cond(*regs)`` of the walker registers (all moved by the
+            same take) as they are after this cycle, i.e. ``cond`` of their current values from
+            the next cycle on (the setup cycle's flags may be stale: the gathers give no beat
+            in the cycle after a flush). Timing: the walkers' compares leave the paths to the
+            advanced values, and the take only selects between two compares made before it."""
             f = Signal(name=name)
-            m.d.sync += f.eq(cond(*(after[id(r)] for r in regs)))
+            fire = fire_of[id(regs[0])]
+            m.d.sync += f.eq(Mux(fire, cond(*(advanced[id(r)] for r in regs)), cond(*regs)))
             return f
 
-        for loop in (aw_, ww_):
-            loop.register_flags(*(after[id(r)] for r in loop.regs()))
+        for lp in (aw_, ww_):
+            lp.last_n = flag(f"{lp.name}_last_n", lambda o, n, lp=lp: n <= lp.ln, *lp.regs())
+            lp.last = flag(f"{lp.name}_last",
+                           lambda o, n, lp=lp: (n <= lp.ln) & (o <= lp.lm), *lp.regs())
         a_row_end = flag("a_row_end", lambda o: o >= k_step, aoff)  # last beat of a row
         w_row_end = flag("w_row_end", lambda o: o >= k_step, wsub)
 
