@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "systolic_fifo_rows", "systolic_latency"]
+__all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "fifo_room", "systolic_fifo_rows",
+           "systolic_latency"]
 
 #: Payload of the ``cmd`` stream shared by the GEMM engines: ``beats`` (bits 15..0) is the
 #: number of ``act``/``wgt`` beats of the tile (0 gives an all-zero product), ``acc`` (bit 16)
@@ -22,6 +23,18 @@ def systolic_fifo_rows(rows: int, cols: int) -> int:
     at least ``max(rows, cols)`` cycles apart, and the next tile needs ``rows`` more."""
     period = max(rows, cols)
     return rows * (-(-(rows + cols + 3) // period) + 1)
+
+
+def fifo_room(m: Module, ofifo: fifo.SyncFIFO, per_tile: int, reserve) -> Signal:
+    """Output-FIFO credit of an engine that never stalls: ``reserve`` (a tile's last beat
+    enters) books ``per_tile`` entries, each entry the consumer takes frees one. Returns a
+    register: 1 when ``per_tile`` more entries are free (the next last beat may enter)."""
+    reserved = Signal(range(ofifo.depth + 1))  # entries booked and not yet taken
+    nres = Signal.like(reserved)
+    room = Signal()
+    m.d.comb += nres.eq(reserved + Mux(reserve, per_tile, 0) - (ofifo.r_en & ofifo.r_rdy))
+    m.d.sync += [reserved.eq(nres), room.eq(nres <= ofifo.depth - per_tile)]
+    return room
 
 
 def systolic_latency(rows: int, cols: int, k: int) -> int:
@@ -65,7 +78,8 @@ class SystolicArray(wiring.Component):
     when the output FIFO has room for its ``R`` rows besides the rows of the tiles before it
     (a count of reserved rows, freed as ``res`` takes them), so backpressure on ``res`` holds
     the input at a tile's last beat; no data is lost. The FIFO is deep enough that ``res``
-    always ready never holds the input. Accumulators are 32 bits: sums up to ``K <= 131071`` of int8 products
+    always ready never holds the input. Accumulators are 32 bits: sums up to
+    ``K <= 131071`` of int8 products
     (and chains of ``acc`` tiles within that bound) are exact.
 
     Parameters
@@ -114,8 +128,7 @@ class SystolicArray(wiring.Component):
 
         depth = systolic_fifo_rows(R, C)
         m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * C, depth=depth)
-        reserved = Signal(range(depth + 1))  # rows of injected last beats not yet taken by res
-        room = Signal()  # registered: room for one more tile's R rows
+        room = Signal()  # registered: room for one more tile's R rows (fifo_room)
 
         # ------------------------------------------------------------------ tile control
         loaded = Signal()  # a cmd is loaded
@@ -140,10 +153,7 @@ class SystolicArray(wiring.Component):
             m.d.sync += since.eq(0)
         with m.Elif(since != period - 1):
             m.d.sync += since.eq(since + 1)
-        taken = ofifo.r_en & ofifo.r_rdy
-        nres = Signal.like(reserved)
-        m.d.comb += nres.eq(reserved + Mux(go & is_last, R, 0) - taken)
-        m.d.sync += [reserved.eq(nres), room.eq(nres <= depth - R)]
+        m.d.comb += room.eq(fifo_room(m, ofifo, R, go & is_last))
         with m.If(go):
             m.d.sync += first.eq(0)
             with m.If(~zero):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
-from tritium.rtl.systolic import GEMM_CMD_LAYOUT
+from tritium.rtl.systolic import GEMM_CMD_LAYOUT, fifo_room
 
 from tritium.config import AcceleratorConfig
 
@@ -110,8 +110,7 @@ class TernaryEngine(wiring.Component):
         L, T = self.lanes, self.k
 
         m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * L, depth=RES_FIFO_DEPTH)
-        reserved = Signal(range(RES_FIFO_DEPTH + 1))  # results of last beats not yet taken
-        room = Signal()  # registered: room for one more result
+        room = Signal()  # registered: room for one more result (fifo_room)
 
         # ------------------------------------------------------------------ tile control
         loaded = Signal()
@@ -172,10 +171,7 @@ class TernaryEngine(wiring.Component):
             with m.If(v1):
                 m.d.sync += acc[lane].eq(nxt[lane])
 
-        taken = ofifo.r_en & ofifo.r_rdy
-        nres = Signal.like(reserved)
-        m.d.comb += nres.eq(reserved + (go & is_last) - taken)
-        m.d.sync += [reserved.eq(nres), room.eq(nres < RES_FIFO_DEPTH)]
+        m.d.comb += room.eq(fifo_room(m, ofifo, 1, go & is_last))
         m.d.comb += [
             ofifo.w_en.eq(v1 & last1),  # room reserved at the tile's last beat
             ofifo.w_data.eq(Cat(*nxt)),
