@@ -103,10 +103,10 @@ class Gather(wiring.Component):
     limit compares are not in the path from ``take`` to ``valid``; in the cycle after a
     flush the masks are those of the old limits and ``valid`` stays low. The unit offsets
     ``(i // group) * gstride + (i % group) * ostride`` are registered (two register stages:
-    ``gstride``/``ostride`` are per-instruction constants); with more than :attr:`REGISTER_UNITS` units the missing and
-    prefetch words are registered before one of them is selected, and the request is
-    registered: a word found missing in cycle t is requested in cycle t+2 (t+1 with few
-    units).
+    ``gstride``/``ostride`` are per-instruction constants); with more than
+    :attr:`REGISTER_UNITS` units the missing and prefetch words are registered before one of
+    them is selected, and the request is registered: a word found missing in cycle t is
+    requested in cycle t+2 (t+1 with few units).
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -338,9 +338,10 @@ class _TileLoop:
         self.m, self.name, self.lm, self.ln, self.mm, self.nn = m, name, lm, ln, mm, nn
         self.orem = Signal(13, name=f"{name}_orem")  # rows left: m - row0
         self.nrem = Signal(17, name=f"{name}_nrem")  # channels left: n - n0
-        self.last_n = Signal(name=f"{name}_last_n")
-        self.last = Signal(name=f"{name}_last")
-        if comb_flags:  # else the owner replaces them by registered flags
+        self.last_n = self.last = None  # without comb_flags: the owner's registered flags
+        if comb_flags:
+            self.last_n = Signal(name=f"{name}_last_n")
+            self.last = Signal(name=f"{name}_last")
             m.d.comb += [
                 self.last_n.eq(self.nrem <= ln),
                 self.last.eq(self.last_n & (self.orem <= lm)),
