@@ -867,19 +867,24 @@ class BoardTop(wiring.Component):
     ----------
     spec : BoardSpec
     cfg : AcceleratorConfig
-        Its ``clock_mhz`` is the PLL target.
+        Its ``clock_mhz`` is the PLL target unless ``clock_mhz`` is given.
     baud : int
         UART rate (the divisor comes from the PLL's achieved frequency).
     core : callable
         Core factory (default :func:`default_core`).
+    clock_mhz : float, optional
+        PLL target instead of ``cfg.clock_mhz``: a design that does not reach its preset's
+        clock runs reliably at one it reaches. The configuration (and its hash, which
+        compiled programs check) stays the same; only the frequency changes.
     """
 
     def __init__(self, spec: BoardSpec, cfg: AcceleratorConfig, baud: int = DEFAULT_BAUD,
-                 core: CoreFactory | None = None):
+                 core: CoreFactory | None = None, clock_mhz: float | None = None):
         self.spec = spec
         self.cfg = cfg
         self.baud = baud
-        self.pll_cfg = spec.pll(float(cfg.clock_mhz))
+        self.clock_mhz = float(cfg.clock_mhz if clock_mhz is None else clock_mhz)
+        self.pll_cfg = spec.pll(self.clock_mhz)
         self.divisor = baud_divisor(self.pll_cfg.fout_mhz * 1e6, baud)
         self.core_factory = core or default_core(spec.family)
         super().__init__({})

@@ -357,6 +357,7 @@ def build_board(
     breakdown: bool | None = None,
     timeout: float | None = None,
     synth_opts: str | None = None,
+    clock_mhz: float | None = None,
 ) -> dict[str, Any]:
     """Build the bitstream of one board and report resources and Fmax.
 
@@ -366,7 +367,7 @@ def build_board(
         A key of :data:`tritium.fpga.boards.BOARDS`.
     cfg
         Accelerator configuration (default: the board's preset). ``cfg.clock_mhz`` is the
-        PLL target and the timing target.
+        PLL target and the timing target unless ``clock_mhz`` is given.
     seed
         nextpnr placement seed.
     baud
@@ -391,12 +392,16 @@ def build_board(
     synth_opts
         Options of ``synth_ecp5`` / ``synth_ice40`` (default: the board's,
         :attr:`~tritium.fpga.boards.BoardSpec.synth_opts`).
+    clock_mhz
+        PLL (and timing) target instead of ``cfg.clock_mhz``, e.g. a clock the design is
+        known to reach; the configuration and its hash stay the same.
 
     Returns
     -------
     dict
         ``board``, ``device``, ``config``, ``config_hash``, ``core``, ``seed``, ``pll``,
-        ``uart``, ``clock`` (``target_mhz``, ``pll_mhz``, ``fmax_mhz``, ``met``, ``clocks``),
+        ``uart``, ``clock`` (``target_mhz``: the PLL target, ``config_mhz``: ``cfg.clock_mhz``, ``pll_mhz``,
+        ``fmax_mhz``, ``met``, ``clocks``),
         ``resources`` (``{name: {used, total, pct}}``: lut, ff, dsp, bram, spram/lc on iCE40),
         ``fits``, ``overflow``, ``bitstream``, ``dir``, ``times`` (seconds per step, total),
         ``breakdown`` (when asked or when it does not fit), ``error`` (when P&R failed).
@@ -410,7 +415,7 @@ def build_board(
     prog = _Progress(spec.name, progress)
     try:
         prog.start("elaborate")
-        top = BoardTop(spec, cfg, baud=baud, core=core)
+        top = BoardTop(spec, cfg, baud=baud, core=core, clock_mhz=clock_mhz)
         platform = spec.make_platform()
         synth_opts = spec.synth_opts if synth_opts is None else synth_opts
         after = "\n".join([*spec.synth_after, "tee -o synth.stat stat"])
@@ -510,7 +515,7 @@ def build_board(
             paths = critical_paths(json.loads(report_file.read_text()),
                                    root=Path(__file__).resolve().parents[1])
     clocks = parse_fmax(pnr_text)
-    target = float(cfg.clock_mhz)
+    target = top.clock_mhz
     main = None
     if clocks:
         # the PLL output: the clock whose target is the PLL's frequency, else the slowest
@@ -531,7 +536,7 @@ def build_board(
         "key": key,
         "pll": top.pll_cfg.to_dict(),
         "uart": {"baud": baud, "divisor": top.divisor},
-        "clock": {"target_mhz": target, "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
+        "clock": {"target_mhz": target, "config_mhz": float(cfg.clock_mhz), "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
                   "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
                   "routed": route, "clocks": clocks},
         "resources": resources,
@@ -561,8 +566,10 @@ def format_report(r: dict[str, Any]) -> str:
     if c["fmax_mhz"] is not None:
         verdict = "met" if c["met"] else "NOT met"
         est = "" if c.get("routed", True) else " (post-placement estimate, not routed)"
+        own = c.get("config_mhz", c["target_mhz"])
+        note = "" if own == c["target_mhz"] else f"; the config's clock is {own:g} MHz"
         lines.append(f"clock:     Fmax {c['fmax_mhz']:.2f} MHz vs target {c['pll_mhz']:g} MHz "
-                     f"(PLL from {r['pll']['fin_mhz']:g} MHz) -> {verdict}{est}")
+                     f"(PLL from {r['pll']['fin_mhz']:g} MHz{note}) -> {verdict}{est}")
     for cp in r.get("critical_paths", [])[:1]:
         lines.append(f"critical:  {cp['ns']:.2f} ns ({cp['levels']} logic levels, "
                      f"{cp['logic_ns']:.2f} ns logic + {cp['route_ns']:.2f} ns routing) "
@@ -591,7 +598,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def cli_build_board(args) -> int:
-    """``tritium build --board NAME [--config C] [--seed N] [--baud B] [--json] [--force]``.
+    """``tritium build --board NAME [--config C] [--clock MHZ] [--seed N] [--baud B] [--json]``.
 
     Returns 0 when the design fits, 1 when it does not (the report says by how much).
     """
@@ -605,6 +612,7 @@ def cli_build_board(args) -> int:
 
         core = EchoCore
     r = build_board(spec.name, cfg, seed=args.seed, baud=getattr(args, "baud", None),
+                    clock_mhz=getattr(args, "clock", None),
                     core=core, force=bool(getattr(args, "force", False)),
                     route=not getattr(args, "place_only", False),
                     progress=True, breakdown=True if getattr(args, "breakdown", False) else None)

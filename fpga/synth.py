@@ -398,6 +398,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         "the board's preset for --board: ulx3s base, icebreaker tiny)",
     )
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed of --board (default 1)")
+    p.add_argument("--clock", type=float, default=None, metavar="MHZ",
+                   help="PLL frequency of --board (default: the config's clock_mhz); a "
+                   "design that does not reach its target runs reliably at a clock it reaches")
     p.add_argument("--baud", type=int, default=None,
                    help="UART baud rate of --board (default 1000000)")
     p.add_argument("--core", choices=("soc", "echo"), default="soc",
@@ -447,6 +450,9 @@ def cli_build_unit(args: argparse.Namespace) -> int:
     Prints a table (or JSON with ``--json``) and returns the exit status 0. Raises
     :class:`SynthError` / ``ConfigError`` on user errors.
     """
+    if getattr(args, "clock", None) is not None:
+        raise SynthError("--clock sets the PLL of --board; --unit builds at the config's "
+                         "clock_mhz (use --config with a JSON file to change it)")
     cfg = load_config(args.config or "base")
     units = args.unit if isinstance(args.unit, list) else [args.unit]
     if "all" in units:

@@ -152,6 +152,20 @@ def test_board_top_elaborates(name, tmp_path):
     assert top.divisor == round(spec.default_config.clock_mhz * 1e6 / 1_000_000)
 
 
+def test_board_top_clock_override():
+    """``clock_mhz`` sets the PLL and the UART divisor; the configuration is untouched."""
+    spec = board("ulx3s")
+    cfg = spec.default_config
+    top = BoardTop(spec, cfg, core=EchoCore, clock_mhz=37.5)
+    assert top.pll_cfg.fout_mhz == pytest.approx(37.5)
+    assert top.divisor == round(37.5e6 / 1_000_000)
+    il = spec.make_platform().prepare(top, name="tritium").files["tritium.il"]
+    assert '\\FREQUENCY_PIN_CLKOP "37.5"' in il
+    assert top.cfg is cfg and cfg.clock_mhz == 75.0
+    with pytest.raises(BoardError, match="10..400"):
+        BoardTop(spec, cfg, core=EchoCore, clock_mhz=500)
+
+
 def test_board_cores():
     """Board tops hold the SoC; on the iCE40 its device memory is the SPRAM (SingleSocRam)."""
     from amaranth.back import rtlil
@@ -176,6 +190,8 @@ def test_build_cli_requires_unit_or_board(capsys):
     assert "not allowed with" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["build", "--board", "arty"])
+    assert main(["build", "--unit", "vector", "--clock", "30"]) == 2
+    assert "--clock sets the PLL of --board" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- RAMs
