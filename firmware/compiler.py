@@ -637,7 +637,7 @@ def _plans(cfg: AcceleratorConfig) -> list[Plan]:
     wb = min(cfg.spad_bytes // 4, 2048)
     at = max(cfg.bus_bytes, cfg.acc_bytes // 4)
     fa = cfg.acc_bytes // 2
-    window = cfg.queue_depth - 1  # LOADs that can wait in the load queue behind a running one
+    window = max(cfg.queue_depth - 1, 0)  # LOADs that can wait in the load queue behind a running one
     hoists = (0, 3, 2) if cfg.spad_banks == 1 else (3, 2, 8, 0)
     hoists = tuple(dict.fromkeys(min(h, window) for h in hoists))
     out = []

@@ -7,8 +7,9 @@ for it, and the build cache is keyed by :attr:`AcceleratorConfig.hash`.
 Presets
 -------
 ``tiny``
-    Fits a Lattice iCE40 UP5K (5280 LCs, 8 SB_MAC16 DSPs, 128 KiB SPRAM). Only the MatMul-free
-    ternary engine and the vector unit are present; device memory is the 128 KiB of SPRAM.
+    For a Lattice iCE40 UP5K (5280 LCs, 8 SB_MAC16 DSPs, 128 KiB SPRAM; it does not fit yet,
+    see docs/fpga.md). Only the MatMul-free ternary engine and the vector unit are present, the
+    controller has no queues (``queue_depth=0``); device memory is the 128 KiB of SPRAM.
 ``base``
     Lattice ECP5-85F (~84k LUT4, 156 MULT18X18D, ~460 KiB of DP16KD block RAM): all three engines.
 ``large``
@@ -93,6 +94,8 @@ class AcceleratorConfig:
         Slots of each controller queue (load, store, compute), the executing instruction
         included: how far loads and stores run ahead of compute. Each slot holds a 128-bit
         instruction and its footprint, compared with every slot of the other queues.
+        0: no queues; the controller runs one instruction at a time (no overlap of loads,
+        stores and compute, no hazard tracking: the smallest controller).
     watchdog_cycles : int
         Reset value of the WATCHDOG CSR: the controller stops with ``ErrorCode.WATCHDOG`` when a
         program has run this many cycles without reaching HALT. The golden model applies the
@@ -186,7 +189,7 @@ class AcceleratorConfig:
             self._fail("clock_mhz", "must be a number")
         if not 1.0 <= float(self.clock_mhz) <= 1000.0:
             self._fail("clock_mhz", "must be in [1, 1000]")
-        check_int("queue_depth", 1, 8)
+        check_int("queue_depth", 0, 8)
         check_int("watchdog_cycles", 16, 1 << 31)
 
     # ------------------------------------------------------------------ derived values
@@ -263,7 +266,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         bus_width=32,
         dev_mem_bytes=128 * 1024,
         clock_mhz=24.0,
-        queue_depth=1,
+        queue_depth=0,
         watchdog_cycles=1 << 20,
     ),
     "base": AcceleratorConfig(
