@@ -734,12 +734,11 @@ class GemmUnit(wiring.Component):
 
         # ------------------------------------------------------------------ writer
         # One int32 per cycle: element e is written while element e+1 (accumulate) is read
-        # through the second port; the old values wait in a two-entry FIFO.
-        rbuf = Signal(32 * LN)
-        rfull = Signal()
-        m.d.comb += eng.res.ready.eq(~rfull)
-        with m.If(eng.res.valid & eng.res.ready):
-            m.d.sync += [rbuf.eq(eng.res.payload), rfull.eq(1)]
+        # through the second port; the old values wait in a two-entry FIFO. The elements come
+        # straight from the head of the engine's output FIFO, which is popped at the end of
+        # the beat (no copy of the whole result row).
+        rbuf = eng.res.payload.as_value()
+        rfull = eng.res.valid
         cur = data.View(desc_layout, dfifo.r_data)
         beats_per_tile = LM  # systolic: R rows per tile; ternary/LUT: 1
         rb = Signal(range(beats_per_tile + 1))  # res beat within the tile
@@ -793,8 +792,9 @@ class GemmUnit(wiring.Component):
         with m.If(dfifo.r_rdy & ~started):
             m.d.sync += [row.eq(cur.addr), started.eq(1), rb.eq(0), er.eq(0), ew.eq(0)]
         last_beat = rb == beats_per_tile - 1
+        m.d.comb += eng.res.ready.eq(beat_end)
         with m.If(beat_end):
-            m.d.sync += [rfull.eq(0), er.eq(0), ew.eq(0), rb.eq(rb + 1), row.eq(row + n4)]
+            m.d.sync += [er.eq(0), ew.eq(0), rb.eq(rb + 1), row.eq(row + n4)]
             with m.If(last_beat):
                 m.d.sync += [started.eq(0), rb.eq(0)]
         m.d.comb += dfifo.r_en.eq(beat_end & last_beat)
