@@ -43,7 +43,9 @@ one-slot queues (+8.6 %), for 1,760 fewer iCE40 logic cells (-11 %).
 Faults: a failed check stops dispatch, waits until the queues drain (everything older
 completes) and sets STATUS.ERROR with ERROR and ERROR_PC = the instruction's pc. A unit error
 (AXI SLVERR/DECERR -> BUS_ERROR, bad parameters -> BAD_OPERAND) does the same with the pc of
-the queue slot. The watchdog (cycles since START >= CSR WATCHDOG, acted on one cycle later:
+the queue slot; it replaces a check fault latched meanwhile (that instruction is younger), and
+the first unit error stays (two queued instructions of different queues that both fault are
+reported in the order they finish). The watchdog (cycles since START >= CSR WATCHDOG, acted on one cycle later:
 the compare is registered) and CTRL.RESET abort:
 compute units are reset, the DMA units and the fetch port finish their outstanding AXI bursts
 without writing, the queues are emptied; the watchdog then reports WATCHDOG at the pc of the
@@ -694,6 +696,7 @@ class Controller(wiring.Component):
         err_code = Signal(8)
         err_pc = Signal(32)
         err_pend = Signal()  # a fault is latched; stop dispatching
+        unit_err = Signal()  # ... and it is a unit's (an executed instruction's)
         wd = Signal(32)
 
         # ------------------------------------------------------------------ fetch port
@@ -733,10 +736,12 @@ class Controller(wiring.Component):
         enq = Signal()
         all_empty = Signal()
         queue_full = Signal()
+        # a unit finishes an instruction with a fault (per queue) and that instruction's pc
+        ufault = [Signal(name=f"ufault{q}") for q in range(len(QUEUES))]
         if D:
-            clear_queues, comp_empty = self._queues(
+            clear_queues, comp_empty, upc = self._queues(
                 m, chk, ir, pc, cmds, dones, errs, aborting, enq, all_empty, queue_full,
-                err_pend, err_pc, err_code)
+                ufault)
             wait_prev = Const(0)
         else:
             # No queues: one instruction executes at a time (``x_busy``, in queue ``x_q``,
@@ -786,6 +791,7 @@ class Controller(wiring.Component):
 
         def begin():
             m.d.sync += [pc.eq(self.prog_base), wd.eq(0), wd_hit.eq(0), err_pend.eq(0),
+                         unit_err.eq(0),
                          err_code.eq(0), err_pc.eq(0)]
             m.next = "FETCH"
 
@@ -901,6 +907,7 @@ class Controller(wiring.Component):
                     m.d.sync += abort_code.eq(0)
                 with m.If(self.load_idle & self.store_idle & ~f_out & ~ar_valid):
                     clear_queues()
+                    m.d.sync += unit_err.eq(0)
                     with m.If(self.reset | (abort_code == 0)):
                         m.d.sync += [err_pend.eq(0), err_code.eq(0), err_pc.eq(0)]
                         m.next = "IDLE"
@@ -916,20 +923,24 @@ class Controller(wiring.Component):
                  *(("SERIAL",) if D else ()))).any()
         )
         if not D:
-            # the executing instruction finishes; being the oldest, its fault replaces one
-            # the front end found in a younger instruction meanwhile (after the FSM's
-            # assignments so that it wins)
-            x_done, x_err = Signal(), Signal()
+            x_done = Signal()
             with m.Switch(x_q):
                 for q in range(len(QUEUES)):
                     with m.Case(q):
-                        m.d.comb += [x_done.eq(dones[q]), x_err.eq(errs[q])]
+                        m.d.comb += [x_done.eq(dones[q]), ufault[q].eq(x_busy & dones[q] &
+                                                                        errs[q])]
             with m.If(x_busy & x_done & ~aborting):
                 m.d.sync += x_busy.eq(0)
-                with m.If(x_err):
-                    m.d.sync += [err_pend.eq(1), err_pc.eq(x_pc),
-                                 err_code.eq(Mux(x_q == 2, self.comp_code,
-                                                 ErrorCode.BUS_ERROR))]
+            upc = [x_pc] * len(QUEUES)
+        # Unit faults, after the FSM's assignments so that they win: an instruction a unit
+        # ran is older than the one the front end is fetching or checking, so its fault
+        # replaces a fault the front end latched meanwhile (sequential semantics); the first
+        # unit fault stays. (Aborting: the abort's own outcome decides.)
+        with m.If(~unit_err & ~aborting):
+            for q in range(len(QUEUES)):
+                with (m.If if q == 0 else m.Elif)(ufault[q]):
+                    m.d.sync += [err_pend.eq(1), unit_err.eq(1), err_pc.eq(upc[q]),
+                                 err_code.eq(ErrorCode.BUS_ERROR if q < 2 else self.comp_code)]
         with m.If(is_running):
             m.d.sync += wd.eq(wd + 1)
 
@@ -945,10 +956,11 @@ class Controller(wiring.Component):
         return m
 
     def _queues(self, m, chk, ir, pc, cmds, dones, errs, aborting, enq, all_empty,
-                queue_full, err_pend, err_pc, err_code):
+                queue_full, ufault):
         """The three queues of ``depth`` slots with their hazard tracking (see the module
-        docstring); returns a function that empties them (abort) and the compute queue's
-        emptiness."""
+        docstring). Sets ``ufault[q]`` when queue ``q``'s head finishes with a fault; returns
+        a function that empties the queues (abort), the compute queue's emptiness and the
+        head slots' pcs."""
         cfg = self.cfg
         D = self.depth
         hl = hull_layout(cfg)
@@ -970,6 +982,7 @@ class Controller(wiring.Component):
             return Mux(p == D - 1, 0, p + 1)
 
         q_empty = [Signal(name=f"q{q}_empty") for q in range(Q)]
+        upc = []
         q_full = []
         for q in range(Q):
             m.d.comb += q_empty[q].eq(~Cat(s_valid[q]).any())
@@ -1002,12 +1015,8 @@ class Controller(wiring.Component):
                     with m.If(head[q] == i):
                         m.d.sync += [s_valid[q][i].eq(0), s_issued[q][i].eq(0)]
                 m.d.sync += head[q].eq(nxt(head[q]))
-                with m.If(errs[q] & ~err_pend):
-                    m.d.sync += [
-                        err_pend.eq(1),
-                        err_pc.eq(hpc),
-                        err_code.eq(ErrorCode.BUS_ERROR if q < 2 else self.comp_code),
-                    ]
+            m.d.comb += ufault[q].eq(dones[q] & hv & errs[q])
+            upc.append(hpc)
         m.d.comb += all_empty.eq(Cat(*q_empty).all())
 
         # dependencies of the instruction in the checker against every occupied slot
@@ -1057,4 +1066,4 @@ class Controller(wiring.Component):
                 for i in range(D):
                     m.d.sync += [s_valid[q][i].eq(0), s_issued[q][i].eq(0)]
 
-        return clear, q_empty[2]
+        return clear, q_empty[2], upc

@@ -217,7 +217,8 @@ def test_top_random_programs(cfg_name):
 def test_top_faults(cfg_name):
     run = _run(cfg_name, "faults", seed=7)
     expect = {"invalid_opcode", "address_range", "bus_error_read", "bus_error_write",
-              "bus_error_fetch", "watchdog", "misaligned_pc", "bad_operand_param",
+              "bus_error_before_invalid_opcode", "bus_error_fetch", "watchdog",
+              "misaligned_pc", "bad_operand_param",
               "bad_operand_per_channel",
               "reset_while_running"}
     if not PRESETS[cfg_name].has("lut"):

@@ -191,6 +191,15 @@ async def faults(dut):
     checked.append("bus_error_write")
     await _recover(h, p.seed + 4)
 
+    # 4b. the same store, then an invalid opcode: the front end checks the younger word (and
+    # finds it bad) while the store still runs; the store's fault is the one to report
+    img = _prog(cfg, [Instr.make(Op.LOAD, **ld),
+                      Instr.make(Op.STORE, space=0, rows=2, row_bytes=1024, loc=0,
+                                 dram=bad_lo + 2048, stride=2048)])
+    await _expect_fault(h, img, ErrorCode.BUS_ERROR, INSTR_BYTES)
+    checked.append("bus_error_before_invalid_opcode")
+    await _recover(h, p.seed + 4)
+
     # 5. SLVERR on instruction fetch (JUMP into the error window)
     img = _prog(cfg, [Instr.make(Op.JUMP, target=bad_lo + 256)])
     await _expect_fault(h, img, ErrorCode.BUS_ERROR, bad_lo + 256)
