@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -570,6 +571,10 @@ def format_report(r: dict[str, Any]) -> str:
         note = "" if own == c["target_mhz"] else f"; the config's clock is {own:g} MHz"
         lines.append(f"clock:     Fmax {c['fmax_mhz']:.2f} MHz vs target {c['pll_mhz']:g} MHz "
                      f"(PLL from {r['pll']['fin_mhz']:g} MHz{note}) -> {verdict}{est}")
+        if not c["met"] and c.get("routed", True):
+            lines.append(f"           this bitstream is not reliable at {c['pll_mhz']:g} MHz; "
+                         f"for one that is, rebuild with --clock {math.floor(c['fmax_mhz']):d} "
+                         "(or lower: same configuration, the PLL at a clock it reaches)")
     for cp in r.get("critical_paths", [])[:1]:
         lines.append(f"critical:  {cp['ns']:.2f} ns ({cp['levels']} logic levels, "
                      f"{cp['logic_ns']:.2f} ns logic + {cp['route_ns']:.2f} ns routing) "

@@ -166,6 +166,22 @@ def test_board_top_clock_override():
         BoardTop(spec, cfg, core=EchoCore, clock_mhz=500)
 
 
+def test_report_says_how_to_get_a_bitstream_that_meets_timing():
+    from tritium.fpga.build import format_report
+
+    r = {"title": "ULX3S", "device": "LFE5U-85F", "config": "base", "config_hash": "0" * 16,
+         "core": "TritiumSoc", "seed": 1, "pll": {"fin_mhz": 25.0},
+         "clock": {"target_mhz": 75.0, "config_mhz": 75.0, "pll_mhz": 75.0,
+                   "fmax_mhz": 38.23, "met": False, "routed": True},
+         "critical_paths": [], "uart": {"baud": 1_000_000, "divisor": 75}, "fits": True,
+         "resources": {"lut": {"used": 1, "total": 2, "pct": 50.0}}, "times": {"total": 1.0}}
+    text = format_report(r)
+    assert "-> NOT met" in text and "rebuild with --clock 38" in text
+    r["clock"].update(target_mhz=35.0, pll_mhz=35.0, fmax_mhz=39.57, met=True)
+    text = format_report(r)
+    assert "-> met" in text and "the config's clock is 75 MHz" in text and "--clock" not in text
+
+
 def test_board_cores():
     """Board tops hold the SoC; on the iCE40 its device memory is the SPRAM (SingleSocRam)."""
     from amaranth.back import rtlil
