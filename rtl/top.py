@@ -106,7 +106,12 @@ class Gather(wiring.Component):
     ``gstride``/``ostride`` are per-instruction constants); with more than
     :attr:`REGISTER_UNITS` units the missing and prefetch words are registered before one of
     them is selected, and the request is registered: a word found missing in cycle t is
-    requested in cycle t+2 (t+1 with few units).
+    requested in cycle t+2 (t+1 with few units). With that many units the hits (an entry
+    holds the unit's word, or the next one) are registers as well, computed a cycle ahead
+    from the next tags (a returned word's) and both candidate addresses, so the loop
+    ``valid -> take -> address`` holds no compare; the next word's sums come from a second
+    registered offset (``loff + word``), not from ``+ 1``. ``base`` and ``base_adv`` should
+    then be registers (the GEMM walkers run a beat ahead to give them).
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -197,7 +202,9 @@ class Gather(wiring.Component):
             ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
         units = self.units()
+        reg_hits = len(units) > self.REGISTER_UNITS
         for u, (grp, uoff, lanes) in enumerate(units):
+            straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -230,11 +237,39 @@ class Gather(wiring.Component):
                 nxt_d.eq(Mux(self.take, sum_adv[lb:] + 1, sum_cur[lb:] + 1)),
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
-                hit_a0.eq(v_a & (tag_a == w0)),
-                hit_b0.eq(v_b & (tag_b == w0)),
-                hit_a1.eq(v_a & (tag_a == nxt)),
-                hit_b1.eq(v_b & (tag_b == nxt)),
             ]
+            # a returned word fills entry A or B (see below)
+            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            fill_a = Signal(name=f"fill_a{u}")
+            fill_b = Signal(name=f"fill_b{u}")
+            m.d.comb += [fill_a.eq(~self.flush & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
+                         fill_b.eq(~self.flush & Mux(e0, hit_a1, e1 & hit_a0))]
+            if reg_hits:
+                # Timing (many units): the hits that make ``valid`` are registers, computed
+                # one cycle ahead from the next tags and the next address (both candidates of
+                # ``take``), so no tag compare sits in the loop valid -> take -> address.
+                def ahead(tag, v, fill, cand_adv, cand_cur):
+                    def at(c):
+                        return Mux(fill, if_tag == c, v & (tag == c))
+                    return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
+
+                sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
+                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
+            else:
+                m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
+            if reg_hits and straddle:
+                sa_n = Signal(aw, name=f"sa_n{u}")
+                sc_n = Signal(aw, name=f"sc_n{u}")
+                loffn = Signal(ab, name=f"loffn{u}")  # loff + one word: the next word's
+                m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)  # sums without a + 1
+                m.d.comb += [sa_n.eq((self.base_adv + loffn)[lb:]),
+                             sc_n.eq((self.base + loffn)[lb:])]
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
+            else:
+                m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
             for o, i in enumerate(lanes):
                 off = uoff + o
@@ -269,18 +304,10 @@ class Gather(wiring.Component):
             pref_as.append(nxt)
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
-            with m.Elif(ret & (if_tag == w0) & ~have0):
-                # w0 arrives: keep the entry that holds the next word
-                with m.If(hit_a1):
-                    m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
-                with m.Else():
-                    m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
-            with m.Elif(ret & (if_tag == nxt) & ~have1):
-                # the next word arrives (straddle or prefetch): keep the entry holding w0
-                with m.If(hit_a0):
-                    m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
-                with m.Else():
-                    m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
+            with m.If(fill_a):
+                m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
+            with m.If(fill_b):
+                m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
@@ -527,18 +554,47 @@ class GemmUnit(wiring.Component):
         # separate register stages (ECP5 timing). a_fire / w_fire: a beat leaves its gather.
         a_fire = Signal()
         w_fire = Signal()
+        # The walkers run one beat ahead of the gathers (timing): their registers hold the
+        # state after the presented beat, the gathers' ``base_adv`` and ``*_adv`` limits, and
+        # the presented beat's values are ``_p`` copies loaded when a beat is taken. At the
+        # start the copies get the first beat and one ``prime`` step moves the walkers to the
+        # second (two cycles after setup, when the walkers' registered flags are valid); no
+        # beat is taken before it.
+        prime = Signal()
+        primed = Signal()
+        prime_wait = Signal()
+        a_step = Signal()  # the A walker moves: a beat is taken, or prime
+        w_step = Signal()
+        m.d.comb += [prime.eq(run & ~primed & ~prime_wait),
+                     a_step.eq(a_fire | prime), w_step.eq(w_fire | prime)]
+        with m.If(setup):
+            m.d.sync += [primed.eq(0), prime_wait.eq(1)]
+        with m.Elif(run):
+            m.d.sync += prime_wait.eq(0)
+            with m.If(prime):
+                m.d.sync += primed.eq(1)
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
         # The slice loads whenever it is free, valid or not, so that the gather's valid (an AND
         # over every lane's tag compare) enables only the valid bit, not the payload registers.
         for fire, gat, in_, st in ((a_fire, ag, act_in, eng.act), (w_fire, wg, wgt_in, eng.wgt)):
             free = ~st.valid | st.ready
-            m.d.comb += fire.eq(gat.valid & free)
+            m.d.comb += fire.eq(gat.valid & free & primed)
             with m.If(free):
                 m.d.sync += [st.valid.eq(gat.valid), st.payload.eq(in_)]
+        # a_done / w_done: the walker has moved past the last beat (it is presented);
+        # a_taken / w_taken: that beat has been taken too
+        a_taken = Signal()
+        w_taken = Signal()
+        with m.If(setup):
+            m.d.sync += [a_taken.eq(0), w_taken.eq(0)]
+        with m.If(a_fire & a_done):
+            m.d.sync += a_taken.eq(1)
+        with m.If(w_fire & w_done):
+            m.d.sync += w_taken.eq(1)
         m.d.comb += [
-            ag.req.eq(run & ~a_done),
-            wg.req.eq(run & ~w_done),
+            ag.req.eq(run & ~a_taken),
+            wg.req.eq(run & ~w_taken),
         ]
         abase = Signal(24)
         aoff = Signal(17)  # beat offset along k (kk, j*T or q*g)
@@ -559,17 +615,18 @@ class GemmUnit(wiring.Component):
             crow.eq(c), cn0.eq(0), ci_done.eq(0), a_done.eq(0), w_done.eq(0),
             *ci.reset(), *aw_.reset(), *ww_.reset(),
         ]
-        # Walker updates happen when a beat is taken (a_fire / w_fire). The gathers register
-        # their lane addresses and masks: besides the current base (acur / wcur) and lane
-        # limits they get the values the walker moves to when the beat is taken (acur_adv,
-        # ..., the "advanced" registers), computed from the walker's registers alone, so that
-        # the take signal only selects between two precomputed values.
+        # Walker updates happen when the walker steps (a_step / w_step: a beat is taken, or
+        # prime). The walker registers hold the beat after the presented one: the gathers get
+        # them as the next beat's base and limits (``base_adv``, ``*_adv``: registers), and
+        # the presented beat's as ``_p`` copies (``present``). A step's new values (acur_adv,
+        # ..., the "advanced" values) are computed from the walker's registers alone and only
+        # feed registers.
         advanced = {}  # id(register) -> its value after a take (combinational)
         fire_of = {}  # id(register) -> the take that moves it
-        for reg, fire in ((acur, a_fire), (akhi, a_fire), (aoff, a_fire),
-                          *((r, a_fire) for r in aw_.regs()),
-                          (wcur, w_fire), (wkhi, w_fire), (wsub, w_fire), (plane, w_fire),
-                          *((r, w_fire) for r in ww_.regs())):
+        for reg, fire in ((acur, a_step), (akhi, a_step), (aoff, a_step),
+                          *((r, a_step) for r in aw_.regs()),
+                          (wcur, w_step), (wkhi, w_step), (wsub, w_step), (plane, w_step),
+                          *((r, w_step) for r in ww_.regs())):
             adv = Signal.like(reg, name=f"{reg.name}_adv")
             m.d.comb += adv.eq(reg)
             with m.If(fire):
@@ -609,10 +666,10 @@ class GemmUnit(wiring.Component):
                     m.d.sync += plain
 
         def take_a(*stmts):
-            take(a_fire, *stmts)
+            take(a_step, *stmts)
 
         def take_w(*stmts):
-            take(w_fire, *stmts)
+            take(w_step, *stmts)
 
         def a_next_tile(step):
             """End of a row of A: next tile's rows (``abase += step`` after its last
@@ -634,26 +691,34 @@ class GemmUnit(wiring.Component):
             with m.If(ww_.last):
                 take_w(w_done.eq(1))
 
-        def adv(reg):
-            return advanced[id(reg)]
+        def present(reg):
+            """The presented beat's copy of walker register ``reg``: its start value at setup,
+            the walker's value when it steps (a beat is taken, or prime)."""
+            p = Signal.like(reg, name=f"{reg.name}_p")
+            start = [st.rhs for st in start_stmts if st.lhs is reg]
+            assert len(start) == 1, reg
+            start_stmts.append(p.eq(start[0]))
+            with m.If(fire_of[id(reg)]):
+                m.d.sync += p.eq(reg)
+            return p
 
         m.d.comb += [
-            ag.base_adv.eq(adv(acur)), ag.take.eq(a_fire),
-            wg.base_adv.eq(adv(wcur)), wg.take.eq(w_fire),
+            ag.base_adv.eq(acur), ag.take.eq(a_fire),
+            wg.base_adv.eq(wcur), wg.take.eq(w_fire),
         ]
         if eng_name == "systolic":
             m.d.comb += [
-                ag.base.eq(acur),
+                ag.base.eq(present(acur)),
                 ag.gstride.eq(kk),
-                ag.glim.eq(aw_.orem),
-                ag.glim_adv.eq(adv(aw_.orem)),
+                ag.glim.eq(present(aw_.orem)),
+                ag.glim_adv.eq(aw_.orem),
                 ag.khi.eq(1),
                 ag.khi_adv.eq(1),
                 act_in.eq(ag.data),
-                wg.base.eq(wcur),
+                wg.base.eq(present(wcur)),
                 wg.gstride.eq(Mux(wt, 1, kk)),
-                wg.glim.eq(ww_.nrem),
-                wg.glim_adv.eq(adv(ww_.nrem)),
+                wg.glim.eq(present(ww_.nrem)),
+                wg.glim_adv.eq(ww_.nrem),
                 wg.khi.eq(1),
                 wg.khi_adv.eq(1),
                 wgt_in.eq(wg.data),
@@ -670,19 +735,19 @@ class GemmUnit(wiring.Component):
             T = cfg.ternary_k
             start_stmts += [akhi.eq(kk), wkhi.eq(k4)]
             m.d.comb += [
-                ag.base.eq(acur),
+                ag.base.eq(present(acur)),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.glim_adv.eq(1),
-                ag.khi.eq(akhi),
-                ag.khi_adv.eq(adv(akhi)),
+                ag.khi.eq(present(akhi)),
+                ag.khi_adv.eq(akhi),
                 act_in.eq(ag.data),
-                wg.base.eq(wcur),
+                wg.base.eq(present(wcur)),
                 wg.gstride.eq(k4),
-                wg.glim.eq(ww_.nrem),
-                wg.glim_adv.eq(adv(ww_.nrem)),
-                wg.khi.eq(wkhi),
-                wg.khi_adv.eq(adv(wkhi)),
+                wg.glim.eq(present(ww_.nrem)),
+                wg.glim_adv.eq(ww_.nrem),
+                wg.khi.eq(present(wkhi)),
+                wg.khi_adv.eq(wkhi),
                 wgt_in.eq(wg.data),
             ]
             take_a(aoff.eq(aoff + T), acur.eq(acur + T), akhi.eq(akhi - T))
@@ -696,30 +761,31 @@ class GemmUnit(wiring.Component):
         else:  # lut
             G = cfg.lut_group
             gmask = (1 << G) - 1
+            plane_p = present(plane)
             m.d.comb += [
-                ag.base.eq(acur),
+                ag.base.eq(present(acur)),
                 ag.gstride.eq(0),
                 ag.glim.eq(1),
                 ag.glim_adv.eq(1),
                 ag.khi.eq(G),
                 ag.khi_adv.eq(G),
                 act_in.eq(ag.data),
-                wg.base.eq(wcur),
+                wg.base.eq(present(wcur)),
                 wg.gstride.eq(bkb),
                 wg.ostride.eq(kb),
-                wg.glim.eq(ww_.nrem),
-                wg.glim_adv.eq(adv(ww_.nrem)),
-                wg.klo.eq(plane),
-                wg.klo_adv.eq(adv(plane)),
-                wg.khi.eq(plane + 1),
-                wg.khi_adv.eq(adv(plane) + 1),
+                wg.glim.eq(present(ww_.nrem)),
+                wg.glim_adv.eq(ww_.nrem),
+                wg.klo.eq(plane_p),
+                wg.klo_adv.eq(plane),
+                wg.khi.eq(plane_p + 1),
+                wg.khi_adv.eq(plane + 1),
             ]
-            shift = wsub[:3] if G < 8 else Const(0, 3)
+            shift = present(wsub)[:3] if G < 8 else Const(0, 3)
             mb = cfg.lut_max_bits
             for i in range(LN):
                 byte = wg.data[i * mb]
                 for p_ in range(1, mb):
-                    byte = Mux(plane == p_, wg.data[i * mb + p_], byte)
+                    byte = Mux(plane_p == p_, wg.data[i * mb + p_], byte)
                 m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
             with m.If(a_row_end):
