@@ -621,8 +621,8 @@ class GemmUnit(wiring.Component):
         # the presented beat's as ``_p`` copies (``present``). A step's new values (acur_adv,
         # ..., the "advanced" values) are computed from the walker's registers alone and only
         # feed registers.
-        advanced = {}  # id(register) -> its value after a take (combinational)
-        fire_of = {}  # id(register) -> the take that moves it
+        advanced = {}  # id(register) -> its value after a step (combinational)
+        fire_of = {}  # id(register) -> the step (a_step / w_step) that moves it
         for reg, fire in ((acur, a_step), (akhi, a_step), (aoff, a_step),
                           *((r, a_step) for r in aw_.regs()),
                           (wcur, w_step), (wkhi, w_step), (wsub, w_step), (plane, w_step),
