@@ -464,7 +464,7 @@ def test_axi_sram_read_throughput():
 
 
 # --------------------------------------------------------------------------- real flow
-#: Measured: the tiny preset's SoC needs ~2.7x the UP5K's 5280 logic cells (14,355 LCs at stop
+#: Measured: the tiny preset's SoC needs ~2.7x the UP5K's 5280 logic cells (14,469 LCs at stop
 #: 13, docs/fpga.md; its 7 SB_MAC16 fit the 8);
 #: strict, so the test fails (XPASS) the day it fits and this mark must go.
 _UP5K_OVER = pytest.mark.xfail(strict=True, reason="tiny SoC does not fit the UP5K yet "
