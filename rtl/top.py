@@ -203,6 +203,15 @@ class Gather(wiring.Component):
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
         units = self.units()
         reg_hits = len(units) > self.REGISTER_UNITS
+
+        def ahead(tag, v, fill, cand_adv, cand_cur):
+            """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
+            returned word) holds the word the unit addresses next cycle (``cand_adv`` if the
+            beat is taken, else ``cand_cur``)."""
+            def at(c):
+                return Mux(fill, if_tag == c, v & (tag == c))
+            return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
+
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             loff = Signal(ab, name=f"loff{u}")
@@ -249,11 +258,6 @@ class Gather(wiring.Component):
                 # Timing (many units): the hits that make ``valid`` are registers, computed
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
-                def ahead(tag, v, fill, cand_adv, cand_cur):
-                    def at(c):
-                        return Mux(fill, if_tag == c, v & (tag == c))
-                    return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
-
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
                              hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
