@@ -221,6 +221,16 @@ class Gather(wiring.Component):
             sum_cur = Signal(ab, name=f"sum_cur{u}")  # this beat's address, the next beat's
             sum_adv = Signal(ab, name=f"sum_adv{u}")
             nxt_d = Signal(aw, name=f"next_d{u}")
+            sa_n = Signal(aw, name=f"sa_n{u}")  # the next word of sum_adv / sum_cur
+            sc_n = Signal(aw, name=f"sc_n{u}")
+            if reg_hits and straddle:
+                # timing: from a second registered offset (loff + one word), not by a + 1
+                loffn = Signal(ab, name=f"loffn{u}")
+                m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
+                m.d.comb += [sa_n.eq((self.base_adv + loffn)[lb:]),
+                             sc_n.eq((self.base + loffn)[lb:])]
+            else:
+                m.d.comb += [sa_n.eq(sum_adv[lb:] + 1), sc_n.eq(sum_cur[lb:] + 1)]
             lo = Signal(lb, name=f"lo{u}")
             w0 = Signal(aw, name=f"need{u}")
             nxt = Signal(aw, name=f"next{u}")
@@ -243,7 +253,7 @@ class Gather(wiring.Component):
                 sum_cur.eq(self.base + loff),
                 sum_adv.eq(self.base_adv + loff),
                 addr_d.eq(Mux(self.take, sum_adv, sum_cur)),
-                nxt_d.eq(Mux(self.take, sum_adv[lb:] + 1, sum_cur[lb:] + 1)),
+                nxt_d.eq(Mux(self.take, sa_n, sc_n)),
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
             ]
@@ -264,12 +274,6 @@ class Gather(wiring.Component):
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                sa_n = Signal(aw, name=f"sa_n{u}")
-                sc_n = Signal(aw, name=f"sc_n{u}")
-                loffn = Signal(ab, name=f"loffn{u}")  # loff + one word: the next word's
-                m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)  # sums without a + 1
-                m.d.comb += [sa_n.eq((self.base_adv + loffn)[lb:]),
-                             sc_n.eq((self.base + loffn)[lb:])]
                 m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
                              hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
