@@ -89,9 +89,9 @@ def _controller(cfg: AcceleratorConfig):
 
 def _gemm(engine: str):
     def make(cfg: AcceleratorConfig):
-        from tritium.rtl.top import GemmUnit, scratchpad_bits
+        from tritium.rtl.top import gemm_unit, scratchpad_bits
 
-        return GemmUnit(cfg, engine, *scratchpad_bits(cfg))
+        return gemm_unit(cfg, engine, *scratchpad_bits(cfg))
 
     make.__name__ = make.__qualname__ = f"GemmUnit[{engine}]"
     return make

@@ -35,7 +35,7 @@ from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import MemPortSignature, acc_memory, spad_memory
 
-__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "scratchpad_bits"]
+__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits"]
 
 
 def _log2(v: int) -> int:
@@ -888,6 +888,16 @@ class GemmUnit(wiring.Component):
         return m
 
 
+def gemm_unit(cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int):
+    """The GEMM unit of ``engine``: :class:`GemmUnit`, or for ``ternary`` with
+    ``cfg.ternary_serial`` the :class:`~tritium.rtl.serial_gemm.SerialTernaryGemm`."""
+    if engine == "ternary" and cfg.ternary_serial:
+        from .serial_gemm import SerialTernaryGemm
+
+        return SerialTernaryGemm(cfg, spad_bits, acc_bits)
+    return GemmUnit(cfg, engine, spad_bits, acc_bits)
+
+
 class _ReadAdapter:
     """VectorUnit element read stream -> word MemPort (byte/word select).
 
@@ -1025,7 +1035,7 @@ class ComputeUnit(wiring.Component):
 
         gemms = {}
         for e in self.engines:
-            gu = GemmUnit(cfg, e, self.spad_bits, self.acc_bits)
+            gu = gemm_unit(cfg, e, self.spad_bits, self.acc_bits)
             m.submodules[f"gemm_{e}"] = gu
             gemms[e] = gu
         for name, mem, attr in (("act", sp, "act_port"), ("wgt", sp, "wgt_port"),

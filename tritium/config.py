@@ -8,8 +8,9 @@ Presets
 -------
 ``tiny``
     For a Lattice iCE40 UP5K (5280 LCs, 8 SB_MAC16 DSPs, 128 KiB SPRAM; it does not fit yet,
-    see docs/fpga.md). Only the MatMul-free ternary engine and the vector unit are present, the
-    controller has no queues (``queue_depth=0``); device memory is the 128 KiB of SPRAM.
+    see docs/fpga.md). Only ternary GEMMs (on the serial unit, ``ternary_serial``) and the
+    vector unit are present, the controller has no queues (``queue_depth=0``); device memory is
+    the 128 KiB of SPRAM.
 ``base``
     Lattice ECP5-85F (~84k LUT4, 156 MULT18X18D, ~460 KiB of DP16KD block RAM): all three engines.
 ``large``
@@ -69,6 +70,12 @@ class AcceleratorConfig:
     ternary_k : int
         Activations (K) the ternary engine consumes per cycle (multiple of 4: one packed byte
         holds 4 weights).
+    ternary_serial : bool
+        Run ``GEMM_TERN`` on the small serial unit (:class:`tritium.rtl.serial_gemm.
+        SerialTernaryGemm`: one output element at a time, four activations per step, no engine,
+        gathers or output FIFOs) instead of the ternary engine; ``ternary_lanes`` and
+        ``ternary_k`` are then unused. Same results, fewer cycles' worth of hardware: for the
+        smallest FPGAs.
     lut_group : int
         LUT tensor core group size g (activations per table); tables have ``2**(g-1)`` entries.
     lut_max_bits : int
@@ -110,6 +117,7 @@ class AcceleratorConfig:
     sa_cols: int = 4
     ternary_lanes: int = 8
     ternary_k: int = 8
+    ternary_serial: bool = False
     lut_group: int = 4
     lut_max_bits: int = 4
     lut_lanes: int = 4
@@ -162,6 +170,8 @@ class AcceleratorConfig:
         check_int("ternary_k", 4, 256)
         if self.ternary_k % 4:
             self._fail("ternary_k", "must be a multiple of 4 (4 packed weights per byte)")
+        if not isinstance(self.ternary_serial, bool):
+            self._fail("ternary_serial", "must be true or false")
         check_int("lut_group", 1, 8)
         if not _is_pow2(self.lut_group):
             self._fail("lut_group", "must be 1, 2, 4 or 8")
@@ -256,6 +266,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         sa_cols=1,
         ternary_lanes=4,
         ternary_k=4,
+        ternary_serial=True,
         lut_group=2,
         lut_max_bits=2,
         lut_lanes=1,
