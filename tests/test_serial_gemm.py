@@ -43,7 +43,8 @@ def _gemm_case(rnd: random.Random, bb: int):
         for o, j, t in np.ndindex(n_, k // 4, 4):
             if (packed[o, j] >> 2 * t) & 3 == 0 and rnd.random() < 0.3:
                 packed[o, j] |= 2 << 2 * t
-    fields = dict(m=m_, n=n_, k=k, a=a, w=w, c=c, accumulate=int(rnd.random() < 0.5))
+    fields = {"m": m_, "n": n_, "k": k, "a": a, "w": w, "c": c,
+              "accumulate": int(rnd.random() < 0.5)}
     return fields, A, packed
 
 
