@@ -858,17 +858,26 @@ class GemmUnit(wiring.Component):
         m.d.comb += [raddr.eq(row + (er << 2)), waddr.eq(row + (ew << 2))]
         lane_of = (lambda a: a[2:lb]) if lb > 2 else (lambda a: Const(0, 1))
         active = Signal()
-        row_ok = rb < cur.rows
+        # Compares against the descriptor at the FIFO head (stable while ``started``) are
+        # registers, computed from the counters' next values (timing: no compare between the
+        # ACC port's ``ack`` and the engine's result credit)
+        row_ok = Signal()  # rb < rows
+        er_in = Signal()  # er < cols
+        ew_in = Signal()  # ew < cols
+        ew_last = Signal()  # ew == cols - 1
         m.d.comb += active.eq(dfifo.r_rdy & started & rfull & row_ok)
         # reads of old values
         m.d.comb += [
             rd.addr.eq(raddr >> lb),
             rd.we.eq(0),
-            rd.en.eq(active & accum & (er < cur.cols) & ((ofifo.level + pend) < 2)),
+            rd.en.eq(active & accum & er_in & ((ofifo.level + pend) < 2)),
         ]
-        with m.If(rd.en & rd.ack):
-            m.d.sync += [er.eq(er + 1), rlane.eq(lane_of(raddr))]
-        m.d.sync += pend.eq(rd.en & rd.ack)
+        rd_ack = Signal()
+        wr_ack = Signal()
+        m.d.comb += [rd_ack.eq(rd.en & rd.ack), wr_ack.eq(wr.en & wr.ack)]
+        with m.If(rd_ack):
+            m.d.sync += rlane.eq(lane_of(raddr))
+        m.d.sync += pend.eq(rd_ack)
         m.d.comb += [
             ofifo.w_en.eq(pend),
             ofifo.w_data.eq(rd.rdata.word_select(rlane, 32) if lb > 2 else rd.rdata[:32]),
@@ -880,26 +889,37 @@ class GemmUnit(wiring.Component):
         m.d.comb += [
             wr.addr.eq(waddr >> lb),
             wr.we.eq(1),
-            wr.en.eq(active & (ew < cur.cols) & (~accum | ofifo.r_rdy)),
+            wr.en.eq(active & ew_in & (~accum | ofifo.r_rdy)),
             wr.wdata.eq(Cat([wdata] * (bb // 4))),
             wr.wmask.eq(Const(0xF, bb) << (lane_of(waddr) * 4) if lb > 2 else Const(0xF, 4)),
         ]
         beat_end = Signal()
-        with m.If(wr.en & wr.ack):
-            m.d.sync += ew.eq(ew + 1)
-            m.d.comb += ofifo.r_en.eq(accum)
-            with m.If(ew == cur.cols - 1):
-                m.d.comb += beat_end.eq(1)
-        with m.If(dfifo.r_rdy & started & rfull & ~row_ok):
-            m.d.comb += beat_end.eq(1)
-        with m.If(dfifo.r_rdy & ~started):
-            m.d.sync += [row.eq(cur.addr), started.eq(1), rb.eq(0), er.eq(0), ew.eq(0)]
+        start_row = Signal()  # set up the descriptor at the FIFO head
+        m.d.comb += [
+            beat_end.eq((wr_ack & ew_last) | (dfifo.r_rdy & started & rfull & ~row_ok)),
+            ofifo.r_en.eq(wr_ack & accum),
+            start_row.eq(dfifo.r_rdy & ~started),
+        ]
         last_beat = rb == beats_per_tile - 1
+        # the counters' next values within a beat, and the flags of the next cycle
+        er_nb = Mux(rd_ack, er + 1, er)
+        ew_nb = Mux(wr_ack, ew + 1, ew)
+        rb_nb = Mux(last_beat, 0, rb + 1)  # after beat_end
+        zero = start_row | beat_end  # er, ew (and rb at start_row) restart from 0
+        m.d.sync += [
+            er.eq(Mux(zero, 0, er_nb)),
+            ew.eq(Mux(zero, 0, ew_nb)),
+            er_in.eq(zero | (er_nb < cur.cols)),  # cols >= 1
+            ew_in.eq(zero | (ew_nb < cur.cols)),
+            ew_last.eq(Mux(zero, cur.cols == 1, ew_nb == cur.cols - 1)),
+        ]
+        with m.If(start_row):
+            m.d.sync += [row.eq(cur.addr), started.eq(1), rb.eq(0), row_ok.eq(1)]  # rows >= 1
         m.d.comb += eng.res.ready.eq(beat_end)
         with m.If(beat_end):
-            m.d.sync += [er.eq(0), ew.eq(0), rb.eq(rb + 1), row.eq(row + n4)]
+            m.d.sync += [rb.eq(rb_nb), row.eq(row + n4), row_ok.eq(rb_nb < cur.rows)]
             with m.If(last_beat):
-                m.d.sync += [started.eq(0), rb.eq(0)]
+                m.d.sync += started.eq(0)
         m.d.comb += dfifo.r_en.eq(beat_end & last_beat)
 
         # ------------------------------------------------------------------ sequencing
