@@ -10,16 +10,14 @@ four activations per step, and writes each int32 result (plus the old value with
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
 from amaranth.utils import ceil_log2
 
 from tritium.config import AcceleratorConfig
-from tritium.isa import INSTR_BITS, Op
+from tritium.isa import Op
 
 from .controller import instr_layout
-from .scratchpad import MemPortSignature
 from .ternary import _tree_sum
 
 __all__ = ["ByteStream", "SerialTernaryGemm"]
@@ -123,20 +121,10 @@ class SerialTernaryGemm(wiring.Component):
     """
 
     def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int):
+        from .top import gemm_unit_members  # top imports this module lazily (gemm_unit)
+
         self.cfg = cfg
-        bb = cfg.bus_bytes
-        super().__init__(
-            {
-                "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
-                "done": Out(1),
-                "act_port": Out(MemPortSignature(spad_bits, bb)),
-                "wgt_port": Out(MemPortSignature(spad_bits, bb)),
-                "wb_rd": Out(MemPortSignature(acc_bits, bb)),
-                "wb_wr": Out(MemPortSignature(acc_bits, bb)),
-                "busy": Out(1),
-                "stall": Out(1),
-            }
-        )
+        super().__init__(gemm_unit_members(cfg, spad_bits, acc_bits))
 
     def elaborate(self, platform):
         m = Module()

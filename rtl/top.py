@@ -430,6 +430,22 @@ class _TileLoop:
             assign(self.nrem.eq(self.nrem - self.ln))
 
 
+def gemm_unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
+    """The members of a GEMM unit (:class:`GemmUnit`, :class:`~tritium.rtl.serial_gemm.
+    SerialTernaryGemm`): see :class:`GemmUnit`."""
+    bb = cfg.bus_bytes
+    return {
+        "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
+        "done": Out(1),
+        "act_port": Out(MemPortSignature(spad_bits, bb)),
+        "wgt_port": Out(MemPortSignature(spad_bits, bb)),
+        "wb_rd": Out(MemPortSignature(acc_bits, bb)),
+        "wb_wr": Out(MemPortSignature(acc_bits, bb)),
+        "busy": Out(1),
+        "stall": Out(1),
+    }
+
+
 class GemmUnit(wiring.Component):
     """Runs GEMM instructions on one engine (``systolic``, ``ternary`` or ``lut``).
 
@@ -463,7 +479,6 @@ class GemmUnit(wiring.Component):
             raise ValueError(f"engine={engine!r}; must be one of {ENGINES}")
         self.cfg = cfg
         self.engine = engine
-        bb = cfg.bus_bytes
         if engine == "systolic":
             self.lm, self.ln = cfg.sa_rows, cfg.sa_cols
             self.act_lanes, self.act_group = cfg.sa_rows, 1
@@ -479,18 +494,7 @@ class GemmUnit(wiring.Component):
             # one lane per (channel, plane): every plane keeps its own cached word
             self.wgt_lanes = cfg.lut_lanes * cfg.lut_max_bits
             self.wgt_group = cfg.lut_max_bits
-        super().__init__(
-            {
-                "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
-                "done": Out(1),
-                "act_port": Out(MemPortSignature(spad_bits, bb)),
-                "wgt_port": Out(MemPortSignature(spad_bits, bb)),
-                "wb_rd": Out(MemPortSignature(acc_bits, bb)),
-                "wb_wr": Out(MemPortSignature(acc_bits, bb)),
-                "busy": Out(1),
-                "stall": Out(1),
-            }
-        )
+        super().__init__(gemm_unit_members(cfg, spad_bits, acc_bits))
 
     def elaborate(self, platform):
         m = Module()
