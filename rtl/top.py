@@ -112,6 +112,8 @@ class Gather(wiring.Component):
     ``valid -> take -> address`` holds no compare; the next word's sums come from a second
     registered offset (``loff + word``), not from ``+ 1``. ``base`` and ``base_adv`` should
     then be registers (the GEMM walkers run a beat ahead to give them).
+    With that many units a returned word also fills a unit one cycle later, from per-unit
+    registers (is it the unit's next word, a copy of its tag), not from the port directly.
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -209,8 +211,8 @@ class Gather(wiring.Component):
 
         def ahead(tag, v, fill, fill_tag, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
-            returned word ``fill_tag``) holds the word the unit addresses next cycle (``cand_adv`` if the
-            beat is taken, else ``cand_cur``)."""
+            returned word ``fill_tag``) holds the word the unit addresses next cycle
+            (``cand_adv`` if the beat is taken, else ``cand_cur``)."""
             def at(c):
                 return Mux(fill, fill_tag == c, v & (tag == c))
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
