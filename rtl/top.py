@@ -112,8 +112,6 @@ class Gather(wiring.Component):
     ``valid -> take -> address`` holds no compare; the next word's sums come from a second
     registered offset (``loff + word``), not from ``+ 1``. ``base`` and ``base_adv`` should
     then be registers (the GEMM walkers run a beat ahead to give them).
-    With that many units a returned word also fills a unit one cycle later, from per-unit
-    registers (is it the unit's next word, a copy of its tag), not from the port directly.
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -205,35 +203,17 @@ class Gather(wiring.Component):
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
         units = self.units()
         reg_hits = len(units) > self.REGISTER_UNITS
-        if reg_hits:
-            ret_data = Signal(8 * wb)  # the returned word, one cycle later (see r0 below)
-            m.d.sync += ret_data.eq(port.rdata)
 
-        def ahead(tag, v, fill, fill_tag, cand_adv, cand_cur):
+        def ahead(tag, v, fill, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
-            returned word ``fill_tag``) holds the word the unit addresses next cycle
-            (``cand_adv`` if the beat is taken, else ``cand_cur``)."""
+            returned word) holds the word the unit addresses next cycle (``cand_adv`` if the
+            beat is taken, else ``cand_cur``)."""
             def at(c):
-                return Mux(fill, fill_tag == c, v & (tag == c))
+                return Mux(fill, if_tag == c, v & (tag == c))
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
-            if reg_hits:
-                # Timing (many units): a returned word fills a unit one cycle after the SPAD
-                # answers, from registers: ``r0``/``r1`` say whether it is the word the unit
-                # addresses in the fill cycle (w0) or the one after (nxt), compared in the
-                # cycle it arrives against both candidates of ``take`` (as the hits are), and
-                # the unit keeps its own copy of the tag (distinct reset values keep synthesis
-                # from merging the 16 copies into one register that fans out across the die).
-                # So no compare sits between the shared port and a unit's line enables.
-                r0 = Signal(name=f"ret_w0_{u}")
-                r1 = Signal(name=f"ret_w1_{u}")
-                u_tag = Signal(aw, name=f"ret_tag{u}", init=u % (1 << aw))
-                m.d.sync += u_tag.eq(if_tag)
-                u_data = ret_data
-            else:
-                u_tag, u_data = if_tag, port.rdata
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -278,17 +258,8 @@ class Gather(wiring.Component):
                 w0.eq(addr[lb:]),
             ]
             # a returned word fills entry A or B (see below)
-            if reg_hits:
-                m.d.sync += [
-                    r0.eq(ret & ~self.flush & Mux(self.take, if_tag == sum_adv[lb:],
-                                                  if_tag == sum_cur[lb:])),
-                    r1.eq(ret & ~self.flush & Mux(self.take, if_tag == sa_n, if_tag == sc_n)),
-                ]
-                arrive0, arrive1 = r0, r1  # w0 / w0 + 1 is in the copy stage (fills now)
-            else:
-                arrive0, arrive1 = ret & (if_tag == w0), ret & (if_tag == nxt)
-            e0 = arrive0 & ~have0  # w0 arrives: keep the entry holding w0 + 1
-            e1 = arrive1 & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
             m.d.comb += [fill_a.eq(~self.flush & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
@@ -298,13 +269,13 @@ class Gather(wiring.Component):
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, u_tag, sa_w, sc_w)),
-                             hit_b0.eq(ahead(tag_b, v_b, fill_b, u_tag, sa_w, sc_w))]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
+                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, u_tag, sa_n, sc_n)),
-                             hit_b1.eq(ahead(tag_b, v_b, fill_b, u_tag, sa_n, sc_n))]
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
@@ -332,21 +303,19 @@ class Gather(wiring.Component):
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
             oks.append((~need0 | have0) & (~need1 | have1))
             # demand misses (w0 first), then the prefetch of the next word
-            pend0 = inflight(w0) | (arrive0 if reg_hits else 0)  # requested or arriving
-            pend1 = inflight(nxt) | (arrive1 if reg_hits else 0)
-            misses.append(need0 & ~have0 & ~pend0)
+            misses.append(need0 & ~have0 & ~inflight(w0))
             miss_as.append(w0)
             if n1:
-                misses.append(need1 & ~have1 & ~pend1)
+                misses.append(need1 & ~have1 & ~inflight(nxt))
                 miss_as.append(nxt)
-            prefs.append(need0 & have0 & ~need1 & ~have1 & ~pend1)
+            prefs.append(need0 & have0 & ~need1 & ~have1 & ~inflight(nxt))
             pref_as.append(nxt)
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
             with m.If(fill_a):
-                m.d.sync += [tag_a.eq(u_tag), line_a.eq(u_data), v_a.eq(1)]
+                m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
             with m.If(fill_b):
-                m.d.sync += [tag_b.eq(u_tag), line_b.eq(u_data), v_b.eq(1)]
+                m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
