@@ -470,22 +470,50 @@ class InstrChecker(wiring.Component):
         j_wr = Signal()
         j_sp = Signal(range(len(SPACES)))
         j_part = Signal()
-        with m.Switch(opc):
-            for op in Op:
-                slots = slots_of(op)
-                if not slots:
-                    continue
-                with m.Case(int(op)):
-                    with m.Switch(k):
-                        for i, (_, _, start, length, cond, _) in enumerate(slots):
-                            with m.Case(i):
-                                m.d.comb += [c_st.eq(sat(start, None)), c_ln.eq(length),
-                                             c_cd.eq(cond)]
-                    with m.Switch(a_k):
-                        for i, (dr, sp, _, _, _, part) in enumerate(slots):
-                            with m.Case(i):
-                                m.d.comb += [a_wr.eq(dr == "w"), a_sp.eq(SPACES.index(sp)),
-                                             a_part.eq(part)]
+        # The slots of every opcode as a table: (opcode, slot) -> small indices into the
+        # distinct starts, lengths and conditions (one wide mux each, not one per opcode).
+        starts, lengths, conds = [], [], []
+
+        def idx(lst, val):
+            for i, have in enumerate(lst):
+                if repr(have) == repr(val):
+                    return i
+            lst.append(val)
+            return len(lst) - 1
+
+        table = {}
+        for op in Op:
+            for i, (dr, sp, start, length, cond, part) in enumerate(slots_of(op)):
+                table[(int(op), i)] = (idx(starts, Value.cast(start)),
+                                       idx(lengths, Value.cast(length)),
+                                       idx(conds, Value.cast(cond)), dr == "w",
+                                       SPACES.index(sp), part)
+        st_sel = Signal(range(max(2, len(starts))))
+        ln_sel = Signal(range(max(2, len(lengths))))
+        cd_sel = Signal(range(max(2, len(conds))))
+        c_any = Signal()  # the opcode has a slot k (k >= NS reads as an alias: a_valid is low)
+        with m.Switch(Cat(k[:2], opc)):
+            for (op, i), (si, li, ci, _, _, _) in table.items():
+                with m.Case(i | op << 2):
+                    m.d.comb += [st_sel.eq(si), ln_sel.eq(li), cd_sel.eq(ci), c_any.eq(1)]
+        st_raw = Signal(max(len(src) for src in starts))
+        with m.Switch(st_sel):
+            for i, src in enumerate(starts):
+                with m.Case(i):
+                    m.d.comb += st_raw.eq(src)
+        with m.Switch(ln_sel):
+            for i, src in enumerate(lengths):
+                with m.Case(i):
+                    m.d.comb += c_ln.eq(src)
+        with m.Switch(cd_sel):
+            for i, src in enumerate(conds):
+                with m.Case(i):
+                    m.d.comb += c_cd.eq(src & c_any)
+        m.d.comb += c_st.eq(sat(st_raw, "st_sat"))
+        with m.Switch(Cat(a_k, opc)):
+            for (op, i), (_, _, _, wr, sp, part) in table.items():
+                with m.Case(i | op << 2):
+                    m.d.comb += [a_wr.eq(wr), a_sp.eq(sp), a_part.eq(part)]
         a_en = sat(a_st + a_ln, "a_end")
         pw_st = Signal(W)  # slot 0 (a write), the partner of the reads of its space
         pw_en = Signal(W)
