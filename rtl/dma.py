@@ -54,6 +54,14 @@ def _log2(v: int) -> int:
     return (v - 1).bit_length()
 
 
+def dev_addr_bits(cfg: AcceleratorConfig) -> int:
+    """Width of the units' device-memory address registers: enough for ``dev_mem_bytes``
+    (and for the 4 KiB page arithmetic). The controller's checker rejects every range outside
+    device memory before dispatch, so no valid transfer needs more; the AXI address port
+    stays :data:`ADDR_WIDTH` bits (the upper bits are zero)."""
+    return max(12, _log2(cfg.dev_mem_bytes))
+
+
 class _BurstSplitter:
     """Walks the rows of a 2-D transfer and cuts them into AXI bursts (shared by both units).
 
@@ -66,9 +74,10 @@ class _BurstSplitter:
         self.bb = cfg.bus_bytes
         self.lb = _log2(self.bb)
         page_words = PAGE_BYTES // self.bb
-        self.addr = Signal(ADDR_WIDTH, name=f"{name}_addr")
-        self.row_addr = Signal(ADDR_WIDTH, name=f"{name}_row_addr")
-        self.stride = Signal(24, name=f"{name}_stride")
+        aw = dev_addr_bits(cfg)  # (a row's stride beyond device memory: rows == 1, unused)
+        self.addr = Signal(aw, name=f"{name}_addr")
+        self.row_addr = Signal(aw, name=f"{name}_row_addr")
+        self.stride = Signal(aw, name=f"{name}_stride")
         self.row_words = Signal(16, name=f"{name}_row_words")
         self.rem = Signal(16, name=f"{name}_rem")  # words left in the current row
         self.rows = Signal(12, name=f"{name}_rows")  # rows left, current included
@@ -178,10 +187,10 @@ class LoadUnit(wiring.Component):
         aborting = Signal()
         space = Signal()
         errflag = Signal()
-        wptr = Signal(20)
+        wptr = Signal(max(len(self.spad.addr), len(self.acc.addr)))
         outstanding = Signal(range(self.max_out + 2))
         ar_valid = Signal()
-        ar_addr = Signal(ADDR_WIDTH)
+        ar_addr = Signal(dev_addr_bits(cfg))
         ar_len = Signal(8)
 
         m.d.comb += [
@@ -284,12 +293,12 @@ class StoreUnit(wiring.Component):
         aborting = Signal()
         space = Signal()
         errflag = Signal()
-        rptr = Signal(20)
-        rleft = Signal(32)  # words still to read from the scratchpad
+        rptr = Signal(max(len(self.spad.addr), len(self.acc.addr)))
+        rleft = Signal(len(rptr) + 1)  # words still to read from the scratchpad
         held = Signal(range(self.fifo_depth + 1))  # FIFO entries + reads in flight
         b_out = Signal(range(self.max_out + 2))  # AW bursts awaiting B
         aw_valid = Signal()
-        aw_addr = Signal(ADDR_WIDTH)
+        aw_addr = Signal(dev_addr_bits(cfg))
         aw_len = Signal(8)
         w_left = Signal(range(MAX_BURST_BEATS + 1))  # beats left in the current W burst
         stop = Signal()
