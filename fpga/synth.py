@@ -69,7 +69,7 @@ UNITS: dict[str, tuple[Callable[[AcceleratorConfig], Any] | str, str | None]] = 
     "systolic": ("tritium.rtl.systolic:SystolicArray", "systolic"),
     "ternary": ("tritium.rtl.ternary:TernaryEngine", "ternary"),
     "lut": ("tritium.rtl.lut_core:LutCore", "lut"),
-    "vector": ("tritium.rtl.vector:VectorUnit", None),
+    "vector": ("tritium.rtl.top:vector_unit", None),
     "controller": ("tritium.fpga.synth:_controller", None),
     "compute": ("tritium.fpga.synth:_compute", None),
     "csr": ("tritium.rtl.csr:CsrBlock", None),

@@ -35,7 +35,8 @@ from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import MemPortSignature, acc_memory, spad_memory
 
-__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits"]
+__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits",
+           "vector_unit"]
 
 
 def _log2(v: int) -> int:
@@ -922,6 +923,18 @@ def gemm_unit(cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int
     return GemmUnit(cfg, engine, spad_bits, acc_bits)
 
 
+def vector_unit(cfg: AcceleratorConfig, depth: int = 4):
+    """The vector unit: :class:`~tritium.rtl.vector.VectorUnit`, or with ``cfg.vector_serial``
+    the :class:`~tritium.rtl.serial_vector.SerialVectorUnit` (same ports)."""
+    if cfg.vector_serial:
+        from .serial_vector import SerialVectorUnit
+
+        return SerialVectorUnit(cfg, depth=depth)
+    from .vector import VectorUnit
+
+    return VectorUnit(cfg, depth=depth)
+
+
 class _ReadAdapter:
     """VectorUnit element read stream -> word MemPort (byte/word select).
 
@@ -1048,8 +1061,6 @@ class ComputeUnit(wiring.Component):
         )
 
     def elaborate(self, platform):
-        from .vector import VectorUnit
-
         m = Module()
         cfg = self.cfg
         bb = cfg.bus_bytes
@@ -1067,7 +1078,7 @@ class ComputeUnit(wiring.Component):
             _share_port(m, mem[name], {e: (getattr(gu, attr), gu.busy)
                                        for e, gu in gemms.items()}, name)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
-        m.submodules.vector = vu = VectorUnit(cfg, depth=2 + _ReadAdapter.LATENCY)
+        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.LATENCY)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")
         wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw")

@@ -17,7 +17,7 @@ from amaranth.utils import ceil_log2
 from tritium import isa
 from tritium.config import AcceleratorConfig
 
-__all__ = ["VECTOR_OPS", "VectorUnit", "cmd_layout", "pack_cmd"]
+__all__ = ["VECTOR_OPS", "VectorUnit", "cmd_layout", "pack_cmd", "vector_unit_members"]
 
 Op = isa.Op
 
@@ -121,6 +121,24 @@ def _wr_layout(aw: int, dw: int) -> data.StructLayout:
     return data.StructLayout({"addr": unsigned(aw), "data": unsigned(dw)})
 
 
+def vector_unit_members(cfg: AcceleratorConfig) -> dict:
+    """The members (ports) of a vector unit for ``cfg``: :class:`VectorUnit` and
+    :class:`tritium.rtl.serial_vector.SerialVectorUnit` have the same ones."""
+    spad_aw, acc_aw = ceil_log2(cfg.spad_bytes), ceil_log2(cfg.acc_bytes)
+    return {
+        "cmd": In(stream.Signature(cmd_layout())),
+        "sp_rd": Out(stream.Signature(unsigned(spad_aw))),
+        "sp_rdata": In(stream.Signature(unsigned(8))),
+        "sp_wr": Out(stream.Signature(_wr_layout(spad_aw, 8))),
+        "ac_rd": Out(stream.Signature(unsigned(acc_aw))),
+        "ac_rdata": In(stream.Signature(unsigned(32))),
+        "ac_wr": Out(stream.Signature(_wr_layout(acc_aw, 32))),
+        "busy": Out(1),
+        "done": Out(1),
+        "stall": Out(1),
+    }
+
+
 # ------------------------------------------------------------------------------ helpers
 _Q_BITS = 11  # p >> (ts - 1) is kept saturated to this many bits (see VectorUnit.elaborate)
 
@@ -150,6 +168,44 @@ def _rshift_sat(m: Module, v, sh, w_out: int) -> Signal:
     lim = 1 << (w_out - 1)
     m.d.comb += out.eq(Mux(Cat(*ovf_terms).any(), Mux(sign, -lim, lim - 1), cur.as_signed()))
     return out
+
+
+def _requant_shift(m: Module, prod, ts):
+    """First half of the output stage: for ``ts >= 1`` (rounding shift), ``p >> (ts - 1)``
+    saturated to ``_Q_BITS`` bits (sign-extended to 32); for ``ts == 0``, the int32 saturation
+    of the 64-bit product ``prod``.
+
+    Rounding shifts by ts >= 1 ((p + 2^(ts-1)) >> ts) are done as ((p >> (ts-1)) + 1) >> 1
+    (:func:`_requant_clamp`); p >> (ts-1) only matters saturated to _Q_BITS (the result is
+    clamped to int8 later).
+    """
+    shamt = Signal(6)
+    m.d.comb += shamt.eq(Mux(ts == 0, 0, ts - 1))
+    q = _rshift_sat(m, prod, shamt, _Q_BITS)
+    sign = prod[-1]
+    hi33 = prod[31:]
+    sat32 = Signal(signed(32))
+    m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), prod[:32],
+                             Mux(sign, -(2**31), 2**31 - 1)))
+    return Mux(ts == 0, sat32, q)
+
+
+def _requant_clamp(m: Module, val, rnd, off, cls):
+    """Second half of the output stage: the element written, from :func:`_requant_shift`'s
+    ``val``: with ``rnd`` (``ts >= 1``) ``((val + 1) >> 1) + off``, else ``val``; clamped to
+    int8 (``_CLS_I8``), to ``[-127, 127]`` (``_CLS_Q127``) or passed whole (``_CLS_I32``)."""
+    # Every int8-class value fits 12 bits here: rounded (+-512) + off, or a+b / table.
+    r10 = Signal(signed(_Q_BITS))
+    t12 = Signal(signed(12))
+    lo8 = Signal(signed(8))
+    y8 = Signal(signed(8))
+    m.d.comb += [
+        r10.eq((val[:_Q_BITS].as_signed() + 1) >> 1),
+        t12.eq(Mux(rnd, r10 + off, val[:12].as_signed())),
+        lo8.eq(Mux(cls == _CLS_Q127, -127, -128)),
+        y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
+    ]
+    return Mux(cls == _CLS_I32, val, y8)
 
 
 class _SeqMath(Elaboratable):
@@ -215,6 +271,38 @@ class _Ctx:
         self.n_m1 = Signal(16)
         self.base = {b: Signal(aw, name=f"base_{b}") for b in _BASES}
         self.zp = Signal(signed(8))
+
+    def command(self, m: Module, cmd, busy) -> tuple[Signal, Signal]:
+        """Accept ``cmd`` while not ``busy`` and register its fields. Returns ``(accept,
+        known)``: the transfer, and whether it is a vector instruction with work to do
+        (``rows``, ``n`` nonzero); ``is_`` flags are set only for known ones."""
+        p = cmd.payload
+        m.d.comb += cmd.ready.eq(~busy)
+        accept = Signal()
+        m.d.comb += accept.eq(cmd.valid & cmd.ready)
+        known = Signal()
+        m.d.comb += known.eq(
+            (p.op >= int(VECTOR_OPS[0])) & (p.op <= int(VECTOR_OPS[-1])) & (p.rows != 0)
+            & (p.n != 0)
+        )
+        with m.If(accept):
+            m.d.sync += [
+                self.pc.eq(p.per_channel),
+                self.rows.eq(p.rows),
+                self.n.eq(p.n),
+                self.rows_m1.eq(p.rows - 1),
+                self.n_m1.eq(p.n - 1),
+                self.zp.eq(Mux((p.op == int(Op.VREQ)) | (p.op == int(Op.VMUL))
+                               | (p.op == int(Op.VRMS)), p.zp, 0)),
+                self.base["src"].eq(p.src),
+                self.base["src2"].eq(p.src2),
+                self.base["dst"].eq(p.dst),
+                self.base["param"].eq(p.param),
+                self.base["param_n"].eq(p.param + (p.n << 2)),
+            ]
+            for op in VECTOR_OPS:
+                m.d.sync += self.is_[op].eq((p.op == int(op)) & known)
+        return accept, known
 
 
 class _Walker:
@@ -449,18 +537,7 @@ class VectorUnit(wiring.Component):
         self.depth = depth
         self.spad_aw = ceil_log2(cfg.spad_bytes)
         self.acc_aw = ceil_log2(cfg.acc_bytes)
-        super().__init__({
-            "cmd": In(stream.Signature(cmd_layout())),
-            "sp_rd": Out(stream.Signature(unsigned(self.spad_aw))),
-            "sp_rdata": In(stream.Signature(unsigned(8))),
-            "sp_wr": Out(stream.Signature(_wr_layout(self.spad_aw, 8))),
-            "ac_rd": Out(stream.Signature(unsigned(self.acc_aw))),
-            "ac_rdata": In(stream.Signature(unsigned(32))),
-            "ac_wr": Out(stream.Signature(_wr_layout(self.acc_aw, 32))),
-            "busy": Out(1),
-            "done": Out(1),
-            "stall": Out(1),
-        })
+        super().__init__(vector_unit_members(cfg))
 
     @staticmethod
     def cycles(instr: isa.Instr) -> int:
@@ -524,34 +601,7 @@ class VectorUnit(wiring.Component):
         rptr = Signal(aw)  # next row-end word (VQUANT param + 4 r, VARGMAX dst + 4 r)
 
         # ---------------------------------------------------------------- command
-        p = self.cmd.payload
-        opc = Signal(isa.OPCODE_BITS)
-        m.d.comb += self.cmd.ready.eq(~self.busy)
-        accept = Signal()
-        m.d.comb += accept.eq(self.cmd.valid & self.cmd.ready)
-        known = Signal()
-        m.d.comb += known.eq(
-            (p.op >= int(VECTOR_OPS[0])) & (p.op <= int(VECTOR_OPS[-1])) & (p.rows != 0)
-            & (p.n != 0)
-        )
-        with m.If(accept):
-            m.d.sync += [
-                opc.eq(p.op),
-                ctx.pc.eq(p.per_channel),
-                ctx.rows.eq(p.rows),
-                ctx.n.eq(p.n),
-                ctx.rows_m1.eq(p.rows - 1),
-                ctx.n_m1.eq(p.n - 1),
-                ctx.zp.eq(Mux((p.op == int(Op.VREQ)) | (p.op == int(Op.VMUL))
-                              | (p.op == int(Op.VRMS)), p.zp, 0)),
-                ctx.base["src"].eq(p.src),
-                ctx.base["src2"].eq(p.src2),
-                ctx.base["dst"].eq(p.dst),
-                ctx.base["param"].eq(p.param),
-                ctx.base["param_n"].eq(p.param + (p.n << 2)),
-            ]
-            for op in VECTOR_OPS:
-                m.d.sync += is_[op].eq((p.op == int(op)) & known)
+        accept, known = ctx.command(m, self.cmd, self.busy)
 
         out_acc_op = Signal()  # output elements go to ACC
         m.d.comb += out_acc_op.eq(is_[Op.VADD32] | is_[Op.VSCALE])
@@ -898,21 +948,11 @@ class VectorUnit(wiring.Component):
             m.d.sync += s3_v.eq(0)
 
         # ---------------------------------------------------------------- S3 -> S4: shift
-        # Rounding shifts by ts >= 1 ((p + 2^(ts-1)) >> ts) are done as ((p >> (ts-1)) + 1) >> 1;
-        # p >> (ts-1) only matters saturated to _Q_BITS (the result is clamped to int8 later).
-        # ts == 0 (no shift): the int32 saturation of the product.
-        shamt = Signal(6)
-        m.d.comb += shamt.eq(Mux(s3_ts == 0, 0, s3_ts - 1))
-        q = _rshift_sat(m, s3_prod, shamt, _Q_BITS)
-        sign = s3_prod[-1]
-        hi33 = s3_prod[31:]
-        sat32 = Signal(signed(32))
-        m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), s3_prod[:32],
-                                 Mux(sign, -(2**31), 2**31 - 1)))
+        val = _requant_shift(m, s3_prod, s3_ts)
         with m.If(s4_ready):
             m.d.sync += [
                 s4_v.eq(s3_v & ~s3_pend),
-                s4_val.eq(Mux(s3_ts == 0, sat32, q)),
+                s4_val.eq(val),
                 s4_rnd.eq(s3_ts != 0),
                 s4_off.eq(s3_off),
                 s4_cls.eq(s3_cls),
@@ -920,18 +960,7 @@ class VectorUnit(wiring.Component):
             ]
 
         # ---------------------------------------------------------------- S4 -> OUT: clamp
-        # Every int8-class value fits 12 bits here: rounded (+-512) + off, or a+b / table.
-        r10 = Signal(signed(_Q_BITS))
-        t12 = Signal(signed(12))
-        lo8 = Signal(signed(8))
-        y8 = Signal(signed(8))
-        m.d.comb += [
-            r10.eq((s4_val[:_Q_BITS].as_signed() + 1) >> 1),
-            t12.eq(Mux(s4_rnd, r10 + s4_off, s4_val[:12].as_signed())),
-            lo8.eq(Mux(s4_cls == _CLS_Q127, -127, -128)),
-            y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
-        ]
-        y = Mux(s4_cls == _CLS_I32, s4_val, y8)
+        y = _requant_clamp(m, s4_val, s4_rnd, s4_off, s4_cls)
         with m.If(~o_v | port_ready):  # OUT is free after this cycle: skid first, then S4
             with m.If(k_v):
                 m.d.sync += [o_v.eq(1), o_re.eq(k_re), o_data.eq(k_data), k_v.eq(0)]

@@ -11,11 +11,29 @@ from tritium.config import preset
 pytest.importorskip("amaranth")
 pytest.importorskip("cocotb")
 
+from tritium.rtl.serial_vector import SerialVectorUnit
 from tritium.rtl.vector import VECTOR_OPS, VectorUnit
 from tritium.sim.build import run_cocotb
 
 TB_DIR = Path(__file__).parent / "cocotb"
-PRESETS = ["tiny", "base"]
+#: (config, unit under test): each preset's own unit (tiny: the serial one), and the pipelined
+#: unit on tiny's sizes too.
+CASES = [
+    pytest.param("tiny", SerialVectorUnit, id="tiny-serial"),
+    pytest.param("tiny-pipelined", VectorUnit, id="tiny-pipelined"),
+    pytest.param("base", VectorUnit, id="base"),
+]
+
+
+def _cfg(name: str):
+    if name == "tiny-pipelined":
+        return preset("tiny").replace(vector_serial=False)
+    return preset(name)
+
+
+def _run(cfg_name: str, unit, **kw):
+    return run_cocotb("tritium_vector", _cfg(cfg_name), unit, "tb_vector", TB_DIR,
+                      extra={"unit": unit.__name__}, key_extra=unit.__name__, **kw)
 
 #: What the random test must have exercised (see tb_vector._coverage).
 REQUIRED_COVERAGE = (
@@ -29,23 +47,21 @@ REQUIRED_COVERAGE = (
 )
 
 
-@pytest.mark.parametrize("cfg_name", PRESETS)
-def test_vector_random(cfg_name):
+@pytest.mark.parametrize(("cfg_name", "unit"), CASES)
+def test_vector_random(cfg_name, unit):
     """All 11 opcodes, random shapes/data/params, random stalls on every stream: the SPAD and
     ACC images match GoldenDevice byte for byte after every instruction."""
-    run = run_cocotb("tritium_vector", preset(cfg_name), VectorUnit, "tb_vector", TB_DIR,
-                     seed=11, nvec=24, testcase="vector_random")
+    run = _run(cfg_name, unit, seed=11, nvec=24, testcase="vector_random")
     assert run.report["checked"] >= 3000, run.report
     assert all(v > 0 for v in run.report["per_op"].values()), run.report
     missing = REQUIRED_COVERAGE - set(run.report["coverage"])
     assert not missing, f"random test did not exercise {sorted(missing)}"
 
 
-@pytest.mark.parametrize("cfg_name", PRESETS)
-def test_vector_cycles(cfg_name):
-    """With no stalls, every instruction takes exactly VectorUnit.cycles (docstring table)."""
-    run = run_cocotb("tritium_vector", preset(cfg_name), VectorUnit, "tb_vector", TB_DIR,
-                     seed=5, testcase="vector_cycles")
+@pytest.mark.parametrize(("cfg_name", "unit"), CASES)
+def test_vector_cycles(cfg_name, unit):
+    """With no stalls, every instruction takes exactly ``unit.cycles`` (docstring table)."""
+    run = _run(cfg_name, unit, seed=5, testcase="vector_cycles")
     assert len(run.report["cycles"]) >= 20
 
 
@@ -62,17 +78,18 @@ def test_vector_cmd_layout_matches_isa():
     assert pack_cmd(ins) == encode(ins) & ((1 << lay.size) - 1)
 
 
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("cfg_name", "target"), [("tiny", "ice40"), ("base", "ecp5")])
-def test_vector_synth_multipliers(cfg_name, target):
-    """Synthesizes; the multipliers are one 32x32 and one 9x9: 5 DSP blocks, none in LUTs.
-    (Sizes are reported, not asserted.)"""
+@pytest.mark.parametrize(("cfg_name", "target", "dsp", "bram"),
+                         [("tiny", "ice40", 2, 0), ("base", "ecp5", 5, 1)])
+def test_vector_synth_multipliers(cfg_name, target, dsp, bram):
+    """Synthesizes with every multiplier in DSP blocks, none in LUTs. VectorUnit (base): one
+    32x32 and one 9x9, 5 DSP blocks, and the table block RAM; SerialVectorUnit (tiny): one
+    16x16 (17x17) and one 9x9, 2 DSP blocks, no block RAM. (Sizes are reported, not asserted.)"""
     from tritium.fpga.synth import synth_unit
 
     r = synth_unit("vector", preset(cfg_name), target)
-    assert r["dsp"] == 5, r["cells"]
+    assert r["dsp"] == dsp, r["cells"]
     assert r["cells"].get("$mul", 0) == 0 and r["cells"].get("$macc", 0) == 0
-    assert r["bram"] == 1  # the activation / exp table
+    assert r["bram"] == bram
     print(f"vector {cfg_name} {target}: lut4={r['lut4']} ff={r['ff']} dsp={r['dsp']} "
           f"bram={r['bram']} carry={r['carry']}")

@@ -9,8 +9,8 @@ Presets
 ``tiny``
     For a Lattice iCE40 UP5K (5280 LCs, 8 SB_MAC16 DSPs, 128 KiB SPRAM; it does not fit yet,
     see docs/fpga.md). Only ternary GEMMs (on the serial unit, ``ternary_serial``) and the
-    vector unit are present, the controller has no queues (``queue_depth=0``); device memory is
-    the 128 KiB of SPRAM.
+    vector unit (the serial one, ``vector_serial``) are present, the controller has no queues
+    (``queue_depth=0``); device memory is the 128 KiB of SPRAM.
 ``base``
     Lattice ECP5-85F (~84k LUT4, 156 MULT18X18D, ~460 KiB of DP16KD block RAM): all three engines.
 ``large``
@@ -76,6 +76,12 @@ class AcceleratorConfig:
         gathers or output FIFOs) instead of the ternary engine; ``ternary_lanes`` and
         ``ternary_k`` are then unused. Same results, fewer cycles' worth of hardware: for the
         smallest FPGAs.
+    vector_serial : bool
+        Run the ``V*`` instructions on the small serial vector unit (:class:`tritium.rtl.
+        serial_vector.SerialVectorUnit`: one element at a time, the 32x32 multiply in four
+        cycles on one 16x16 multiplier, no pipeline, read FIFOs or table memory) instead of the
+        pipelined :class:`tritium.rtl.vector.VectorUnit`. Same results, about a third of the
+        logic, several cycles per element: for the smallest FPGAs.
     lut_group : int
         LUT tensor core group size g (activations per table); tables have ``2**(g-1)`` entries.
     lut_max_bits : int
@@ -118,6 +124,7 @@ class AcceleratorConfig:
     ternary_lanes: int = 8
     ternary_k: int = 8
     ternary_serial: bool = False
+    vector_serial: bool = False
     lut_group: int = 4
     lut_max_bits: int = 4
     lut_lanes: int = 4
@@ -172,6 +179,8 @@ class AcceleratorConfig:
             self._fail("ternary_k", "must be a multiple of 4 (4 packed weights per byte)")
         if not isinstance(self.ternary_serial, bool):
             self._fail("ternary_serial", "must be true or false")
+        if not isinstance(self.vector_serial, bool):
+            self._fail("vector_serial", "must be true or false")
         check_int("lut_group", 1, 8)
         if not _is_pow2(self.lut_group):
             self._fail("lut_group", "must be 1, 2, 4 or 8")
@@ -267,6 +276,7 @@ PRESETS: dict[str, AcceleratorConfig] = {
         ternary_lanes=4,
         ternary_k=4,
         ternary_serial=True,
+        vector_serial=True,
         lut_group=2,
         lut_max_bits=2,
         lut_lanes=1,

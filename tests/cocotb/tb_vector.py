@@ -1,9 +1,11 @@
-"""cocotb testbench of tritium.rtl.vector.VectorUnit against tritium.golden.GoldenDevice.
+"""cocotb testbench of a vector unit against tritium.golden.GoldenDevice.
 
+The unit under test is :class:`tritium.rtl.vector.VectorUnit` or, with the test parameter
+``unit="SerialVectorUnit"``, :class:`tritium.rtl.serial_vector.SerialVectorUnit` (same ports).
 ``vector_random``: seeded random vector instructions of all eleven opcodes with random stalls on
 every stream; after each instruction the whole SPAD and ACC images must equal the golden model's.
-``vector_cycles``: no stalls; the cycles of each instruction must equal
-``VectorUnit.cycles`` (the docstring table).
+``vector_cycles``: no stalls; the cycles of each instruction must equal the unit's ``cycles``
+(its docstring table).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
+from tritium.rtl.serial_vector import SerialVectorUnit
 from tritium.rtl.vector import VECTOR_OPS, VectorUnit, pack_cmd
 from tritium.sim.build import tb_report, test_params
 from tritium.sim.memory import ScratchpadModel
@@ -23,6 +26,12 @@ from tritium.golden import GoldenDevice
 from tritium.isa import Instr, Op
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+UNITS = {cls.__name__: cls for cls in (VectorUnit, SerialVectorUnit)}
+
+
+def _unit(p):
+    """The class under test (test parameter ``unit``, default VectorUnit)."""
+    return UNITS[p.extra.get("unit", "VectorUnit")]
 
 
 # ------------------------------------------------------------------------------ generator
@@ -343,6 +352,7 @@ async def vector_random(dut):
     """Random instructions of every opcode, random stalls everywhere, whole-image compare."""
     p = test_params()
     cfg = p.cfg
+    unit = _unit(p)
     prng, rng, spad, acc, gold, sp, ac = await _setup(dut, cfg, p.seed, 0.3)
     gen = _Gen(cfg, rng, spad, acc, gold)
     drv = StreamDriver(dut, "cmd", rng=prng, idle_prob=0.3)
@@ -366,7 +376,7 @@ async def vector_random(dut):
         gold.execute(instr, 0)
         tags |= _coverage(instr, gold, x)
         drv.send(pack_cmd(instr))
-        limit = 20 * (VectorUnit.cycles(instr) + 50)
+        limit = 20 * (unit.cycles(instr) + 50)
         await _wait_done(dut, limit)
         sp.check()
         ac.check()
@@ -383,9 +393,10 @@ async def vector_random(dut):
 
 @cocotb.test()
 async def vector_cycles(dut):
-    """No stalls, 1-cycle read latency: cycles from cmd transfer to done == the formula."""
+    """No stalls, 1-cycle read latency: cycles from cmd transfer to done == the unit's formula."""
     p = test_params()
     cfg = p.cfg
+    unit = _unit(p)
     prng, rng, spad, acc, gold, _sp, _ac = await _setup(dut, cfg, p.seed + 1, 0.0)
     gen = _Gen(cfg, rng, spad, acc, gold)
     counter = CycleCounter(dut.clk)
@@ -430,14 +441,14 @@ async def vector_cycles(dut):
         gold.execute(instr, 0)
         n0 = drv.sent
         drv.send(pack_cmd(instr))
-        done = await _wait_done(dut, 20 * (VectorUnit.cycles(instr) + 50), counter)
+        done = await _wait_done(dut, 20 * (unit.cycles(instr) + 50), counter)
         assert drv.sent == n0 + 1
         got = done - drv.sent_cycles[-1]
-        exp = VectorUnit.cycles(instr)
+        exp = unit.cycles(instr)
         _compare("SPAD", spad, gold.spad, instr, 1)
         _compare("ACC", acc, gold.acc, instr, 4)
         results[str(instr)] = (got, exp)
         dut._log.info("cycles %s: %d (formula %d)", instr, got, exp)
     bad = {k: v for k, v in results.items() if v[0] != v[1]}
     tb_report(cycles={k: v[0] for k, v in results.items()})
-    assert not bad, f"cycle counts differ from VectorUnit.cycles: {bad}"
+    assert not bad, f"cycle counts differ from {unit.__name__}.cycles: {bad}"

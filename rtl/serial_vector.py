@@ -1,0 +1,524 @@
+"""A small vector unit for the smallest FPGAs: one element at a time.
+
+:class:`SerialVectorUnit` executes the eleven ``V*`` instructions like
+:class:`tritium.rtl.vector.VectorUnit` (same ports, same port contract, same results) but is built
+for area: no pipeline, no read FIFOs, no table memory, and the 32x32 multiply done in four cycles
+on one 16x16 multiplier. ``AcceleratorConfig.vector_serial`` selects it (the ``tiny`` preset).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.utils import ceil_log2
+
+from tritium import isa
+from tritium.config import AcceleratorConfig
+
+from .vector import (
+    _ACC,
+    _CLS_I8,
+    _CLS_I32,
+    _CLS_Q127,
+    _SPAD,
+    VECTOR_OPS,
+    _Ctx,
+    _requant_clamp,
+    _requant_shift,
+    _SeqMath,
+    vector_unit_members,
+)
+
+__all__ = ["SerialVectorUnit"]
+
+Op = isa.Op
+
+# Main states. A pass state issues the reads of its elements and collects their responses.
+(_IDLE, _START, _PSQRT, _PARAM, _ROW, _SCALE, _RED1, _RED2, _RE_SQRT, _RE_DIV, _MAIN, _NEXT,
+ _FINISH) = range(13)
+_PASSES = (_PARAM, _SCALE, _RED1, _RED2, _MAIN)
+# Element execution states.
+_E_IDLE, _E_MUL, _E_OUT = range(3)
+
+# Operand reads of a main-pass element, in order: (space, base, index); index i = row * n + col,
+# c = col, t = the table entry of the element read first (VACT byte, VSOFTMAX two bytes).
+_MAIN_READS: dict[Op, tuple[tuple[int, str, str], ...]] = {
+    Op.VREQ: ((_ACC, "src", "i"),),  # per-channel: + (ACC, param, c), (ACC, param_n, c)
+    Op.VADD: ((_SPAD, "src", "i"), (_SPAD, "src2", "i")),
+    Op.VADD32: ((_ACC, "src", "i"), (_ACC, "src2", "i")),
+    Op.VMUL: ((_SPAD, "src", "i"), (_SPAD, "src2", "i")),
+    Op.VSCALE: ((_ACC, "src", "i"),),
+    Op.VACT: ((_SPAD, "src", "i"), (_SPAD, "src2", "t")),
+    Op.VRMS: ((_SPAD, "src", "i"), (_SPAD, "src2", "c")),
+    Op.VQUANT: ((_SPAD, "src", "i"),),
+    Op.VGATE: ((_SPAD, "src", "i"), (_SPAD, "src2", "i"), (_SPAD, "dst", "i")),
+    Op.VSOFTMAX: ((_SPAD, "src", "i"), (_SPAD, "src2", "t"), (_SPAD, "src2", "t")),
+    Op.VARGMAX: (),
+}
+_VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param_n", "c"))
+_BASES = ("src", "src2", "dst", "param", "param_n", "rptr")
+_INDEXES = ("i", "c", "t", "k", "0")
+
+
+class SerialVectorUnit(wiring.Component):
+    """Vector unit for area: ``VREQ`` .. ``VARGMAX`` one element at a time, bit-exact with
+    ``tritium.golden`` like :class:`tritium.rtl.vector.VectorUnit`.
+
+    Parameters, members, the port contract (one element per beat, ``sp_rdata.ready`` and
+    ``ac_rdata.ready`` constantly high, at most ``depth`` reads outstanding, reads of SPAD and
+    ACC never outstanding together, no ``valid`` depending combinationally on a ``ready``, ``busy``
+    / ``done`` / ``stall``) and the in-place restrictions are those of :class:`VectorUnit`; in
+    addition the VACT and VSOFTMAX tables are read from the SPAD element by element, so an
+    instruction must not write over its own table.
+
+    Cycle-level contract. An instruction walks an optional prologue (VRMS: ``isqrt(n << 16)``,
+    24 cycles; VREQ per-tensor / VMUL / VRMS: the two (M0, shift) words), then for each row its
+    passes of ``n`` elements: VSCALE reads the row's scale first; VRMS, VQUANT, VSOFTMAX and
+    VARGMAX a reduction pass (VSOFTMAX two: max, then exp sum), after which the row's reciprocal
+    is computed with the sequential isqrt / divider of :class:`VectorUnit` and the row-end word
+    (VQUANT ``m``, VARGMAX index) is written; then the output pass. Reduction passes read one
+    element per cycle (up to ``depth`` outstanding) and fold each response into the row's sum
+    or max as it arrives. Output passes fetch one element at a time (its ``K`` operands back to
+    back; a VACT / VSOFTMAX table entry after the element's value has arrived) into operand
+    registers, from which the executor takes it while the next one is fetched; the executor
+    multiplies ``X * Y`` (``X``: the operand, the 9x9 product or the sum of two operands; ``Y``:
+    M0, the row scale or reciprocal, or 1) as four 16x16 partial products on one multiplier,
+    summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then by M0), and writes
+    the rounded, shifted, clamped result in the next cycle (:func:`tritium.rtl.vector.
+    _requant_shift` / ``_requant_clamp``, the output stage of :class:`VectorUnit`). Every pass
+    starts when the previous one has finished (no read outstanding, every element written).
+    Nothing depends on data. With every ``ready`` high and a memory answering each read in the
+    cycle after its request, an instruction takes, from the cycle its ``cmd`` transfers to its
+    ``done`` pulse (:meth:`cycles`):
+
+    ============ ================================ =============================================
+    op           reads per element                cycles
+    ============ ================================ =============================================
+    VREQ         1 (per-channel: 3)               ``rows * (5 n + 6) + 6``
+                                                  (per-channel ``rows * (10 n + 3) + 2``)
+    VADD         2                                ``rows * (5 n + 7) + 2``
+    VADD32       2                                ``rows * (5 n + 7) + 2``
+    VMUL         2                                ``rows * (5 n + 7) + 6``
+    VSCALE       1, + 1 scale per row             ``rows * (5 n + 9) + 2``
+    VACT         2 (value, table byte)            ``rows * (5 n + 8) + 2``
+    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 68) + 31``
+    VQUANT       1 (absmax), then 1               ``rows * (6 n + 41) + 2``
+    VGATE        3                                ``rows * (5 n + 8) + 2``
+    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (12 n + 47) + 2``
+    VARGMAX      1                                ``rows * (n + 9) + 2``
+    ============ ================================ =============================================
+
+    (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
+    latency add to these; a read latency of two cycles (the SoC's) leaves the executor the
+    bottleneck for every opcode but VACT, VGATE, VSOFTMAX and per-channel VREQ.
+
+    Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
+    (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
+
+    Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
+    1,788 LUT4, 601 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
+        if depth < 2:
+            raise ValueError(f"depth={depth}; depth must be >= 2")
+        self.cfg = cfg
+        self.depth = depth
+        self.spad_aw = ceil_log2(cfg.spad_bytes)
+        self.acc_aw = ceil_log2(cfg.acc_bytes)
+        super().__init__(vector_unit_members(cfg))
+
+    @staticmethod
+    def cycles(instr: isa.Instr) -> int:
+        """Cycles from the ``cmd`` transfer to the ``done`` pulse of ``instr`` with no stalls
+        and one-cycle read latency (the table in the class docstring)."""
+        op, rows, n = instr.op, instr.rows, instr.n
+        if op not in VECTOR_OPS or rows == 0 or n == 0:
+            return 2
+        return {
+            Op.VREQ: rows * (10 * n + 3) + 2 if instr.per_channel else rows * (5 * n + 6) + 6,
+            Op.VADD: rows * (5 * n + 7) + 2,
+            Op.VADD32: rows * (5 * n + 7) + 2,
+            Op.VMUL: rows * (5 * n + 7) + 6,
+            Op.VSCALE: rows * (5 * n + 9) + 2,
+            Op.VACT: rows * (5 * n + 8) + 2,
+            Op.VRMS: rows * (10 * n + 68) + 31,
+            Op.VQUANT: rows * (6 * n + 41) + 2,
+            Op.VGATE: rows * (5 * n + 8) + 2,
+            Op.VSOFTMAX: rows * (12 * n + 47) + 2,
+            Op.VARGMAX: rows * (n + 9) + 2,
+        }[op]
+
+    def elaborate(self, platform):
+        m = Module()
+        aw = max(self.spad_aw, self.acc_aw)
+        depth = self.depth
+        ctx = _Ctx(aw)
+        is_ = ctx.is_
+        m.submodules.seq = seq = _SeqMath()
+
+        state = Signal(range(13))
+        accept, known = ctx.command(m, self.cmd, self.busy)
+        pc = Signal()  # per-channel VREQ
+        m.d.comb += pc.eq(ctx.pc & is_[Op.VREQ])
+
+        # ---------------------------------------------------------------- registers
+        preg = Signal(signed(32))  # Y: M0, the row scale (VSCALE) or 1
+        ts_reg = Signal(6)  # rounding shift: 31 - shift, 24 (VQUANT, VSOFTMAX), 7 (VGATE), 0
+        num = Signal(16)  # VRMS isqrt(n << 16)
+        rsum = Signal(32)  # VRMS sum of squares, VSOFTMAX exp sum, VARGMAX index of the max
+        rmax = Signal(signed(9))  # VQUANT max |x|, VSOFTMAX / VARGMAX max x
+        slot0 = Signal(signed(32))  # operands of the element being fetched
+        slot1 = Signal(signed(32))
+        slot2 = Signal(8)
+        wptr = Signal(aw)  # next output element
+        rptr = Signal(aw)  # next row-end word (VQUANT, VARGMAX) or row scale (VSCALE)
+        rows_left = Signal(12)
+        rowbase = Signal(aw)
+        c = Signal(16)  # elements of the pass whose reads have all been issued
+        k = Signal(2)  # next read's operand
+        kc = Signal(2)  # next response's operand
+        outst = Signal(range(depth + 1))
+        elem_ready = Signal()  # an output element's operands are complete
+        red_d = Signal()  # a reduction element's sum update is due (one cycle after its data)
+        out_acc = Signal()  # output elements go to ACC
+        m.d.comb += out_acc.eq(is_[Op.VADD32] | is_[Op.VSCALE])
+
+        # ---------------------------------------------------------------- pass walker
+        in_pass = Signal()
+        m.d.comb += in_pass.eq(Cat(*(state == s for s in _PASSES)).any())
+        space = Signal()
+        big_k = Signal(2)  # reads per element - 1
+        base_sel = Signal(range(len(_BASES)))
+        idx_sel = Signal(range(len(_INDEXES)))
+        one_elem = Signal()  # PARAM, SCALE: one element per pass
+        dep = Signal()  # this read's address depends on a response (table entry)
+
+        def reads(rd):
+            for j, (sp, b, ix) in enumerate(rd):
+                with m.If(k == j):
+                    m.d.comb += [space.eq(sp), base_sel.eq(_BASES.index(b)),
+                                 idx_sel.eq(_INDEXES.index(ix)), dep.eq(ix == "t")]
+            m.d.comb += big_k.eq(max(len(rd) - 1, 0))
+
+        with m.Switch(state):
+            with m.Case(_PARAM):
+                m.d.comb += one_elem.eq(1)
+                reads(((_ACC, "param", "k"), (_ACC, "param", "k")))
+            with m.Case(_SCALE):
+                m.d.comb += one_elem.eq(1)
+                reads(((_ACC, "rptr", "0"),))
+            with m.Case(_RED1):
+                reads(((_SPAD, "src", "i"),))
+            with m.Case(_RED2):
+                reads(_MAIN_READS[Op.VSOFTMAX])
+            with m.Case(_MAIN):
+                for op, rd in _MAIN_READS.items():
+                    with m.If(is_[op]):
+                        if op == Op.VREQ:
+                            with m.If(pc):
+                                reads(_VREQ_PC_READS)
+                            with m.Else():
+                                reads(rd)
+                        else:
+                            reads(rd)
+
+        last_elem = Signal()
+        m.d.comb += last_elem.eq(Mux(one_elem, c == 1, c == ctx.n))
+        # table index: VACT x + 128, VSOFTMAX 2 * clamp(x - max + 128, 0, 255) + byte
+        x8 = slot0[:8].as_signed()
+        d_sm = Signal(signed(10))
+        m.d.comb += d_sm.eq(x8 - rmax[:8].as_signed() + 128)
+        tidx = Signal(9)
+        m.d.comb += tidx.eq(Mux(is_[Op.VACT], slot0[:8] ^ 0x80,
+                                Cat(k[1], Mux(d_sm < 0, 0, d_sm[:8]))))
+        base = Signal(aw)
+        idx = Signal(16)
+        bases = {**ctx.base, "rptr": rptr}
+        with m.Switch(base_sel):
+            for j, b in enumerate(_BASES):
+                with m.Case(j):
+                    m.d.comb += base.eq(bases[b])
+        with m.Switch(idx_sel):
+            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, 0))):
+                assert _INDEXES[j] == ix
+                with m.Case(j):
+                    m.d.comb += idx.eq(v)
+        addr = Signal(aw)
+        m.d.comb += addr.eq(base + Mux(space == _ACC, idx << 2, idx))
+
+        e_state = Signal(range(3))
+        e_idle = Signal()
+        m.d.comb += e_idle.eq(e_state == _E_IDLE)
+        take = Signal()  # the executor takes the fetched element this cycle
+        # A new output element is fetched only when the previous one's operands have been taken
+        # (per-channel VREQ: and executed, its M0 and shift land in preg / ts_reg). Taken now:
+        # the executor is idle (not "or writing": no valid may depend on a ready).
+        first_ok = Signal()
+        m.d.comb += first_ok.eq(
+            (k != 0) | (state != _MAIN)
+            | ((outst == 0) & (~elem_ready | e_idle) & (~pc | (e_idle & ~elem_ready)))
+        )
+        can_issue = Signal()
+        m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok
+                                 & (~dep | (outst == 0)))
+        step = Signal()
+        m.d.comb += [
+            self.sp_rd.valid.eq(can_issue & (space == _SPAD)),
+            self.ac_rd.valid.eq(can_issue & (space == _ACC)),
+            self.sp_rd.payload.eq(addr),
+            self.ac_rd.payload.eq(addr),
+            step.eq((self.sp_rd.valid & self.sp_rd.ready) | (self.ac_rd.valid & self.ac_rd.ready)),
+        ]
+        with m.If(step):
+            with m.If(k == big_k):
+                m.d.sync += [k.eq(0), c.eq(c + 1)]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+            with m.If(state == _SCALE):
+                m.d.sync += rptr.eq(rptr + 4)
+
+        # ---------------------------------------------------------------- collector
+        # Responses arrive in request order (a pass reads one space) and are used as they come.
+        m.d.comb += [self.sp_rdata.ready.eq(1), self.ac_rdata.ready.eq(1)]
+        rvalid = Signal()
+        rdata = Signal(signed(32))
+        m.d.comb += [
+            rvalid.eq(self.sp_rdata.valid | self.ac_rdata.valid),
+            rdata.eq(Mux(self.ac_rdata.valid, self.ac_rdata.payload.as_signed(),
+                         self.sp_rdata.payload.as_signed())),
+        ]
+        m.d.sync += outst.eq(outst + step - rvalid)
+        elem_done = Signal()
+        m.d.comb += elem_done.eq(rvalid & (kc == big_k))
+        with m.If(rvalid):
+            m.d.sync += kc.eq(Mux(kc == big_k, 0, kc + 1))
+        shift_in = Signal(6)
+        m.d.comb += shift_in.eq(31 - rdata[:6])
+        with m.If(rvalid), m.Switch(state):
+            with m.Case(_PARAM):
+                with m.If(kc == 0):
+                    m.d.sync += preg.eq(rdata)
+                with m.Else():
+                    m.d.sync += ts_reg.eq(shift_in)
+            with m.Case(_SCALE):
+                m.d.sync += preg.eq(rdata)
+            with m.Default():
+                with m.If((kc == 0) | ((kc == 1) & is_[Op.VACT])):
+                    m.d.sync += slot0.eq(rdata)
+                with m.If(pc):
+                    with m.If(kc == 1):
+                        m.d.sync += preg.eq(rdata)
+                    with m.If(kc == 2):
+                        m.d.sync += ts_reg.eq(shift_in)
+                with m.Else():
+                    with m.If(kc == 1):
+                        m.d.sync += slot1.eq(rdata)
+                    with m.If(kc == 2):
+                        m.d.sync += slot2.eq(rdata[:8])
+        with m.If(elem_done & (state == _MAIN)):
+            m.d.sync += elem_ready.eq(1)
+        with m.Elif(take):
+            m.d.sync += elem_ready.eq(0)
+
+        # reductions: max / absmax / argmax as the value arrives, sums one cycle later
+        rv = Signal(signed(9))
+        r8 = rdata[:8].as_signed()
+        m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (r8 < 0), -r8, r8))
+        with m.If(rvalid & (state == _RED1) & (rv > rmax)):
+            m.d.sync += rmax.eq(rv)
+            with m.If(is_[Op.VARGMAX]):
+                m.d.sync += rsum.eq(c - outst)
+        m.d.sync += red_d.eq(elem_done & (((state == _RED1) & is_[Op.VRMS]) | (state == _RED2)))
+        # the 9x9 product: x*x (VRMS sums), x*g (VRMS), a*b (VMUL), max(f, 0) * (h - c) (VGATE)
+        sp = Signal(signed(18))
+        b8 = slot1[:8].as_signed()
+        m.d.comb += sp.eq(
+            Mux(is_[Op.VGATE], Mux(x8 < 0, 0, x8), x8)
+            * Mux(is_[Op.VGATE], slot2.as_signed() - b8, Mux(state == _RED1, x8, b8))
+        )
+        with m.If(red_d):
+            m.d.sync += rsum.eq(rsum + Mux(is_[Op.VRMS], sp[:15], Cat(slot1[:8], slot2)))
+
+        # ---------------------------------------------------------------- executor
+        xreg = Signal(signed(32))
+        mstep = Signal(2)
+        second = Signal()  # VRMS: the multiply by M0 follows
+        re = Signal()  # a row-end word (VQUANT m, VARGMAX index), not an output element
+        off = Signal(signed(9))
+        acc = Signal(signed(36))  # product >> (16 * shifts so far)
+        lo0 = Signal(16)
+        lo1 = Signal(16)
+        prod = Signal(signed(64))
+        m.d.comb += prod.eq(Cat(lo0, lo1, acc[:32]))
+        y = Signal(signed(32))
+        m.d.comb += y.eq(Mux(~re & ((is_[Op.VRMS] & second) | is_[Op.VQUANT] | is_[Op.VSOFTMAX]),
+                             seq.q, preg))
+        # one 17x17 signed multiplier: X half mstep[1] times Y half mstep[0] (high halves signed)
+        hx, hy = mstep[1], mstep[0]
+        ma = Cat(Mux(hx, xreg[16:], xreg[:16]), hx & xreg[31]).as_signed()
+        mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
+        pp = Signal(signed(34))
+        m.d.comb += pp.eq(ma * mb)
+        # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
+        acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
+
+        # what the executor takes
+        add = Signal(signed(33))
+        m.d.comb += add.eq(slot0 + slot1)
+        add_sat = Mux(add[32] != add[31], Mux(add[32], -(2**31), 2**31 - 1), add[:32])
+        xnew = Signal(signed(32))
+        with m.If(is_[Op.VADD] | is_[Op.VADD32]):
+            m.d.comb += xnew.eq(add_sat)
+        with m.Elif(is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VGATE]):
+            m.d.comb += xnew.eq(sp)
+        with m.Elif(is_[Op.VSOFTMAX]):
+            m.d.comb += xnew.eq(Cat(slot1[:8], slot2))
+        with m.Else():
+            m.d.comb += xnew.eq(slot0)
+        m_q = Signal(8)  # VQUANT m = max(max |x|, 1)
+        m.d.comb += m_q.eq(Mux(rmax == 0, 1, rmax))
+        inject = Signal()
+        inject_data = Signal(16)
+
+        ts = Mux(re, 0, ts_reg)
+        cls = Mux(re | out_acc, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))
+        val = _requant_shift(m, prod, ts)
+        yout = _requant_clamp(m, val, ts != 0, off, cls)
+        wr_acc = Signal()
+        m.d.comb += wr_acc.eq(re | out_acc)
+        wr_ok = Signal()
+        m.d.comb += [
+            self.sp_wr.valid.eq((e_state == _E_OUT) & ~wr_acc),
+            self.ac_wr.valid.eq((e_state == _E_OUT) & wr_acc),
+            self.sp_wr.payload.addr.eq(wptr),
+            self.sp_wr.payload.data.eq(yout[:8]),
+            self.ac_wr.payload.addr.eq(Mux(re, rptr, wptr)),
+            self.ac_wr.payload.data.eq(yout),
+            wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
+        ]
+        with m.If(wr_ok):
+            with m.If(re):
+                m.d.sync += rptr.eq(rptr + 4)
+            with m.Else():
+                m.d.sync += wptr.eq(wptr + Mux(out_acc, 4, 1))
+        free = Signal()
+        m.d.comb += [
+            free.eq(e_idle | wr_ok),
+            take.eq(elem_ready & free),
+        ]
+        with m.If(take | inject):
+            m.d.sync += [
+                xreg.eq(Mux(inject, inject_data, xnew)),
+                e_state.eq(_E_MUL),
+                mstep.eq(0),
+                second.eq(~inject & is_[Op.VRMS]),
+                re.eq(inject),
+                off.eq(Mux(is_[Op.VGATE], b8, ctx.zp)),
+            ]
+        with m.Elif(e_state == _E_MUL):
+            m.d.sync += [acc.eq(acc_in + pp), mstep.eq(mstep + 1)]
+            with m.If(mstep == 1):
+                m.d.sync += lo0.eq(acc[:16])
+            with m.If(mstep == 3):
+                m.d.sync += lo1.eq(acc[:16])
+                with m.If(second):
+                    m.d.sync += [xreg.eq(Cat(lo0, acc[:16])), second.eq(0)]
+                with m.Else():
+                    m.d.sync += e_state.eq(_E_OUT)
+        with m.Elif(wr_ok):
+            m.d.sync += e_state.eq(_E_IDLE)
+
+        # ---------------------------------------------------------------- control
+        quiet = Signal()  # nothing outstanding, fetched, executing or to write
+        m.d.comb += quiet.eq((outst == 0) & ~elem_ready & e_idle & ~red_d)
+        pass_end = Signal()
+        m.d.comb += pass_end.eq(last_elem & quiet)
+        m.d.comb += [
+            self.busy.eq(state != _IDLE),
+            self.stall.eq(
+                (self.sp_rd.valid & ~self.sp_rd.ready) | (self.ac_rd.valid & ~self.ac_rd.ready)
+                | (self.sp_wr.valid & ~self.sp_wr.ready) | (self.ac_wr.valid & ~self.ac_wr.ready)
+            ),
+            # isqrt(n << 16) in the VRMS prologue, isqrt(ss << 16) per row; r = num // root
+            # (VRMS), R = (127 << 24) // m or // sum
+            seq.x.eq(Mux(state == _START, ctx.n, rsum)),
+            seq.num.eq(Mux(is_[Op.VRMS], num << 15, 127 << 24)),
+            seq.den.eq(Mux(is_[Op.VRMS], Mux(seq.root == 0, 1, seq.root),
+                           Mux(is_[Op.VQUANT], m_q, Mux(rsum == 0, 1, rsum)))),
+        ]
+
+        def begin(st):  # enter a pass
+            m.d.sync += [state.eq(st), c.eq(0), k.eq(0)]
+
+        has_red = is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VSOFTMAX] | is_[Op.VARGMAX]
+        with m.Switch(state):
+            with m.Case(_IDLE), m.If(accept):
+                m.d.sync += state.eq(Mux(known, _START, _FINISH))
+            with m.Case(_START):
+                m.d.sync += [
+                    wptr.eq(ctx.base["dst"]),
+                    rptr.eq(Mux(is_[Op.VQUANT], ctx.base["param"],
+                                Mux(is_[Op.VSCALE], ctx.base["src2"], ctx.base["dst"]))),
+                    preg.eq(1),
+                    ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 24,
+                                  Mux(is_[Op.VGATE], 7, 0))),
+                    rowbase.eq(0),
+                    rows_left.eq(ctx.rows),
+                ]
+                with m.If(is_[Op.VRMS]):
+                    m.d.comb += seq.start_sqrt.eq(1)
+                    m.d.sync += state.eq(_PSQRT)
+                with m.Elif((is_[Op.VREQ] & ~ctx.pc) | is_[Op.VMUL]):
+                    begin(_PARAM)
+                with m.Else():
+                    m.d.sync += state.eq(_ROW)
+            with m.Case(_PSQRT), m.If(~seq.busy):
+                m.d.sync += num.eq(seq.root)
+                begin(_PARAM)
+            with m.Case(_PARAM), m.If(pass_end):
+                m.d.sync += state.eq(_ROW)
+            with m.Case(_ROW):
+                with m.If(is_[Op.VSCALE]):
+                    begin(_SCALE)
+                with m.Elif(has_red):
+                    begin(_RED1)
+                    m.d.sync += [rsum.eq(0), rmax.eq(Mux(is_[Op.VQUANT], 0, -128))]
+                with m.Else():
+                    begin(_MAIN)
+            with m.Case(_SCALE), m.If(pass_end):
+                begin(_MAIN)
+            with m.Case(_RED1), m.If(pass_end):
+                with m.If(is_[Op.VSOFTMAX]):
+                    begin(_RED2)
+                    m.d.sync += rsum.eq(0)
+                with m.Elif(is_[Op.VRMS]):
+                    m.d.comb += seq.start_sqrt.eq(1)
+                    m.d.sync += state.eq(_RE_SQRT)
+                with m.Elif(is_[Op.VQUANT]):
+                    m.d.comb += [inject.eq(1), inject_data.eq(m_q), seq.start_div.eq(1)]
+                    m.d.sync += state.eq(_RE_DIV)
+                with m.Else():  # VARGMAX
+                    m.d.comb += [inject.eq(1), inject_data.eq(rsum[:16])]
+                    m.d.sync += state.eq(_NEXT)
+            with m.Case(_RED2), m.If(pass_end):
+                m.d.comb += seq.start_div.eq(1)
+                m.d.sync += state.eq(_RE_DIV)
+            with m.Case(_RE_SQRT), m.If(~seq.busy):
+                m.d.comb += seq.start_div.eq(1)
+                m.d.sync += state.eq(_RE_DIV)
+            with m.Case(_RE_DIV), m.If(~seq.busy):
+                begin(_MAIN)
+            with m.Case(_MAIN), m.If(pass_end):
+                m.d.sync += state.eq(_NEXT)
+            with m.Case(_NEXT), m.If(quiet):
+                with m.If(rows_left == 1):
+                    m.d.sync += state.eq(_FINISH)
+                with m.Else():
+                    m.d.sync += [rows_left.eq(rows_left - 1), rowbase.eq(rowbase + ctx.n),
+                                 state.eq(_ROW)]
+            with m.Case(_FINISH), m.If(quiet):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += state.eq(_IDLE)
+        return m
