@@ -484,9 +484,10 @@ class AxiSram(wiring.Component):
     responses are OKAY and addresses wrap at the RAM size.
 
     Cycle contract: one write beat per cycle (``wready`` high through the burst), ``bvalid`` the
-    cycle after ``wlast``; reads are pipelined through the RAM's one-cycle latency with a
-    one-entry skid register: one beat per cycle while ``rready`` stays high, the first beat two
-    cycles after ``AR`` is taken.
+    cycle after ``wlast``; a read beat is the RAM's read data, held there until R takes it
+    (``holding``: whoever else shares the RAM must not read it meanwhile; writes are fine):
+    one beat per cycle while ``rready`` stays high, the first beat two cycles after ``AR`` is
+    taken.
 
     Parameters
     ----------
@@ -501,6 +502,9 @@ class AxiSram(wiring.Component):
     -------
     axi : In(Axi4Signature(addr_width, data_width, id_width))
     mem : Out(SinglePortSignature(mem_addr_bits, data_width))
+        The RAM: read data one cycle after a read, then unchanged until the next read.
+    holding : Out(1)
+        The RAM's read data is a beat R has not taken yet.
     """
 
     def __init__(self, *, addr_width: int, data_width: int, id_width: int, mem_addr_bits: int,
@@ -514,6 +518,7 @@ class AxiSram(wiring.Component):
             "axi": In(Axi4Signature(addr_width=addr_width, data_width=data_width,
                                     id_width=id_width)),
             "mem": Out(SinglePortSignature(mem_addr_bits, data_width)),
+            "holding": Out(1),
         })
 
     def elaborate(self, platform):
@@ -529,32 +534,21 @@ class AxiSram(wiring.Component):
         size = self.size_bytes or (self.data_width // 8) << aw
         prefer_read = Signal()
 
-        # read pipeline: pending (RAM answers this cycle) -> out register / skid register
-        pending = Signal()
-        pend_last = Signal()
-        out_v = Signal()
-        out_d = Signal(self.data_width)
+        # The RAM's own output register holds a read beat until R takes it (a RAM's read data
+        # change only on its next read), so no copy of the data is needed: the next read is
+        # issued in the cycle the held beat is taken.
+        out_v = Signal()  # the RAM output holds a beat R has not taken yet
         out_l = Signal()
-        skid_v = Signal()
-        skid_d = Signal(self.data_width)
-        skid_l = Signal()
         from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
 
-        m.d.comb += [a.rvalid.eq(out_v), a.rdata.eq(Mux(bad, 0, out_d)), a.rlast.eq(out_l),
+        m.d.comb += [a.rvalid.eq(out_v), a.rdata.eq(Mux(bad, 0, mem.rdata)), a.rlast.eq(out_l),
                      a.rid.eq(rid), a.rresp.eq(Mux(bad, RESP_DECERR, RESP_OKAY)),
-                     a.bresp.eq(Mux(bad, RESP_DECERR, RESP_OKAY)), a.bid.eq(bid)]
+                     a.bresp.eq(Mux(bad, RESP_DECERR, RESP_OKAY)), a.bid.eq(bid),
+                     self.holding.eq(out_v)]
         consume = out_v & a.rready
-        out_free = ~out_v | consume
+        can_issue = ~out_v | consume
         with m.If(consume):
             m.d.sync += out_v.eq(0)
-        with m.If(skid_v & out_free):
-            m.d.sync += [out_v.eq(1), out_d.eq(skid_d), out_l.eq(skid_l), skid_v.eq(0)]
-        with m.Elif(pending & out_free):
-            m.d.sync += [out_v.eq(1), out_d.eq(mem.rdata), out_l.eq(pend_last)]
-        with m.If(pending & ((skid_v & out_free) | ~out_free)):
-            m.d.sync += [skid_v.eq(1), skid_d.eq(mem.rdata), skid_l.eq(pend_last)]
-        m.d.sync += pending.eq(0)
-        can_issue = ~skid_v & ~(pending & ~out_free)
 
         m.d.comb += [mem.addr.eq(addr), mem.wdata.eq(a.wdata), mem.wmask.eq(a.wstrb)]
         with m.FSM(name="axi_sram"):
@@ -572,12 +566,12 @@ class AxiSram(wiring.Component):
                     m.next = "WRITE"
             with m.State("READ"), m.If(can_issue):
                 m.d.comb += [mem.en.eq(1), mem.we.eq(0)]
-                m.d.sync += [pending.eq(1), pend_last.eq(left == 1), addr.eq(addr + 1),
+                m.d.sync += [out_v.eq(1), out_l.eq(left == 1), addr.eq(addr + 1),
                              left.eq(left - 1)]
                 with m.If(left == 1):
                     m.next = "READ_DRAIN"
             # a new burst waits until the last beat of this one has left
-            with m.State("READ_DRAIN"), m.If(~pending & ~skid_v & (~out_v | consume)):
+            with m.State("READ_DRAIN"), m.If(can_issue):
                 m.next = "IDLE"
             with m.State("WRITE"):
                 m.d.comb += a.wready.eq(1)
@@ -600,8 +594,9 @@ class SingleSocRam(wiring.Component):
     its :class:`BlockRam` model elsewhere.
 
     Cycle contract: the AXI side (:class:`AxiSram`) has priority; the bridge port is
-    acknowledged in the cycles in which the AXI side does not access the RAM, its read data
-    arrive the next cycle (``rvalid``). Bursts starting beyond ``cfg.dev_mem_bytes`` answer
+    acknowledged in the cycles in which the AXI side does not access the RAM (reads also not
+    while the RAM's output holds an AXI read beat), its read data arrive the next cycle
+    (``rvalid``). Bursts starting beyond ``cfg.dev_mem_bytes`` answer
     DECERR.
 
     Members
@@ -642,7 +637,7 @@ class SingleSocRam(wiring.Component):
         p, a, r = self.port, ax.mem, ram.bus
         grant = Signal()
         m.d.comb += [
-            grant.eq(p.en & ~a.en),
+            grant.eq(p.en & ~a.en & (p.we | ~ax.holding)),
             r.en.eq(a.en | grant),
             r.we.eq(Mux(a.en, a.we, p.we)),
             r.addr.eq(Mux(a.en, a.addr, p.addr)),

@@ -355,6 +355,7 @@ def test_axi_ram_bursts(kind):
                         break
                 ctx.set(a.bready, 0)
                 log["writes"] += 1
+                log["decerr"] += beyond
             else:
                 ctx.set(a.araddr, base)
                 ctx.set(a.arlen, beats - 1)
