@@ -148,8 +148,11 @@ class Bridge(wiring.Component):
                     respond(Status.TIMEOUT)
 
         pend = Signal()  # a memory read for the response is in flight
+        tx_byte = Signal(8)
+        a_idx = Signal(32)  # the memory byte of payload byte idx (WRITE_MEM, READ_MEM)
+        m.d.comb += a_idx.eq(addr + idx)
 
-        with m.FSM(name="bridge"):
+        with m.FSM(name="bridge") as fsm:
             with m.State("IDLE"):
                 m.d.comb += rx.ready.eq(1)
                 with m.If(rx_fire):
@@ -253,7 +256,7 @@ class Bridge(wiring.Component):
                 m.d.comb += brd.addr.eq(idx)
                 m.next = "WM_WRITE"
             with m.State("WM_WRITE"):
-                a = addr + idx
+                a = a_idx
                 m.d.comb += [
                     brd.addr.eq(idx),
                     mem.addr.eq(a >> lb),
@@ -270,47 +273,49 @@ class Bridge(wiring.Component):
                         m.next = "WM_READ"
 
             # ------------------------------------------------------------------ response
-            def send(value, nxt):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(value)]
-                with m.If(tx.ready):
-                    m.d.sync += tcrc.eq(crc8_next(m, tcrc, value, "tcrc"))
-                    m.next = nxt
-
+            # every response byte goes through tx_byte; one CRC update for all of them
             with m.State("T_SYNC"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(RESP_SYNC)]
+                m.d.comb += [tx.valid.eq(1), tx_byte.eq(RESP_SYNC)]
                 with m.If(tx.ready):
-                    m.d.sync += tcrc.eq(0)
                     m.next = "T_STATUS"
             with m.State("T_STATUS"):
-                send(status, "T_LEN0")
+                m.d.comb += [tx.valid.eq(1), tx_byte.eq(status)]
+                with m.If(tx.ready):
+                    m.next = "T_LEN0"
             with m.State("T_LEN0"):
-                send(rlen[:8], "T_LEN1")
+                m.d.comb += [tx.valid.eq(1), tx_byte.eq(rlen[:8])]
+                with m.If(tx.ready):
+                    m.next = "T_LEN1"
             with m.State("T_LEN1"):
-                send(rlen[8:], "T_PAY")
-                with m.If(tx.ready & (rlen == 0)):
-                    m.next = "T_CRC"
+                m.d.comb += [tx.valid.eq(1), tx_byte.eq(rlen[8:])]
+                with m.If(tx.ready):
+                    m.next = "T_PAY"
+                    with m.If(rlen == 0):
+                        m.next = "T_CRC"
             with m.State("T_PAY"):
-                a = addr + idx
                 with m.If(rsrc_mem & ~have):
                     # fetch the byte: a read request, then its data in the next cycle
                     with m.If(~pend):
-                        m.d.comb += [mem.addr.eq(a >> lb), mem.en.eq(1), mem.we.eq(0)]
+                        m.d.comb += [mem.addr.eq(a_idx >> lb), mem.en.eq(1), mem.we.eq(0)]
                         with m.If(mem.ack):
-                            m.d.sync += [lane.eq(a[:lb] if lb else 0), pend.eq(1)]
+                            m.d.sync += [lane.eq(a_idx[:lb] if lb else 0), pend.eq(1)]
                     with m.Elif(mem.rvalid):
                         m.d.sync += [tbyte.eq(mem.rdata.word_select(lane, 8) if lb
                                               else mem.rdata[:8]), have.eq(1), pend.eq(0)]
                 with m.Else():
-                    value = Mux(rsrc_mem, tbyte, word.word_select(idx[:2], 8))
-                    m.d.comb += [tx.valid.eq(1), tx.payload.eq(value)]
+                    m.d.comb += [tx.valid.eq(1),
+                                 tx_byte.eq(Mux(rsrc_mem, tbyte, word.word_select(idx[:2], 8)))]
                     with m.If(tx.ready):
-                        m.d.sync += [tcrc.eq(crc8_next(m, tcrc, value, "pcrc")), idx.eq(idx + 1),
-                                     have.eq(0)]
+                        m.d.sync += [idx.eq(idx + 1), have.eq(0)]
                         with m.If(idx == rlen - 1):
                             m.next = "T_CRC"
             with m.State("T_CRC"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(tcrc)]
+                m.d.comb += [tx.valid.eq(1), tx_byte.eq(tcrc)]
                 with m.If(tx.ready):
                     m.next = "IDLE"
 
+        m.d.comb += tx.payload.eq(tx_byte)
+        tx_crc = crc8_next(m, tcrc, tx_byte, "tcrc")
+        with m.If(tx.valid & tx.ready):  # the CRC covers every byte after the sync byte
+            m.d.sync += tcrc.eq(Mux(fsm.ongoing("T_SYNC"), 0, tx_crc))
         return m
