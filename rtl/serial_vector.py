@@ -57,7 +57,7 @@ _MAIN_READS: dict[Op, tuple[tuple[int, str, str], ...]] = {
 }
 _VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param_n", "c"))
 _BASES = ("src", "src2", "dst", "param", "param_n", "rptr")
-_INDEXES = ("i", "c", "t", "k", "0")
+_INDEXES = ("i", "c", "t", "k")
 
 
 class SerialVectorUnit(wiring.Component):
@@ -116,7 +116,7 @@ class SerialVectorUnit(wiring.Component):
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
 
     Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
-    1,788 LUT4, 601 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,738 LUT4, 535 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
     1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR).
     """
 
@@ -156,7 +156,7 @@ class SerialVectorUnit(wiring.Component):
         depth = self.depth
         ctx = _Ctx(aw)
         is_ = ctx.is_
-        m.submodules.seq = seq = _SeqMath()
+        m.submodules.seq = seq = _SeqMath(hold_den=True)  # den: root, m or sum, steady
 
         state = Signal(range(13))
         accept, known = ctx.command(m, self.cmd, self.busy)
@@ -169,12 +169,11 @@ class SerialVectorUnit(wiring.Component):
         num = Signal(16)  # VRMS isqrt(n << 16)
         rsum = Signal(32)  # VRMS sum of squares, VSOFTMAX exp sum, VARGMAX index of the max
         rmax = Signal(signed(9))  # VQUANT max |x|, VSOFTMAX / VARGMAX max x
-        slot0 = Signal(signed(32))  # operands of the element being fetched
-        slot1 = Signal(signed(32))
+        slot0 = Signal(signed(33))  # operands of the element being fetched (VADD: a + b)
+        slot1 = Signal(8)
         slot2 = Signal(8)
         wptr = Signal(aw)  # next output element
         rptr = Signal(aw)  # next row-end word (VQUANT, VARGMAX) or row scale (VSCALE)
-        rows_left = Signal(12)
         rowbase = Signal(aw)
         c = Signal(16)  # elements of the pass whose reads have all been issued
         k = Signal(2)  # next read's operand
@@ -203,12 +202,20 @@ class SerialVectorUnit(wiring.Component):
             m.d.comb += big_k.eq(max(len(rd) - 1, 0))
 
         with m.Switch(state):
+            with m.Case(_START):  # no read: the address adder gives rptr its start (k == 0)
+                m.d.comb += [
+                    space.eq(_ACC),
+                    base_sel.eq(Mux(is_[Op.VQUANT], _BASES.index("param"),
+                                    Mux(is_[Op.VSCALE], _BASES.index("src2"),
+                                        _BASES.index("dst")))),
+                    idx_sel.eq(_INDEXES.index("k")),
+                ]
             with m.Case(_PARAM):
                 m.d.comb += one_elem.eq(1)
                 reads(((_ACC, "param", "k"), (_ACC, "param", "k")))
             with m.Case(_SCALE):
                 m.d.comb += one_elem.eq(1)
-                reads(((_ACC, "rptr", "0"),))
+                reads(((_ACC, "rptr", "c"),))
             with m.Case(_RED1):
                 reads(((_SPAD, "src", "i"),))
             with m.Case(_RED2):
@@ -241,7 +248,7 @@ class SerialVectorUnit(wiring.Component):
                 with m.Case(j):
                     m.d.comb += base.eq(bases[b])
         with m.Switch(idx_sel):
-            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, 0))):
+            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k))):
                 assert _INDEXES[j] == ix
                 with m.Case(j):
                     m.d.comb += idx.eq(v)
@@ -307,6 +314,8 @@ class SerialVectorUnit(wiring.Component):
             with m.Default():
                 with m.If((kc == 0) | ((kc == 1) & is_[Op.VACT])):
                     m.d.sync += slot0.eq(rdata)
+                with m.If((kc == 1) & (is_[Op.VADD] | is_[Op.VADD32])):
+                    m.d.sync += slot0.eq(slot0 + rdata)
                 with m.If(pc):
                     with m.If(kc == 1):
                         m.d.sync += preg.eq(rdata)
@@ -314,7 +323,7 @@ class SerialVectorUnit(wiring.Component):
                         m.d.sync += ts_reg.eq(shift_in)
                 with m.Else():
                     with m.If(kc == 1):
-                        m.d.sync += slot1.eq(rdata)
+                        m.d.sync += slot1.eq(rdata[:8])
                     with m.If(kc == 2):
                         m.d.sync += slot2.eq(rdata[:8])
         with m.If(elem_done & (state == _MAIN)):
@@ -329,20 +338,20 @@ class SerialVectorUnit(wiring.Component):
         with m.If(rvalid & (state == _RED1) & (rv > rmax)):
             m.d.sync += rmax.eq(rv)
             with m.If(is_[Op.VARGMAX]):
-                m.d.sync += rsum.eq(c - outst)
+                m.d.sync += rsum.eq((c - outst)[:16])
         m.d.sync += red_d.eq(elem_done & (((state == _RED1) & is_[Op.VRMS]) | (state == _RED2)))
         # the 9x9 product: x*x (VRMS sums), x*g (VRMS), a*b (VMUL), max(f, 0) * (h - c) (VGATE)
         sp = Signal(signed(18))
-        b8 = slot1[:8].as_signed()
+        b8 = slot1.as_signed()
         m.d.comb += sp.eq(
             Mux(is_[Op.VGATE], Mux(x8 < 0, 0, x8), x8)
             * Mux(is_[Op.VGATE], slot2.as_signed() - b8, Mux(state == _RED1, x8, b8))
         )
         with m.If(red_d):
-            m.d.sync += rsum.eq(rsum + Mux(is_[Op.VRMS], sp[:15], Cat(slot1[:8], slot2)))
+            m.d.sync += rsum.eq(rsum + Mux(is_[Op.VRMS], sp[:15], Cat(slot1, slot2)))
 
         # ---------------------------------------------------------------- executor
-        xreg = Signal(signed(32))
+        xreg = Signal(signed(33))
         mstep = Signal(2)
         second = Signal()  # VRMS: the multiply by M0 follows
         re = Signal()  # a row-end word (VQUANT m, VARGMAX index), not an output element
@@ -357,24 +366,20 @@ class SerialVectorUnit(wiring.Component):
                              seq.q, preg))
         # one 17x17 signed multiplier: X half mstep[1] times Y half mstep[0] (high halves signed)
         hx, hy = mstep[1], mstep[0]
-        ma = Cat(Mux(hx, xreg[16:], xreg[:16]), hx & xreg[31]).as_signed()
+        ma = Cat(Mux(hx, xreg[16:32], xreg[:16]), hx & xreg[32]).as_signed()
         mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
         pp = Signal(signed(34))
         m.d.comb += pp.eq(ma * mb)
         # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
         acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
 
-        # what the executor takes
-        add = Signal(signed(33))
-        m.d.comb += add.eq(slot0 + slot1)
-        add_sat = Mux(add[32] != add[31], Mux(add[32], -(2**31), 2**31 - 1), add[:32])
-        xnew = Signal(signed(32))
-        with m.If(is_[Op.VADD] | is_[Op.VADD32]):
-            m.d.comb += xnew.eq(add_sat)
-        with m.Elif(is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VGATE]):
+        # what the executor takes: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
+        # product or the exp table entry
+        xnew = Signal(signed(33))
+        with m.If(is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VGATE]):
             m.d.comb += xnew.eq(sp)
         with m.Elif(is_[Op.VSOFTMAX]):
-            m.d.comb += xnew.eq(Cat(slot1[:8], slot2))
+            m.d.comb += xnew.eq(Cat(slot1, slot2))
         with m.Else():
             m.d.comb += xnew.eq(slot0)
         m_q = Signal(8)  # VQUANT m = max(max |x|, 1)
@@ -424,7 +429,7 @@ class SerialVectorUnit(wiring.Component):
             with m.If(mstep == 3):
                 m.d.sync += lo1.eq(acc[:16])
                 with m.If(second):
-                    m.d.sync += [xreg.eq(Cat(lo0, acc[:16])), second.eq(0)]
+                    m.d.sync += [xreg.eq(Cat(lo0, acc[:16]).as_signed()), second.eq(0)]
                 with m.Else():
                     m.d.sync += e_state.eq(_E_OUT)
         with m.Elif(wr_ok):
@@ -459,13 +464,11 @@ class SerialVectorUnit(wiring.Component):
             with m.Case(_START):
                 m.d.sync += [
                     wptr.eq(ctx.base["dst"]),
-                    rptr.eq(Mux(is_[Op.VQUANT], ctx.base["param"],
-                                Mux(is_[Op.VSCALE], ctx.base["src2"], ctx.base["dst"]))),
+                    rptr.eq(addr),
                     preg.eq(1),
                     ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 24,
                                   Mux(is_[Op.VGATE], 7, 0))),
                     rowbase.eq(0),
-                    rows_left.eq(ctx.rows),
                 ]
                 with m.If(is_[Op.VRMS]):
                     m.d.comb += seq.start_sqrt.eq(1)
@@ -513,10 +516,10 @@ class SerialVectorUnit(wiring.Component):
             with m.Case(_MAIN), m.If(pass_end):
                 m.d.sync += state.eq(_NEXT)
             with m.Case(_NEXT), m.If(quiet):
-                with m.If(rows_left == 1):
+                with m.If(ctx.rows == 1):
                     m.d.sync += state.eq(_FINISH)
                 with m.Else():
-                    m.d.sync += [rows_left.eq(rows_left - 1), rowbase.eq(rowbase + ctx.n),
+                    m.d.sync += [ctx.rows.eq(ctx.rows - 1), rowbase.eq(rowbase + ctx.n),
                                  state.eq(_ROW)]
             with m.Case(_FINISH), m.If(quiet):
                 m.d.comb += self.done.eq(1)

@@ -213,11 +213,13 @@ class _SeqMath(Elaboratable):
 
     ``start_sqrt``: ``root = isqrt(x << 16)``, one result bit per cycle (24 cycles).
     ``start_div``: ``q = num // den`` (restoring), one quotient bit per cycle (32 cycles).
-    Operands are sampled on the start cycle; ``busy`` is high from the next cycle until the
-    result is ready; ``root`` is kept through a following division.
+    Operands are sampled on the start cycle (with ``hold_den``, ``den`` is not registered: the
+    caller keeps it steady until the division is done); ``busy`` is high from the next cycle
+    until the result is ready; ``root`` is kept through a following division.
     """
 
-    def __init__(self):
+    def __init__(self, hold_den: bool = False):
+        self.hold_den = hold_den
         self.x = Signal(32)
         self.num = Signal(_DIV_BITS)
         self.den = Signal(_DIV_BITS)
@@ -230,7 +232,7 @@ class _SeqMath(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         rem = Signal(_DIV_BITS + 1)
-        den = Signal(_DIV_BITS)
+        den = self.den if self.hold_den else Signal(_DIV_BITS)
         sqrt = Signal()
         cnt = Signal(range(_DIV_BITS + 1))
         rem2 = Signal(_DIV_BITS + 2)
@@ -246,8 +248,10 @@ class _SeqMath(Elaboratable):
             m.d.sync += [self.q.eq(self.x), rem.eq(0), self.root.eq(0), sqrt.eq(1),
                          cnt.eq(_ISQRT_BITS // 2), self.busy.eq(1)]
         with m.Elif(self.start_div):
-            m.d.sync += [self.q.eq(self.num), den.eq(self.den), rem.eq(0), sqrt.eq(0),
-                         cnt.eq(_DIV_BITS), self.busy.eq(1)]
+            m.d.sync += [self.q.eq(self.num), rem.eq(0), sqrt.eq(0), cnt.eq(_DIV_BITS),
+                         self.busy.eq(1)]
+            if not self.hold_den:
+                m.d.sync += den.eq(self.den)
         with m.Elif(self.busy):
             m.d.sync += [cnt.eq(cnt - 1), rem.eq(Mux(ge, rem2 - sub, rem2))]
             with m.If(sqrt):
