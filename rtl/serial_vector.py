@@ -34,7 +34,7 @@ __all__ = ["SerialVectorUnit"]
 Op = isa.Op
 
 # Main states. A pass state issues the reads of its elements and collects their responses.
-(_IDLE, _START, _PSQRT, _PARAM, _ROW, _SCALE, _RED1, _RED2, _RE_SQRT, _RE_DIV, _MAIN, _NEXT,
+(_IDLE, _START, _RE_SQRT2, _PARAM, _ROW, _SCALE, _RED1, _RED2, _RE_SQRT, _RE_DIV, _MAIN, _NEXT,
  _FINISH) = range(13)
 _PASSES = (_PARAM, _SCALE, _RED1, _RED2, _MAIN)
 # Element execution states.
@@ -71,11 +71,12 @@ class SerialVectorUnit(wiring.Component):
     addition the VACT and VSOFTMAX tables are read from the SPAD element by element, so an
     instruction must not write over its own table.
 
-    Cycle-level contract. An instruction walks an optional prologue (VRMS: ``isqrt(n << 16)``,
-    24 cycles; VREQ per-tensor / VMUL / VRMS: the two (M0, shift) words), then for each row its
-    passes of ``n`` elements: VSCALE reads the row's scale first; VRMS, VQUANT, VSOFTMAX and
-    VARGMAX a reduction pass (VSOFTMAX two: max, then exp sum), after which the row's reciprocal
-    is computed with the sequential isqrt / divider of :class:`VectorUnit` and the row-end word
+    Cycle-level contract. An instruction walks an optional prologue (VREQ per-tensor / VMUL /
+    VRMS: the two (M0, shift) words), then for each row its passes of ``n`` elements: VSCALE
+    reads the row's scale first; VRMS, VQUANT, VSOFTMAX and VARGMAX a reduction pass (VSOFTMAX
+    two: max, then exp sum), after which the row's reciprocal is computed with the sequential
+    isqrt / divider of :class:`VectorUnit` (VRMS: ``isqrt(ss << 16)``, ``isqrt(n << 16)``, 24
+    cycles each, and the 32-cycle division; VQUANT, VSOFTMAX: the division) and the row-end word
     (VQUANT ``m``, VARGMAX index) is written; then the output pass. Reduction passes read one
     element per cycle (up to ``depth`` outstanding) and fold each response into the row's sum
     or max as it arrives. Output passes fetch one element at a time (its ``K`` operands back to
@@ -101,7 +102,7 @@ class SerialVectorUnit(wiring.Component):
     VMUL         2                                ``rows * (5 n + 7) + 6``
     VSCALE       1, + 1 scale per row             ``rows * (5 n + 9) + 2``
     VACT         2 (value, table byte)            ``rows * (5 n + 8) + 2``
-    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 68) + 31``
+    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 93) + 6``
     VQUANT       1 (absmax), then 1               ``rows * (6 n + 41) + 2``
     VGATE        3                                ``rows * (5 n + 8) + 2``
     VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (12 n + 47) + 2``
@@ -109,15 +110,18 @@ class SerialVectorUnit(wiring.Component):
     ============ ================================ =============================================
 
     (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
-    latency add to these; a read latency of two cycles (the SoC's) leaves the executor the
-    bottleneck for every opcode but VACT, VGATE, VSOFTMAX and per-channel VREQ.
+    latency add to these. In the ``tiny`` SoC (reads answer two cycles after the request) the
+    mmfree model's decode step takes 220,372 cycles with this unit, 165,229 with
+    :class:`VectorUnit` (1.33x; the vector instructions are a minority of its cycles).
 
     Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
 
     Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
-    1,738 LUT4, 535 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
-    1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR).
+    1,735 LUT4, 519 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR). About a sixth each is the output stage (64-bit
+    rounding shift, saturation, clamp), the isqrt / divider, and address generation; the
+    multiplier's accumulator and operand muxes about a tenth.
     """
 
     def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
@@ -143,7 +147,7 @@ class SerialVectorUnit(wiring.Component):
             Op.VMUL: rows * (5 * n + 7) + 6,
             Op.VSCALE: rows * (5 * n + 9) + 2,
             Op.VACT: rows * (5 * n + 8) + 2,
-            Op.VRMS: rows * (10 * n + 68) + 31,
+            Op.VRMS: rows * (10 * n + 93) + 6,
             Op.VQUANT: rows * (6 * n + 41) + 2,
             Op.VGATE: rows * (5 * n + 8) + 2,
             Op.VSOFTMAX: rows * (12 * n + 47) + 2,
@@ -166,8 +170,9 @@ class SerialVectorUnit(wiring.Component):
         # ---------------------------------------------------------------- registers
         preg = Signal(signed(32))  # Y: M0, the row scale (VSCALE) or 1
         ts_reg = Signal(6)  # rounding shift: 31 - shift, 24 (VQUANT, VSOFTMAX), 7 (VGATE), 0
-        num = Signal(16)  # VRMS isqrt(n << 16)
-        rsum = Signal(32)  # VRMS sum of squares, VSOFTMAX exp sum, VARGMAX index of the max
+        # VRMS sum of squares (then the row's isqrt(ss << 16)), VSOFTMAX exp sum, VARGMAX index
+        # of the max
+        rsum = Signal(32)
         rmax = Signal(signed(9))  # VQUANT max |x|, VSOFTMAX / VARGMAX max x
         slot0 = Signal(signed(33))  # operands of the element being fetched (VADD: a + b)
         slot1 = Signal(8)
@@ -446,12 +451,12 @@ class SerialVectorUnit(wiring.Component):
                 (self.sp_rd.valid & ~self.sp_rd.ready) | (self.ac_rd.valid & ~self.ac_rd.ready)
                 | (self.sp_wr.valid & ~self.sp_wr.ready) | (self.ac_wr.valid & ~self.ac_wr.ready)
             ),
-            # isqrt(n << 16) in the VRMS prologue, isqrt(ss << 16) per row; r = num // root
-            # (VRMS), R = (127 << 24) // m or // sum
-            seq.x.eq(Mux(state == _START, ctx.n, rsum)),
-            seq.num.eq(Mux(is_[Op.VRMS], num << 15, 127 << 24)),
-            seq.den.eq(Mux(is_[Op.VRMS], Mux(seq.root == 0, 1, seq.root),
-                           Mux(is_[Op.VQUANT], m_q, Mux(rsum == 0, 1, rsum)))),
+            # VRMS row end: isqrt(ss << 16) (kept in rsum), isqrt(n << 16), then
+            # r = (isqrt(n << 16) << 15) // max(isqrt(ss << 16), 1); VQUANT, VSOFTMAX:
+            # R = (127 << 24) // m or // max(sum, 1)
+            seq.x.eq(Mux(state == _RE_SQRT, ctx.n, rsum)),
+            seq.num.eq(Mux(is_[Op.VRMS], seq.root << 15, 127 << 24)),
+            seq.den.eq(Mux(is_[Op.VQUANT], m_q, Mux(rsum == 0, 1, rsum))),
         ]
 
         def begin(st):  # enter a pass
@@ -470,16 +475,10 @@ class SerialVectorUnit(wiring.Component):
                                   Mux(is_[Op.VGATE], 7, 0))),
                     rowbase.eq(0),
                 ]
-                with m.If(is_[Op.VRMS]):
-                    m.d.comb += seq.start_sqrt.eq(1)
-                    m.d.sync += state.eq(_PSQRT)
-                with m.Elif((is_[Op.VREQ] & ~ctx.pc) | is_[Op.VMUL]):
+                with m.If((is_[Op.VREQ] & ~ctx.pc) | is_[Op.VMUL] | is_[Op.VRMS]):
                     begin(_PARAM)
                 with m.Else():
                     m.d.sync += state.eq(_ROW)
-            with m.Case(_PSQRT), m.If(~seq.busy):
-                m.d.sync += num.eq(seq.root)
-                begin(_PARAM)
             with m.Case(_PARAM), m.If(pass_end):
                 m.d.sync += state.eq(_ROW)
             with m.Case(_ROW):
@@ -509,6 +508,9 @@ class SerialVectorUnit(wiring.Component):
                 m.d.comb += seq.start_div.eq(1)
                 m.d.sync += state.eq(_RE_DIV)
             with m.Case(_RE_SQRT), m.If(~seq.busy):
+                m.d.comb += seq.start_sqrt.eq(1)
+                m.d.sync += [rsum.eq(seq.root), state.eq(_RE_SQRT2)]
+            with m.Case(_RE_SQRT2), m.If(~seq.busy):
                 m.d.comb += seq.start_div.eq(1)
                 m.d.sync += state.eq(_RE_DIV)
             with m.Case(_RE_DIV), m.If(~seq.busy):
