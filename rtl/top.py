@@ -1217,7 +1217,10 @@ class TritiumTop(wiring.Component):
         m.submodules.csr = csr = CsrBlock(cfg)
         m.submodules.ctrl = ctrl = Controller(cfg, axi_signature(cfg))
         m.submodules.load = ld = LoadUnit(cfg, sbits, abits)
-        m.submodules.store = st = StoreUnit(cfg, sbits, abits)
+        # without queues a store overlaps nothing: two words of prefetch (2/3 of a beat per
+        # cycle) instead of four
+        m.submodules.store = st = StoreUnit(cfg, sbits, abits,
+                                            fifo_depth=4 if cfg.queue_depth else 2)
         comp = ComputeUnit(cfg, sbits, abits)
         m.submodules.compute = ResetInserter({"sync": ctrl.abort})(comp)
         m.submodules.join = join = AxiJoin(cfg)
