@@ -43,7 +43,7 @@ _E_IDLE, _E_MUL, _E_OUT = range(3)
 # Operand reads of a main-pass element, in order: (space, base, index); index i = row * n + col,
 # c = col, t = the table entry of the element read first (VACT byte, VSOFTMAX two bytes).
 _MAIN_READS: dict[Op, tuple[tuple[int, str, str], ...]] = {
-    Op.VREQ: ((_ACC, "src", "i"),),  # per-channel: + (ACC, param, c), (ACC, param_n, c)
+    Op.VREQ: ((_ACC, "src", "i"),),  # per-channel: + (ACC, param, c), (ACC, param, n + c)
     Op.VADD: ((_SPAD, "src", "i"), (_SPAD, "src2", "i")),
     Op.VADD32: ((_ACC, "src", "i"), (_ACC, "src2", "i")),
     Op.VMUL: ((_SPAD, "src", "i"), (_SPAD, "src2", "i")),
@@ -55,9 +55,9 @@ _MAIN_READS: dict[Op, tuple[tuple[int, str, str], ...]] = {
     Op.VSOFTMAX: ((_SPAD, "src", "i"), (_SPAD, "src2", "t"), (_SPAD, "src2", "t")),
     Op.VARGMAX: (),
 }
-_VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param_n", "c"))
-_BASES = ("src", "src2", "dst", "param", "param_n", "rptr")
-_INDEXES = ("i", "c", "t", "k")
+_VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param", "nc"))
+_BASES = ("src", "src2", "dst", "param", "rptr")
+_INDEXES = ("i", "c", "t", "k", "nc")
 
 
 class SerialVectorUnit(wiring.Component):
@@ -118,7 +118,7 @@ class SerialVectorUnit(wiring.Component):
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
 
     Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
-    1,735 LUT4, 519 FF, 358 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,734 LUT4, 499 FF, 367 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
     1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR). About a sixth each is the output stage (64-bit
     rounding shift, saturation, clamp), the isqrt / divider, and address generation; the
     multiplier's accumulator and operand muxes about a tenth.
@@ -246,14 +246,14 @@ class SerialVectorUnit(wiring.Component):
         m.d.comb += tidx.eq(Mux(is_[Op.VACT], slot0[:8] ^ 0x80,
                                 Cat(k[1], Mux(d_sm < 0, 0, d_sm[:8]))))
         base = Signal(aw)
-        idx = Signal(16)
+        idx = Signal(17)
         bases = {**ctx.base, "rptr": rptr}
         with m.Switch(base_sel):
             for j, b in enumerate(_BASES):
                 with m.Case(j):
                     m.d.comb += base.eq(bases[b])
         with m.Switch(idx_sel):
-            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k))):
+            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, ctx.n + c))):
                 assert _INDEXES[j] == ix
                 with m.Case(j):
                     m.d.comb += idx.eq(v)
@@ -360,8 +360,7 @@ class SerialVectorUnit(wiring.Component):
         mstep = Signal(2)
         second = Signal()  # VRMS: the multiply by M0 follows
         re = Signal()  # a row-end word (VQUANT m, VARGMAX index), not an output element
-        off = Signal(signed(9))
-        acc = Signal(signed(36))  # product >> (16 * shifts so far)
+        acc = Signal(signed(35))  # product >> (16 * shifts so far)
         lo0 = Signal(16)
         lo1 = Signal(16)
         prod = Signal(signed(64))
@@ -379,10 +378,11 @@ class SerialVectorUnit(wiring.Component):
         acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
 
         # what the executor takes: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
-        # product or the exp table entry
+        # product (VGATE: f * (h - c) + 128 c, rounded by ts = 7 to the gate's
+        # ((f h + (128 - f) c + 64) >> 7)) or the exp table entry
         xnew = Signal(signed(33))
         with m.If(is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VGATE]):
-            m.d.comb += xnew.eq(sp)
+            m.d.comb += xnew.eq(sp + Mux(is_[Op.VGATE], b8 << 7, 0))
         with m.Elif(is_[Op.VSOFTMAX]):
             m.d.comb += xnew.eq(Cat(slot1, slot2))
         with m.Else():
@@ -395,7 +395,7 @@ class SerialVectorUnit(wiring.Component):
         ts = Mux(re, 0, ts_reg)
         cls = Mux(re | out_acc, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))
         val = _requant_shift(m, prod, ts)
-        yout = _requant_clamp(m, val, ts != 0, off, cls)
+        yout = _requant_clamp(m, val, ts != 0, ctx.zp, cls)
         wr_acc = Signal()
         m.d.comb += wr_acc.eq(re | out_acc)
         wr_ok = Signal()
@@ -425,7 +425,6 @@ class SerialVectorUnit(wiring.Component):
                 mstep.eq(0),
                 second.eq(~inject & is_[Op.VRMS]),
                 re.eq(inject),
-                off.eq(Mux(is_[Op.VGATE], b8, ctx.zp)),
             ]
         with m.Elif(e_state == _E_MUL):
             m.d.sync += [acc.eq(acc_in + pp), mstep.eq(mstep + 1)]
