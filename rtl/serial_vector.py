@@ -111,7 +111,7 @@ class SerialVectorUnit(wiring.Component):
 
     (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
     latency add to these. In the ``tiny`` SoC (reads answer two cycles after the request) the
-    mmfree model's decode step takes 220,372 cycles with this unit, 165,229 with
+    mmfree model's decode step takes 220,444 cycles with this unit, 165,301 with
     :class:`VectorUnit` (1.33x; the vector instructions are a minority of its cycles).
 
     Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
