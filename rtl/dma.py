@@ -26,7 +26,7 @@ without ``done``, so the AXI slave is never left with half a transaction.
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
@@ -36,7 +36,7 @@ from .axi import BURST_INCR, MAX_BURST_BEATS, PAGE_BYTES, Axi4Signature
 from .controller import instr_layout
 from .scratchpad import MemPortSignature
 
-__all__ = ["ID_FETCH", "ID_LOAD", "AxiJoin", "LoadUnit", "StoreUnit", "axi_signature"]
+__all__ = ["ID_FETCH", "ID_LOAD", "AxiJoin", "DmaUnit", "LoadUnit", "StoreUnit", "axi_signature"]
 
 #: AXI IDs: the load unit's reads and all writes use 0, instruction fetch uses 1.
 ID_LOAD = 0
@@ -63,18 +63,22 @@ def dev_addr_bits(cfg: AcceleratorConfig) -> int:
 
 
 class _BurstSplitter:
-    """Walks the rows of a 2-D transfer and cuts them into AXI bursts (shared by both units).
+    """Walks the rows of a 2-D transfer and cuts them into AXI bursts.
 
-    ``start(d)`` loads an instruction view; ``beats``/``addr`` is the next burst; ``take()``
-    consumes it; ``more`` is 1 while bursts remain.
+    ``start`` (driven high by a unit for one cycle) loads the instruction view ``d``;
+    ``addr``/``beats`` is the next burst, stable until ``take`` (high in the cycle the burst's
+    address handshake happens) consumes it; ``more`` is 1 while bursts remain. Units assign
+    ``start``/``take`` only under their own conditions (``with m.If(...)``), so that two units
+    of one module (:class:`DmaUnit`) can share a splitter.
     """
 
-    def __init__(self, m: Module, cfg: AcceleratorConfig, name: str):
-        self.m = m
+    def __init__(self, m: Module, cfg: AcceleratorConfig, name: str, d):
         self.bb = cfg.bus_bytes
-        self.lb = _log2(self.bb)
+        lb = self.lb = _log2(self.bb)
         page_words = PAGE_BYTES // self.bb
         aw = dev_addr_bits(cfg)  # (a row's stride beyond device memory: rows == 1, unused)
+        self.start = Signal(name=f"{name}_start")
+        self.take = Signal(name=f"{name}_take")
         self.addr = Signal(aw, name=f"{name}_addr")
         self.row_addr = Signal(aw, name=f"{name}_row_addr")
         self.stride = Signal(aw, name=f"{name}_stride")
@@ -84,39 +88,37 @@ class _BurstSplitter:
         self.more = Signal(name=f"{name}_more")
         self.beats = Signal(range(MAX_BURST_BEATS + 1), name=f"{name}_beats")
         page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
-        word = self.addr[self.lb :]
+        word = self.addr[lb:]
         m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
         b = Mux(self.rem < page_left, self.rem, page_left)
         m.d.comb += self.beats.eq(Mux(b < MAX_BURST_BEATS, b, MAX_BURST_BEATS))
 
-    def start(self, d) -> list:
-        words = d.row_bytes >> self.lb
-        return [
-            self.addr.eq(d.dram),
-            self.row_addr.eq(d.dram),
-            self.stride.eq(d.stride),
-            self.row_words.eq(words),
-            self.rem.eq(words),
-            self.rows.eq(d.rows),
-            self.more.eq(1),
-        ]
-
-    def take(self) -> None:
-        m = self.m
-        with m.If(self.rem == self.beats):
+        with m.If(self.start):
+            words = d.row_bytes >> lb
             m.d.sync += [
-                self.rows.eq(self.rows - 1),
-                self.row_addr.eq(self.row_addr + self.stride),
-                self.addr.eq(self.row_addr + self.stride),
-                self.rem.eq(self.row_words),
+                self.addr.eq(d.dram),
+                self.row_addr.eq(d.dram),
+                self.stride.eq(d.stride),
+                self.row_words.eq(words),
+                self.rem.eq(words),
+                self.rows.eq(d.rows),
+                self.more.eq(1),
             ]
-            with m.If(self.rows == 1):
-                m.d.sync += self.more.eq(0)
-        with m.Else():
-            m.d.sync += [
-                self.rem.eq(self.rem - self.beats),
-                self.addr.eq(self.addr + (self.beats << self.lb)),
-            ]
+        with m.Elif(self.take):
+            with m.If(self.rem == self.beats):
+                m.d.sync += [
+                    self.rows.eq(self.rows - 1),
+                    self.row_addr.eq(self.row_addr + self.stride),
+                    self.addr.eq(self.row_addr + self.stride),
+                    self.rem.eq(self.row_words),
+                ]
+                with m.If(self.rows == 1):
+                    m.d.sync += self.more.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    self.rem.eq(self.rem - self.beats),
+                    self.addr.eq(self.addr + (self.beats << lb)),
+                ]
 
 
 def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
@@ -135,11 +137,202 @@ def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict
     }
 
 
+def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int):
+    """The load datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
+    lb = _log2(cfg.bus_bytes)
+    axi = u.axi
+    active = Signal(name="ld_active")
+    aborting = Signal(name="ld_aborting")
+    space = Signal(name="ld_space")
+    errflag = Signal(name="ld_errflag")
+    wptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name="ld_wptr")
+    outstanding = Signal(range(max_out + 1), name="ld_outstanding")  # accepted bursts
+    ar_hold = Signal(name="ld_ar_hold")  # arvalid was up and not accepted: keep it up
+
+    # ------------------------------------------------------------------ AR
+    # The splitter's next burst is on AR; it advances on the handshake.
+    ar_fire = Signal(name="ld_ar_fire")
+    m.d.comb += [
+        axi.arid.eq(ID_LOAD),
+        axi.araddr.eq(sp.addr),
+        axi.arlen.eq(sp.beats - 1),
+        axi.arsize.eq(lb),
+        axi.arburst.eq(BURST_INCR),
+        axi.arvalid.eq(
+            ar_hold
+            | (active & sp.more & ~aborting & ~u.abort & (outstanding < max_out))
+        ),
+        ar_fire.eq(axi.arvalid & axi.arready),
+        u.cmd.ready.eq(~active),
+    ]
+    m.d.sync += ar_hold.eq(axi.arvalid & ~axi.arready)
+    with m.If(ar_fire):
+        m.d.comb += sp.take.eq(1)
+    r_last = Signal(name="ld_r_last")
+    m.d.comb += r_last.eq(axi.rvalid & axi.rready & axi.rlast)
+    m.d.sync += outstanding.eq(outstanding + ar_fire - r_last)
+
+    # ------------------------------------------------------------------ R -> scratchpad
+    bad = axi.rresp[1]
+    write = Signal(name="ld_write")
+    m.d.comb += write.eq(axi.rvalid & ~bad & ~aborting & ~u.abort)
+    for port, sel in ((u.spad, ~space), (u.acc, space)):
+        m.d.comb += [
+            port.addr.eq(wptr),
+            port.en.eq(write & sel),
+            port.we.eq(1),
+            port.wdata.eq(axi.rdata),
+            port.wmask.eq(-1),
+        ]
+    acked = Mux(space, u.acc.ack, u.spad.ack)
+    m.d.comb += axi.rready.eq(Mux(write, acked, 1))
+    with m.If(axi.rvalid & axi.rready):
+        m.d.sync += wptr.eq(wptr + 1)
+        with m.If(bad):
+            m.d.sync += errflag.eq(1)
+
+    # ------------------------------------------------------------------ start / finish
+    with m.If(u.cmd.valid & u.cmd.ready):
+        d = u.cmd.payload
+        m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0),
+                     wptr.eq(d.loc >> lb), aborting.eq(0)]
+        m.d.comb += sp.start.eq(1)
+    with m.If(active & u.abort):
+        m.d.sync += aborting.eq(1)
+    finished = Signal(name="ld_finished")
+    m.d.comb += finished.eq(active & (~sp.more | aborting) & ~ar_hold & (outstanding == 0))
+    with m.If(finished):
+        m.d.sync += [active.eq(0), aborting.eq(0)]
+        m.d.comb += [u.done.eq(~aborting & ~u.abort), u.err.eq(errflag)]
+
+    m.d.comb += [
+        u.busy.eq(active),
+        u.stall.eq(active & ~(axi.rvalid & axi.rready)),
+        # (an instruction finishes only with nothing outstanding)
+        u.idle.eq(~active),
+    ]
+
+
+def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
+                fifo_depth: int):
+    """The store datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
+    bb = cfg.bus_bytes
+    lb = _log2(bb)
+    axi = u.axi
+    active = Signal(name="st_active")
+    aborting = Signal(name="st_aborting")
+    space = Signal(name="st_space")
+    errflag = Signal(name="st_errflag")
+    rptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name="st_rptr")
+    rleft = Signal(len(rptr) + 1, name="st_rleft")  # words still to read from the scratchpad
+    held = Signal(range(fifo_depth + 1), name="st_held")  # FIFO entries + reads in flight
+    b_out = Signal(range(max_out + 1), name="st_b_out")  # AW bursts awaiting B
+    aw_hold = Signal(name="st_aw_hold")  # awvalid was up and not accepted: keep it up
+    w_left = Signal(range(MAX_BURST_BEATS + 1), name="st_w_left")  # beats left in this W burst
+    stop = Signal(name="st_stop")
+    m.d.comb += stop.eq(aborting | u.abort)
+
+    dfifo = fifo.SyncFIFO(width=8 * bb, depth=fifo_depth)
+    lfifo = fifo.SyncFIFO(width=9, depth=max_out + 1)
+    m.submodules.st_dfifo = dfifo
+    m.submodules.st_lfifo = lfifo
+
+    # ------------------------------------------------------------------ scratchpad reads
+    rd = Signal(name="st_rd")
+    m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < fifo_depth))
+    for port, sel in ((u.spad, ~space), (u.acc, space)):
+        m.d.comb += [port.addr.eq(rptr), port.en.eq(rd & sel), port.we.eq(0)]
+    acked = Signal(name="st_acked")
+    m.d.comb += acked.eq(rd & Mux(space, u.acc.ack, u.spad.ack))
+    with m.If(acked):
+        m.d.sync += [rptr.eq(rptr + 1), rleft.eq(rleft - 1)]
+    rvalid = Mux(space, u.acc.rvalid, u.spad.rvalid)
+    m.d.comb += [
+        dfifo.w_en.eq(rvalid),
+        dfifo.w_data.eq(Mux(space, u.acc.rdata, u.spad.rdata)),
+    ]
+
+    # ------------------------------------------------------------------ AW
+    # The splitter's next burst is on AW; it advances on the handshake. Its beat count goes
+    # to the W side in the first cycle it is shown (W never waits for AW's handshake).
+    aw_new = Signal(name="st_aw_new")
+    m.d.comb += [
+        axi.awid.eq(ID_LOAD),
+        axi.awaddr.eq(sp.addr),
+        axi.awlen.eq(sp.beats - 1),
+        axi.awsize.eq(lb),
+        axi.awburst.eq(BURST_INCR),
+        axi.awvalid.eq(
+            aw_hold | (active & sp.more & ~stop & (b_out < max_out) & lfifo.w_rdy)
+        ),
+        aw_new.eq(axi.awvalid & ~aw_hold),
+        axi.bready.eq(1),
+        u.cmd.ready.eq(~active),
+    ]
+    m.d.sync += aw_hold.eq(axi.awvalid & ~axi.awready)
+    with m.If(axi.awvalid & axi.awready):
+        m.d.comb += sp.take.eq(1)
+    m.d.comb += [lfifo.w_en.eq(aw_new), lfifo.w_data.eq(sp.beats)]
+    m.d.sync += b_out.eq(b_out + aw_new - axi.bvalid)
+    with m.If(axi.bvalid & axi.bresp[1]):
+        m.d.sync += errflag.eq(1)
+
+    # ------------------------------------------------------------------ W beats
+    m.d.comb += lfifo.r_en.eq((w_left == 0) & lfifo.r_rdy)
+    with m.If(lfifo.r_en):
+        m.d.sync += w_left.eq(lfifo.r_data)
+    m.d.comb += [
+        axi.wvalid.eq((w_left != 0) & (dfifo.r_rdy | stop)),
+        axi.wdata.eq(dfifo.r_data),
+        axi.wstrb.eq(Mux(stop, 0, (1 << bb) - 1)),
+        axi.wlast.eq(w_left == 1),
+    ]
+    w_fire = Signal(name="st_w_fire")
+    m.d.comb += w_fire.eq(axi.wvalid & axi.wready)
+    with m.If(w_fire):
+        m.d.sync += w_left.eq(w_left - 1)
+    pop = Signal(name="st_pop")
+    m.d.comb += pop.eq(dfifo.r_rdy & ((w_fire & ~stop) | stop))
+    m.d.comb += dfifo.r_en.eq(pop)
+    m.d.sync += held.eq(held + acked - pop)
+
+    # ------------------------------------------------------------------ start / finish
+    with m.If(u.cmd.valid & u.cmd.ready):
+        d = u.cmd.payload
+        m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0),
+                     rptr.eq(d.loc >> lb), rleft.eq(d.rows * (d.row_bytes >> lb))]
+        m.d.comb += sp.start.eq(1)
+    with m.If(active & u.abort):
+        m.d.sync += aborting.eq(1)
+    finished = Signal(name="st_finished")
+    m.d.comb += finished.eq(
+        active
+        & (~sp.more | aborting)
+        & ~aw_hold
+        & (b_out == 0)
+        & ~lfifo.r_rdy
+        & (w_left == 0)
+        & (held == 0)
+    )
+    with m.If(finished):
+        m.d.sync += [active.eq(0), aborting.eq(0)]
+        m.d.comb += [u.done.eq(~aborting & ~u.abort), u.err.eq(errflag)]
+
+    m.d.comb += [
+        u.busy.eq(active),
+        u.stall.eq(active & ~w_fire),
+        # (an instruction finishes only with nothing outstanding)
+        u.idle.eq(~active),
+    ]
+
+
 class LoadUnit(wiring.Component):
     """Executes ``LOAD``: device memory (AXI AR/R) -> SPAD/ACC.
 
-    Cycle contract: one instruction at a time; bursts are issued back to back while fewer than
-    ``max_outstanding`` are outstanding, and every R beat is written to the scratchpad in the
+    Cycle contract: one instruction at a time; the next burst is shown on AR from the cycle
+    after the instruction is accepted, the following one in the cycle after each address
+    handshake (one burst per cycle while ``arready`` stays high) while fewer than
+    ``max_outstanding`` are outstanding; every R beat is written to the scratchpad in the
     cycle it is accepted (``rready`` follows the scratchpad port's ``ack``), so throughput is
     one beat per cycle when the memory and the scratchpad allow. ``done`` pulses (with ``err``
     on an error response) one cycle after the last beat.
@@ -178,86 +371,8 @@ class LoadUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.cfg
-        lb = _log2(cfg.bus_bytes)
-        axi = self.axi
-        sp = _BurstSplitter(m, cfg, "ld")
-
-        active = Signal()
-        aborting = Signal()
-        space = Signal()
-        errflag = Signal()
-        wptr = Signal(max(len(self.spad.addr), len(self.acc.addr)))
-        outstanding = Signal(range(self.max_out + 2))
-        ar_valid = Signal()
-        ar_addr = Signal(dev_addr_bits(cfg))
-        ar_len = Signal(8)
-
-        m.d.comb += [
-            axi.arid.eq(ID_LOAD),
-            axi.araddr.eq(ar_addr),
-            axi.arlen.eq(ar_len),
-            axi.arsize.eq(lb),
-            axi.arburst.eq(BURST_INCR),
-            axi.arvalid.eq(ar_valid),
-            self.cmd.ready.eq(~active),
-        ]
-
-        # ------------------------------------------------------------------ AR issue
-        ar_free = ~ar_valid | axi.arready
-        issue = Signal()
-        m.d.comb += issue.eq(
-            ar_free & active & sp.more & ~aborting & ~self.abort & (outstanding < self.max_out)
-        )
-        r_last = Signal()
-        m.d.comb += r_last.eq(axi.rvalid & axi.rready & axi.rlast)
-        with m.If(issue):
-            m.d.sync += [ar_valid.eq(1), ar_addr.eq(sp.addr), ar_len.eq(sp.beats - 1)]
-            sp.take()
-        with m.Elif(ar_free):
-            m.d.sync += ar_valid.eq(0)
-        m.d.sync += outstanding.eq(outstanding + issue - r_last)
-
-        # ------------------------------------------------------------------ R -> scratchpad
-        bad = axi.rresp[1]
-        write = Signal()
-        m.d.comb += write.eq(axi.rvalid & ~bad & ~aborting & ~self.abort)
-        for port, sel in ((self.spad, ~space), (self.acc, space)):
-            m.d.comb += [
-                port.addr.eq(wptr),
-                port.en.eq(write & sel),
-                port.we.eq(1),
-                port.wdata.eq(axi.rdata),
-                port.wmask.eq(-1),
-            ]
-        acked = Mux(space, self.acc.ack, self.spad.ack)
-        m.d.comb += axi.rready.eq(Mux(write, acked, 1))
-        with m.If(axi.rvalid & axi.rready):
-            m.d.sync += wptr.eq(wptr + 1)
-            with m.If(bad):
-                m.d.sync += errflag.eq(1)
-
-        # ------------------------------------------------------------------ start / finish
-        with m.If(self.cmd.valid & self.cmd.ready):
-            d = self.cmd.payload
-            m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0),
-                         wptr.eq(d.loc >> lb), aborting.eq(0)]
-            m.d.sync += sp.start(d)
-        with m.If(active & self.abort):
-            m.d.sync += aborting.eq(1)
-        finished = Signal()
-        m.d.comb += finished.eq(
-            active & (~sp.more | aborting) & ~ar_valid & (outstanding == 0)
-        )
-        with m.If(finished):
-            m.d.sync += [active.eq(0), aborting.eq(0)]
-            m.d.comb += [self.done.eq(~aborting & ~self.abort), self.err.eq(errflag)]
-
-        m.d.comb += [
-            self.busy.eq(active),
-            self.stall.eq(active & ~(axi.rvalid & axi.rready)),
-            self.idle.eq(~active & ~ar_valid & (outstanding == 0)),
-        ]
+        sp = _BurstSplitter(m, self.cfg, "ld", self.cmd.payload)
+        _load_path(m, self.cfg, self, sp, self.max_out)
         return m
 
 
@@ -265,8 +380,9 @@ class StoreUnit(wiring.Component):
     """Executes ``STORE``: SPAD/ACC -> device memory (AXI AW/W/B).
 
     Cycle contract: a prefetcher reads scratchpad words into a ``fifo_depth`` FIFO (one per
-    cycle when the scratchpad port is free); AW bursts are issued while fewer than
-    ``max_outstanding`` await their B response; W beats follow the AW order, one per cycle
+    cycle when the scratchpad port is free); AW bursts are shown as :class:`LoadUnit` shows
+    AR bursts, while fewer than ``max_outstanding`` await their B response; W beats follow
+    the AW order (a burst's beats may start before its address handshake), one per cycle
     while data is buffered. ``done`` pulses (with ``err`` on an error response) once every B
     response has arrived.
 
@@ -283,120 +399,52 @@ class StoreUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.cfg
-        bb = cfg.bus_bytes
-        lb = _log2(bb)
-        axi = self.axi
-        sp = _BurstSplitter(m, cfg, "st")
+        sp = _BurstSplitter(m, self.cfg, "st", self.cmd.payload)
+        _store_path(m, self.cfg, self, sp, self.max_out, self.fifo_depth)
+        return m
 
-        active = Signal()
-        aborting = Signal()
-        space = Signal()
-        errflag = Signal()
-        rptr = Signal(max(len(self.spad.addr), len(self.acc.addr)))
-        rleft = Signal(len(rptr) + 1)  # words still to read from the scratchpad
-        held = Signal(range(self.fifo_depth + 1))  # FIFO entries + reads in flight
-        b_out = Signal(range(self.max_out + 2))  # AW bursts awaiting B
-        aw_valid = Signal()
-        aw_addr = Signal(dev_addr_bits(cfg))
-        aw_len = Signal(8)
-        w_left = Signal(range(MAX_BURST_BEATS + 1))  # beats left in the current W burst
-        stop = Signal()
-        m.d.comb += stop.eq(aborting | self.abort)
 
-        m.submodules.dfifo = dfifo = fifo.SyncFIFO(width=8 * bb, depth=self.fifo_depth)
-        m.submodules.lfifo = lfifo = fifo.SyncFIFO(width=9, depth=self.max_out + 1)
+class DmaUnit(wiring.Component):
+    """A :class:`LoadUnit` and a :class:`StoreUnit` that never run at the same time, on one
+    :class:`_BurstSplitter` (its address, row, stride and count registers and their adders).
 
-        m.d.comb += [
-            axi.awid.eq(ID_LOAD),
-            axi.awaddr.eq(aw_addr),
-            axi.awlen.eq(aw_len),
-            axi.awsize.eq(lb),
-            axi.awburst.eq(BURST_INCR),
-            axi.awvalid.eq(aw_valid),
-            axi.bready.eq(1),
-            self.cmd.ready.eq(~active),
-        ]
+    For a controller without queues (``cfg.queue_depth == 0``), which hands a unit the next
+    instruction only after the previous one is done or every unit is idle (abort): the
+    caller must not offer ``load.cmd`` and ``store.cmd`` while the other unit is busy or in
+    the same cycle. Each side's cycle contract is that of its unit.
 
-        # ------------------------------------------------------------------ scratchpad reads
-        rd = Signal()
-        m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < self.fifo_depth))
-        for port, sel in ((self.spad, ~space), (self.acc, space)):
-            m.d.comb += [port.addr.eq(rptr), port.en.eq(rd & sel), port.we.eq(0)]
-        acked = Signal()
-        m.d.comb += acked.eq(rd & Mux(space, self.acc.ack, self.spad.ack))
-        with m.If(acked):
-            m.d.sync += [rptr.eq(rptr + 1), rleft.eq(rleft - 1)]
-        rvalid = Mux(space, self.acc.rvalid, self.spad.rvalid)
-        m.d.comb += [
-            dfifo.w_en.eq(rvalid),
-            dfifo.w_data.eq(Mux(space, self.acc.rdata, self.spad.rdata)),
-        ]
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    spad_bits, acc_bits : int
+        Word-address widths of the SPAD and ACC ports.
+    max_outstanding : int
+        Bursts in flight at most (each side).
+    fifo_depth : int
+        The store side's prefetch FIFO.
 
-        # ------------------------------------------------------------------ AW issue
-        aw_free = ~aw_valid | axi.awready
-        issue = Signal()
-        m.d.comb += issue.eq(
-            aw_free & active & sp.more & ~stop & (b_out < self.max_out) & lfifo.w_rdy
-        )
-        with m.If(issue):
-            m.d.sync += [aw_valid.eq(1), aw_addr.eq(sp.addr), aw_len.eq(sp.beats - 1)]
-            sp.take()
-        with m.Elif(aw_free):
-            m.d.sync += aw_valid.eq(0)
-        m.d.comb += [lfifo.w_en.eq(issue), lfifo.w_data.eq(sp.beats)]
-        b_done = Signal()
-        m.d.comb += b_done.eq(axi.bvalid)
-        m.d.sync += b_out.eq(b_out + issue - b_done)
-        with m.If(axi.bvalid & axi.bresp[1]):
-            m.d.sync += errflag.eq(1)
+    Members
+    -------
+    load, store : Out(Signature(...))
+        The members of :class:`LoadUnit` and :class:`StoreUnit`.
+    """
 
-        # ------------------------------------------------------------------ W beats
-        m.d.comb += lfifo.r_en.eq((w_left == 0) & lfifo.r_rdy)
-        with m.If(lfifo.r_en):
-            m.d.sync += w_left.eq(lfifo.r_data)
-        m.d.comb += [
-            axi.wvalid.eq((w_left != 0) & (dfifo.r_rdy | stop)),
-            axi.wdata.eq(dfifo.r_data),
-            axi.wstrb.eq(Mux(stop, 0, (1 << bb) - 1)),
-            axi.wlast.eq(w_left == 1),
-        ]
-        w_fire = Signal()
-        m.d.comb += w_fire.eq(axi.wvalid & axi.wready)
-        with m.If(w_fire):
-            m.d.sync += w_left.eq(w_left - 1)
-        pop = Signal()
-        m.d.comb += pop.eq(dfifo.r_rdy & ((w_fire & ~stop) | stop))
-        m.d.comb += dfifo.r_en.eq(pop)
-        m.d.sync += held.eq(held + acked - pop)
+    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
+                 max_outstanding: int = 4, fifo_depth: int = 4):
+        self.cfg = cfg
+        self.max_out = max_outstanding
+        self.fifo_depth = fifo_depth
+        unit = wiring.Signature(_unit_members(cfg, spad_bits, acc_bits))
+        super().__init__({"load": Out(unit), "store": Out(unit)})
 
-        # ------------------------------------------------------------------ start / finish
-        with m.If(self.cmd.valid & self.cmd.ready):
-            d = self.cmd.payload
-            m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0),
-                         rptr.eq(d.loc >> lb), rleft.eq(d.rows * (d.row_bytes >> lb))]
-            m.d.sync += sp.start(d)
-        with m.If(active & self.abort):
-            m.d.sync += aborting.eq(1)
-        finished = Signal()
-        m.d.comb += finished.eq(
-            active
-            & (~sp.more | aborting)
-            & ~aw_valid
-            & (b_out == 0)
-            & ~lfifo.r_rdy
-            & (w_left == 0)
-            & (held == 0)
-        )
-        with m.If(finished):
-            m.d.sync += [active.eq(0), aborting.eq(0)]
-            m.d.comb += [self.done.eq(~aborting & ~self.abort), self.err.eq(errflag)]
-
-        m.d.comb += [
-            self.busy.eq(active),
-            self.stall.eq(active & ~w_fire),
-            self.idle.eq(~active & ~aw_valid & (b_out == 0) & (w_left == 0)),
-        ]
+    def elaborate(self, platform):
+        m = Module()
+        ld, st = self.load.cmd, self.store.cmd
+        d = data.View(instr_layout(Op.LOAD),
+                      Mux(st.valid, st.payload.as_value(), ld.payload.as_value()))
+        sp = _BurstSplitter(m, self.cfg, "dma", d)
+        _load_path(m, self.cfg, self.load, sp, self.max_out)
+        _store_path(m, self.cfg, self.store, sp, self.max_out, self.fifo_depth)
         return m
 
 

@@ -32,7 +32,7 @@ from tritium.isa import ENGINE_GEMM, INSTR_BITS, UNITS, ErrorCode, Op
 from .axi import AxiLiteSignature
 from .controller import SERIAL_OPS, VEC_OPS, Controller, instr_layout
 from .csr import CSR_ADDR_WIDTH, CsrBlock
-from .dma import AxiJoin, LoadUnit, StoreUnit, axi_signature
+from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import MemPortSignature, acc_memory, spad_memory
 
 __all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits",
@@ -1216,11 +1216,15 @@ class TritiumTop(wiring.Component):
 
         m.submodules.csr = csr = CsrBlock(cfg)
         m.submodules.ctrl = ctrl = Controller(cfg, axi_signature(cfg))
-        m.submodules.load = ld = LoadUnit(cfg, sbits, abits)
-        # without queues a store overlaps nothing: two words of prefetch (2/3 of a beat per
-        # cycle) instead of four
-        m.submodules.store = st = StoreUnit(cfg, sbits, abits,
-                                            fifo_depth=4 if cfg.queue_depth else 2)
+        if cfg.queue_depth:
+            m.submodules.load = ld = LoadUnit(cfg, sbits, abits)
+            m.submodules.store = st = StoreUnit(cfg, sbits, abits)
+        else:
+            # one instruction at a time: the load and store datapaths share one burst
+            # splitter, and a store overlaps nothing: two words of prefetch (2/3 of a beat
+            # per cycle) instead of four
+            m.submodules.dma = dma = DmaUnit(cfg, sbits, abits, fifo_depth=2)
+            ld, st = dma.load, dma.store
         comp = ComputeUnit(cfg, sbits, abits)
         m.submodules.compute = ResetInserter({"sync": ctrl.abort})(comp)
         m.submodules.join = join = AxiJoin(cfg)
