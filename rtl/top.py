@@ -940,60 +940,74 @@ class _ReadAdapter:
 
     The requests pass through a two-entry FIFO, so neither the port's ``en``/``addr`` nor the
     unit's ``ready`` is combinational through the bank arbiter (timing); reads answer two
-    cycles after the unit's request (the unit's ``depth`` covers it)."""
+    cycles after the unit's request (the unit's ``depth`` covers it). ``direct``: no FIFO (the
+    request goes straight to the port, ``ready`` is the port's ``ack``; reads answer in the
+    next cycle), for the serial vector unit of the small, slow-clocked configurations.
+    """
 
     LATENCY = 2
 
-    def __init__(self, m, req, resp, port, elem_bytes: int, word_bytes: int, name: str):
+    @staticmethod
+    def latency(direct: bool) -> int:
+        return 1 if direct else _ReadAdapter.LATENCY
+
+    def __init__(self, m, req, resp, port, elem_bytes: int, word_bytes: int, name: str,
+                 direct: bool = False):
         lb = _log2(word_bytes)
         le = _log2(elem_bytes)
         off = Signal(max(1, lb - le), name=f"{name}_off")
-        q = fifo.SyncFIFO(width=len(req.payload), depth=2)
-        m.submodules[f"{name}_q"] = q
+        if direct:
+            valid, addr, ready = req.valid, req.payload, req.ready
+        else:
+            q = fifo.SyncFIFO(width=len(req.payload), depth=2)
+            m.submodules[f"{name}_q"] = q
+            m.d.comb += [q.w_data.eq(req.payload), q.w_en.eq(req.valid), req.ready.eq(q.w_rdy)]
+            valid, addr, ready = q.r_rdy, q.r_data, q.r_en
         m.d.comb += [
-            q.w_data.eq(req.payload),
-            q.w_en.eq(req.valid),
-            req.ready.eq(q.w_rdy),
-            port.en.eq(q.r_rdy),
+            port.en.eq(valid),
             port.we.eq(0),
-            port.addr.eq(q.r_data >> lb),
-            q.r_en.eq(port.ack),
+            port.addr.eq(addr >> lb),
+            ready.eq(port.ack),
             resp.valid.eq(port.rvalid),
         ]
         if lb > le:
             with m.If(port.ack):
-                m.d.sync += off.eq(q.r_data[le:lb])
+                m.d.sync += off.eq(addr[le:lb])
             m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
         else:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
 
 
-def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str):
+def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str,
+                   direct: bool = False):
     """VectorUnit element write stream -> word MemPort, through a two-entry FIFO (the unit's
-    ``ready`` is not combinational through the bank arbiter). Returns the FIFO: a vector
-    instruction is complete only when it is empty."""
+    ``ready`` is not combinational through the bank arbiter). Returns the FIFO's "holds a
+    write" flag: a vector instruction is complete only when it is low. ``direct``: no FIFO
+    (``ready`` is the port's ``ack``; the flag is constant 0)."""
     lb = _log2(word_bytes)
     le = _log2(elem_bytes)
     emask = (1 << elem_bytes) - 1
-    q = fifo.SyncFIFO(width=len(wr.payload.as_value()), depth=2)
-    m.submodules[f"{name}_q"] = q
-    head = data.View(wr.payload.shape(), q.r_data)
+    if direct:
+        valid, head, ready, pending = wr.valid, wr.payload, wr.ready, Const(0)
+    else:
+        q = fifo.SyncFIFO(width=len(wr.payload.as_value()), depth=2)
+        m.submodules[f"{name}_q"] = q
+        head = data.View(wr.payload.shape(), q.r_data)
+        m.d.comb += [q.w_data.eq(wr.payload), q.w_en.eq(wr.valid), wr.ready.eq(q.w_rdy)]
+        valid, ready, pending = q.r_rdy, q.r_en, q.r_rdy
     m.d.comb += [
-        q.w_data.eq(wr.payload),
-        q.w_en.eq(wr.valid),
-        wr.ready.eq(q.w_rdy),
-        port.en.eq(q.r_rdy),
+        port.en.eq(valid),
         port.we.eq(1),
         port.addr.eq(head.addr >> lb),
         port.wdata.eq(Cat([head.data] * (word_bytes // elem_bytes))),
-        q.r_en.eq(port.ack),
+        ready.eq(port.ack),
     ]
     if lb > le:
         sel = head.addr[le:lb]
         m.d.comb += port.wmask.eq(Const(emask, word_bytes) << (sel * elem_bytes))
     else:
         m.d.comb += port.wmask.eq(emask)
-    return q
+    return pending
 
 
 def _share_port(m: Module, port, clients: dict, name: str) -> None:
@@ -1020,12 +1034,14 @@ def _share_port(m: Module, port, clients: dict, name: str) -> None:
 class ComputeUnit(wiring.Component):
     """The compute queue's executor: one GEMM or vector instruction at a time.
 
-    Cycle contract: an instruction is accepted when the previous one is done; GEMMs run on
-    their engine's :class:`GemmUnit`, vector ops on the VectorUnit; VREQ/VMUL/VRMS first read
-    their ``2 * count`` parameter words from ACC (back to back, one per cycle) and, when an M0
-    is negative or a shift is outside ``[-31, 30]``, finish with ``err`` and
-    ``code = BAD_OPERAND`` once every word is back (nothing written). ``done`` pulses at the
-    end of every instruction.
+    Cycle contract: one instruction at a time; GEMMs run on their engine's :class:`GemmUnit`,
+    vector ops on the VectorUnit; VREQ/VMUL/VRMS first read their ``2 * count`` parameter words
+    from ACC (back to back, one per cycle) and, when an M0 is negative or a shift is outside
+    ``[-31, 30]``, finish with ``err`` and ``code = BAD_OPERAND`` once every word is back
+    (nothing written). ``cmd`` is accepted (``ready``) in the cycle its unit accepts it (or,
+    with bad parameters, the cycle before ``done``), so its payload, which the stream rules
+    keep stable until then, is not copied; a ``valid`` dropped before that (an abort)
+    abandons the instruction. ``done`` pulses at the end of every instruction.
 
     Members
     -------
@@ -1078,13 +1094,18 @@ class ComputeUnit(wiring.Component):
             _share_port(m, mem[name], {e: (getattr(gu, attr), gu.busy)
                                        for e, gu in gemms.items()}, name)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
-        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.LATENCY)
-        _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp")
-        _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac")
-        wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw")
-        wq_ac = _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb, "vacw")
+        # the serial vector unit (small, slow-clocked configurations) talks to the ports
+        # without the adapters' timing FIFOs
+        direct = cfg.vector_serial
+        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.latency(direct))
+        _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp", direct)
+        _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac", direct)
+        wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw", direct)
+        wq_ac = _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb, "vacw", direct)
 
-        word = Signal(INSTR_BITS)
+        # The instruction stays on ``cmd`` (stream rule: payload stable while valid and not
+        # ready) until the unit that executes it accepts it, so no copy of it is kept here.
+        word = self.cmd.payload
         opc = word[:8]
         v = data.View(instr_layout(Op.VREQ), word)
         m.d.comb += vu.cmd.payload.eq(word[: len(vu.cmd.payload.as_value())])
@@ -1111,17 +1132,20 @@ class ComputeUnit(wiring.Component):
         vbusy = Signal()
         pbusy = Signal()
 
+        def withdrawn():
+            """Before acceptance: the controller withdrew the instruction (an abort)."""
+            with m.If(~self.cmd.valid):
+                m.next = "IDLE"
+
         with m.FSM(name="comp"):
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += word.eq(self.cmd.payload)
-                    m.next = "DISPATCH"
+            with m.State("IDLE"), m.If(self.cmd.valid):
+                m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 for e, gu in gemms.items():
                     with m.If(opc == ENGINE_GEMM[e]):
-                        m.d.comb += gu.cmd.valid.eq(1)
-                        with m.If(gu.cmd.ready):
+                        m.d.comb += gu.cmd.valid.eq(self.cmd.valid)
+                        with m.If(gu.cmd.valid & gu.cmd.ready):
+                            m.d.comb += self.cmd.ready.eq(1)
                             m.next = f"WAIT_{e}"
                 is_param = Cat(opc == int(o) for o in SERIAL_OPS).any()
                 is_vec = Cat(opc == int(o) for o in VEC_OPS).any()
@@ -1132,6 +1156,7 @@ class ComputeUnit(wiring.Component):
                     m.next = "PREAD"
                 with m.Elif(is_vec):
                     m.next = "VEC"
+                withdrawn()
             with m.State("PREAD"):
                 m.d.comb += [pbusy.eq(1), pport.en.eq(pleft != 0)]
                 with m.If(pport.ack):
@@ -1145,28 +1170,35 @@ class ComputeUnit(wiring.Component):
                         m.d.sync += pm0.eq(pm0 - 1)
                 with m.If(prcv == 0):
                     m.next = "PJUDGE"
+                withdrawn()
             with m.State("PJUDGE"):
                 m.d.comb += pbusy.eq(1)
-                with m.If(pbad):
-                    m.d.comb += [self.done.eq(1), self.err.eq(1),
-                                 self.code.eq(ErrorCode.BAD_OPERAND)]
-                    m.next = "IDLE"
+                with m.If(pbad):  # accept it, then report the fault
+                    m.d.comb += self.cmd.ready.eq(1)
+                    m.next = "PFAIL"
                 with m.Else():
                     m.next = "VEC"
+                withdrawn()
+            with m.State("PFAIL"):
+                m.d.comb += [pbusy.eq(1), self.done.eq(1), self.err.eq(1),
+                             self.code.eq(ErrorCode.BAD_OPERAND)]
+                m.next = "IDLE"
             with m.State("VEC"):
-                m.d.comb += vu.cmd.valid.eq(1)
-                with m.If(vu.cmd.ready):
+                m.d.comb += vu.cmd.valid.eq(self.cmd.valid)
+                with m.If(vu.cmd.valid & vu.cmd.ready):
+                    m.d.comb += self.cmd.ready.eq(1)
                     m.next = "WAIT_VEC"
+                withdrawn()
             with m.State("WAIT_VEC"), m.If(vu.done):
                 m.next = "VEC_DRAIN"
-            with m.State("VEC_DRAIN"), m.If(~wq_sp.r_rdy & ~wq_ac.r_rdy):
+            with m.State("VEC_DRAIN"), m.If(~wq_sp & ~wq_ac):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
             for e, gu in gemms.items():
                 with m.State(f"WAIT_{e}"), m.If(gu.done):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-        m.d.comb += vbusy.eq(vu.busy | pbusy | wq_sp.r_rdy | wq_ac.r_rdy)
+        m.d.comb += vbusy.eq(vu.busy | pbusy | wq_sp | wq_ac)
 
         order = ("systolic", "ternary", "lut")
         for i, e in enumerate(order):
