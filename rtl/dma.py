@@ -1,6 +1,7 @@
 """DMA: 2-D strided AXI4 bursts between device memory and the scratchpads (LOAD / STORE).
 
-Two independent units execute the load and store queues of the controller:
+Two independent units execute the load and store queues of the controller (without queues,
+``cfg.queue_depth == 0``, one :class:`DmaUnit` holds both datapaths on one burst splitter):
 
 * :class:`LoadUnit` (``LOAD``): reads ``rows`` rows of ``row_bytes`` at ``dram + r * stride``
   over AR/R and writes them to contiguous words of SPAD or ACC from ``loc``;
@@ -8,10 +9,11 @@ Two independent units execute the load and store queues of the controller:
   over AW/W/B to ``rows`` rows at ``dram + r * stride``.
 
 Each row is split into ``INCR`` bursts of at most 256 beats that never cross a 4 KiB page;
-several bursts are outstanding at once (``max_outstanding``). An ``SLVERR``/``DECERR``
-response (``xRESP[1]`` set) marks the instruction as failed (``ErrorCode.BUS_ERROR``): the unit
-still completes every burst it issued (the AXI protocol requires it), writes nothing of an
-error beat, and reports ``done`` with ``err``.
+several bursts are outstanding at once (``max_outstanding``). The burst splitter's registers
+are the AR/AW address and length (they advance on the address handshake). An
+``SLVERR``/``DECERR`` response (``xRESP[1]`` set) marks the instruction as failed
+(``ErrorCode.BUS_ERROR``): the unit still completes every burst it issued (the AXI protocol
+requires it), writes nothing of an error beat, and reports ``done`` with ``err``.
 
 :class:`AxiJoin` merges instruction fetch, the load unit and the store unit onto the single
 AXI4 manager port of the top: AR is arbitrated (fetch first, the choice held while ``arvalid``
@@ -26,7 +28,7 @@ without ``done``, so the AXI slave is never left with half a transaction.
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
@@ -82,16 +84,20 @@ class _BurstSplitter:
         self.addr = Signal(aw, name=f"{name}_addr")
         self.row_addr = Signal(aw, name=f"{name}_row_addr")
         self.stride = Signal(aw, name=f"{name}_stride")
-        self.row_words = Signal(16, name=f"{name}_row_words")
-        self.rem = Signal(16, name=f"{name}_rem")  # words left in the current row
-        self.rows = Signal(12, name=f"{name}_rows")  # rows left, current included
+        wb = len(d.row_bytes) - lb
+        self.row_words = Signal(wb, name=f"{name}_row_words")
+        self.rem = Signal(wb, name=f"{name}_rem")  # words left in the current row
+        self.rows = Signal(len(d.rows), name=f"{name}_rows")  # rows left, current included
         self.more = Signal(name=f"{name}_more")
         self.beats = Signal(range(MAX_BURST_BEATS + 1), name=f"{name}_beats")
         page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
         word = self.addr[lb:]
         m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
-        b = Mux(self.rem < page_left, self.rem, page_left)
-        m.d.comb += self.beats.eq(Mux(b < MAX_BURST_BEATS, b, MAX_BURST_BEATS))
+        fits_page = ~(page_left < self.rem)
+        b = Mux(fits_page, self.rem, page_left)
+        b_ok = b <= MAX_BURST_BEATS
+        m.d.comb += self.beats.eq(Mux(b_ok, b, MAX_BURST_BEATS))
+        row_end = fits_page & b_ok  # (beats == rem) the burst ends the row
 
         with m.If(self.start):
             words = d.row_bytes >> lb
@@ -105,7 +111,7 @@ class _BurstSplitter:
                 self.more.eq(1),
             ]
         with m.Elif(self.take):
-            with m.If(self.rem == self.beats):
+            with m.If(row_end):
                 m.d.sync += [
                     self.rows.eq(self.rows - 1),
                     self.row_addr.eq(self.row_addr + self.stride),
@@ -119,6 +125,57 @@ class _BurstSplitter:
                     self.rem.eq(self.rem - self.beats),
                     self.addr.eq(self.addr + (self.beats << lb)),
                 ]
+
+
+class _ShiftFIFO(wiring.Component):
+    """A first-word-fall-through FIFO whose head is always entry 0 (entries shift on a read).
+
+    The interface and timing of :class:`amaranth.lib.fifo.SyncFIFO` (``fwft``; no write while
+    full, even with a read), without a read multiplexer: every entry loads either ``w_data``
+    or the entry above it, so on iCE40 each entry bit is one LUT4 and its flip-flop.
+
+    Members
+    -------
+    w_data : In(width)
+    w_en : In(1)
+    w_rdy : Out(1)
+    r_data : Out(width)
+    r_en : In(1)
+    r_rdy : Out(1)
+    """
+
+    def __init__(self, width: int, depth: int):
+        self.width = width
+        self.depth = depth
+        super().__init__({
+            "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+            "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.depth
+        level = Signal(range(n + 1))
+        e = [Signal(self.width, name=f"e{i}") for i in range(n)]
+        push = Signal()
+        pop = Signal()
+        m.d.comb += [
+            self.w_rdy.eq(level != n),
+            self.r_rdy.eq(level != 0),
+            push.eq(self.w_en & self.w_rdy),
+            pop.eq(self.r_en & self.r_rdy),
+            self.r_data.eq(e[0]),
+        ]
+        slot = Signal(range(n + 1))  # where a written word goes
+        m.d.comb += slot.eq(level - pop)
+        for i in range(n):
+            with m.If(push & (slot == i)):
+                m.d.sync += e[i].eq(self.w_data)
+            if i + 1 < n:
+                with m.Elif(pop):
+                    m.d.sync += e[i].eq(e[i + 1])
+        m.d.sync += level.eq(level + push - pop)
+        return m
 
 
 def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
@@ -137,16 +194,28 @@ def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict
     }
 
 
-def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int):
+class _Regs:
+    """The per-instruction registers of a datapath: scratchpad word pointer, space, error
+    flag, aborting and bursts outstanding. A unit's datapath assigns them only while it is
+    active (or when it starts), so the two datapaths of a :class:`DmaUnit` (one instruction
+    at a time) share one set."""
+
+    def __init__(self, name: str, u, max_out: int):
+        self.ptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name=f"{name}_ptr")
+        self.space = Signal(name=f"{name}_space")
+        self.errflag = Signal(name=f"{name}_errflag")
+        self.aborting = Signal(name=f"{name}_aborting")
+        self.count = Signal(range(max_out + 1), name=f"{name}_count")
+
+
+def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
+               r: _Regs):
     """The load datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
     lb = _log2(cfg.bus_bytes)
     axi = u.axi
     active = Signal(name="ld_active")
-    aborting = Signal(name="ld_aborting")
-    space = Signal(name="ld_space")
-    errflag = Signal(name="ld_errflag")
-    wptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name="ld_wptr")
-    outstanding = Signal(range(max_out + 1), name="ld_outstanding")  # accepted bursts
+    aborting, space, errflag, wptr = r.aborting, r.space, r.errflag, r.ptr
+    outstanding = r.count  # accepted bursts
     ar_hold = Signal(name="ld_ar_hold")  # arvalid was up and not accepted: keep it up
 
     # ------------------------------------------------------------------ AR
@@ -165,12 +234,13 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
         ar_fire.eq(axi.arvalid & axi.arready),
         u.cmd.ready.eq(~active),
     ]
-    m.d.sync += ar_hold.eq(axi.arvalid & ~axi.arready)
     with m.If(ar_fire):
         m.d.comb += sp.take.eq(1)
     r_last = Signal(name="ld_r_last")
     m.d.comb += r_last.eq(axi.rvalid & axi.rready & axi.rlast)
-    m.d.sync += outstanding.eq(outstanding + ar_fire - r_last)
+    m.d.sync += ar_hold.eq(axi.arvalid & ~axi.arready)
+    with m.If(active):
+        m.d.sync += outstanding.eq(outstanding + ar_fire - r_last)
 
     # ------------------------------------------------------------------ R -> scratchpad
     bad = axi.rresp[1]
@@ -214,26 +284,24 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
 
 
 def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
-                fifo_depth: int):
+                r: _Regs, fifo_depth: int):
     """The store datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
     bb = cfg.bus_bytes
     lb = _log2(bb)
     axi = u.axi
     active = Signal(name="st_active")
-    aborting = Signal(name="st_aborting")
-    space = Signal(name="st_space")
-    errflag = Signal(name="st_errflag")
-    rptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name="st_rptr")
+    aborting, space, errflag, rptr = r.aborting, r.space, r.errflag, r.ptr
     rleft = Signal(len(rptr) + 1, name="st_rleft")  # words still to read from the scratchpad
     held = Signal(range(fifo_depth + 1), name="st_held")  # FIFO entries + reads in flight
-    b_out = Signal(range(max_out + 1), name="st_b_out")  # AW bursts awaiting B
+    b_out = r.count  # AW bursts awaiting B
     aw_hold = Signal(name="st_aw_hold")  # awvalid was up and not accepted: keep it up
     w_left = Signal(range(MAX_BURST_BEATS + 1), name="st_w_left")  # beats left in this W burst
     stop = Signal(name="st_stop")
     m.d.comb += stop.eq(aborting | u.abort)
 
-    dfifo = fifo.SyncFIFO(width=8 * bb, depth=fifo_depth)
-    lfifo = fifo.SyncFIFO(width=9, depth=max_out + 1)
+    dfifo = _ShiftFIFO(8 * bb, fifo_depth)
+    # (beat counts of bursts whose W has not started: never more than ``b_out``)
+    lfifo = _ShiftFIFO(9, max_out)
     m.submodules.st_dfifo = dfifo
     m.submodules.st_lfifo = lfifo
 
@@ -263,17 +331,18 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         axi.awsize.eq(lb),
         axi.awburst.eq(BURST_INCR),
         axi.awvalid.eq(
-            aw_hold | (active & sp.more & ~stop & (b_out < max_out) & lfifo.w_rdy)
+            aw_hold | (active & sp.more & ~stop & (b_out < max_out))
         ),
         aw_new.eq(axi.awvalid & ~aw_hold),
         axi.bready.eq(1),
         u.cmd.ready.eq(~active),
     ]
-    m.d.sync += aw_hold.eq(axi.awvalid & ~axi.awready)
     with m.If(axi.awvalid & axi.awready):
         m.d.comb += sp.take.eq(1)
     m.d.comb += [lfifo.w_en.eq(aw_new), lfifo.w_data.eq(sp.beats)]
-    m.d.sync += b_out.eq(b_out + aw_new - axi.bvalid)
+    m.d.sync += aw_hold.eq(axi.awvalid & ~axi.awready)
+    with m.If(active):
+        m.d.sync += b_out.eq(b_out + aw_new - axi.bvalid)
     with m.If(axi.bvalid & axi.bresp[1]):
         m.d.sync += errflag.eq(1)
 
@@ -372,7 +441,7 @@ class LoadUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "ld", self.cmd.payload)
-        _load_path(m, self.cfg, self, sp, self.max_out)
+        _load_path(m, self.cfg, self, sp, self.max_out, _Regs("ld", self, self.max_out))
         return m
 
 
@@ -400,7 +469,8 @@ class StoreUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "st", self.cmd.payload)
-        _store_path(m, self.cfg, self, sp, self.max_out, self.fifo_depth)
+        _store_path(m, self.cfg, self, sp, self.max_out, _Regs("st", self, self.max_out),
+                    self.fifo_depth)
         return m
 
 
@@ -443,8 +513,9 @@ class DmaUnit(wiring.Component):
         d = data.View(instr_layout(Op.LOAD),
                       Mux(st.valid, st.payload.as_value(), ld.payload.as_value()))
         sp = _BurstSplitter(m, self.cfg, "dma", d)
-        _load_path(m, self.cfg, self.load, sp, self.max_out)
-        _store_path(m, self.cfg, self.store, sp, self.max_out, self.fifo_depth)
+        r = _Regs("dma", self.load, self.max_out)
+        _load_path(m, self.cfg, self.load, sp, self.max_out, r)
+        _store_path(m, self.cfg, self.store, sp, self.max_out, r, self.fifo_depth)
         return m
 
 
@@ -469,11 +540,12 @@ class AxiJoin(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus, f, ld, st = self.bus, self.fetch, self.load, self.store
-        locked = Signal()
-        owner_r = Signal()  # 1: fetch
-        owner = Signal()
-        m.d.comb += owner.eq(Mux(locked, owner_r, f.arvalid))
-        m.d.sync += [locked.eq(bus.arvalid & ~bus.arready), owner_r.eq(owner)]
+        # Fetch first, except while the load's AR waits for its handshake (AXI: a shown
+        # address stays until accepted); a waiting fetch keeps its arvalid, so keeps the bus.
+        ld_wait = Signal()
+        owner = Signal()  # 1: fetch
+        m.d.comb += owner.eq(f.arvalid & ~ld_wait)
+        m.d.sync += ld_wait.eq(~owner & ld.arvalid & ~bus.arready)
         m.d.comb += [
             bus.arid.eq(Mux(owner, ID_FETCH, ID_LOAD)),
             bus.araddr.eq(Mux(owner, f.araddr, ld.araddr)),
