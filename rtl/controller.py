@@ -92,6 +92,9 @@ __all__ = [
 
 #: Queues, in index order.
 QUEUES = ("load", "store", "compute")
+#: From this target clock (MHz) up, the instruction checker's range scan is pipelined.
+PIPELINE_MHZ = 50.0
+
 #: Spaces of the footprint hulls, in index order.
 SPACES = ("DRAM", "SPAD", "ACC")
 #: Instructions that check ACC parameters when they execute: dispatch waits for them.
@@ -264,6 +267,8 @@ class InstrChecker(wiring.Component):
 
     A check takes ``8 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
     row counts (``rows``, ``rows - 1``, ``m``) and the weight bytes per row (``k / 4``, ...).
+    Below :data:`PIPELINE_MHZ` (``cfg.clock_mhz``) ``SCAN`` has no stage registers: a slot is
+    selected, ended and judged in one cycle, and a check takes two cycles less.
 
     Members
     -------
@@ -283,6 +288,9 @@ class InstrChecker(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
+        #: SCAN as a three-stage pipeline (for clocks of 50 MHz and more; below, one cycle
+        #: per slot with no stage registers).
+        self.pipelined = cfg.clock_mhz >= PIPELINE_MHZ
         super().__init__(
             {
                 "word": In(INSTR_BITS),
@@ -448,7 +456,8 @@ class InstrChecker(wiring.Component):
             return out
 
         # SCAN is a three-stage pipeline: (A) slot k's start and length; (E) its saturated
-        # end, direction and space; (B) the slot is judged.
+        # end, direction and space; (B) the slot is judged. Without the pipeline (slow
+        # clocks) all three happen in the cycle of slot k.
         NS = self.SLOTS
         k = Signal(range(NS + 2))
         c_st = Signal(W)
@@ -577,9 +586,10 @@ class InstrChecker(wiring.Component):
                             if i + 1 < len(operands):
                                 load_product(i + 1)
                             else:
-                                m.d.sync += [k.eq(0), a_valid.eq(0), j_valid.eq(0),
-                                             range_err.eq(0),
-                                             overlap.eq(0), hull.eq(0), pw_cd.eq(0)]
+                                m.d.sync += [k.eq(0), range_err.eq(0), overlap.eq(0),
+                                             hull.eq(0), pw_cd.eq(0)]
+                                if self.pipelined:
+                                    m.d.sync += [a_valid.eq(0), j_valid.eq(0)]
                                 m.next = "SCAN"
                 with m.Else():
                     with m.If(y[0]):
@@ -588,12 +598,17 @@ class InstrChecker(wiring.Component):
                     m.d.sync += [x.eq(x << 1), x_over.eq(x_over | x[W - 1]), y.eq(y >> 1)]
                 on_start()
             with m.State("SCAN"):
-                # stages A and E
-                m.d.sync += [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
-                             a_valid.eq(k < NS), k.eq(k + 1),
-                             j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
-                             j_valid.eq(a_valid), j_wr.eq(a_wr), j_sp.eq(a_sp),
-                             j_part.eq(a_part)]
+                # stages A and E (registers, or wires without the pipeline)
+                stages = [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
+                          a_valid.eq(k < NS),
+                          j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
+                          j_valid.eq(a_valid), j_wr.eq(a_wr), j_sp.eq(a_sp),
+                          j_part.eq(a_part)]
+                if self.pipelined:
+                    m.d.sync += stages
+                else:
+                    m.d.comb += stages
+                m.d.sync += k.eq(k + 1)
                 # stage B
                 with m.If(live):
                     with m.If(j_over):
@@ -616,7 +631,7 @@ class InstrChecker(wiring.Component):
                                     m.d.sync += hhi.eq(hi_b)
                 with m.If(j_valid & (j_k == 0)):
                     m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
-                with m.If(k == NS + 1):
+                with m.If(k == (NS + 1 if self.pipelined else NS - 1)):
                     m.next = "FINAL"
                 on_start()
             with m.State("FINAL"):
