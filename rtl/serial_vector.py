@@ -9,11 +9,8 @@ on one 16x16 multiplier. ``AcceleratorConfig.vector_serial`` selects it (the ``t
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
-from amaranth.utils import ceil_log2
 
 from tritium import isa
-from tritium.config import AcceleratorConfig
 
 from .vector import (
     _ACC,
@@ -22,11 +19,11 @@ from .vector import (
     _CLS_Q127,
     _SPAD,
     VECTOR_OPS,
+    VectorUnitBase,
     _Ctx,
     _requant_clamp,
     _requant_shift,
     _SeqMath,
-    vector_unit_members,
 )
 
 __all__ = ["SerialVectorUnit"]
@@ -60,7 +57,7 @@ _BASES = ("src", "src2", "dst", "param", "rptr")
 _INDEXES = ("i", "c", "t", "k", "nc")
 
 
-class SerialVectorUnit(wiring.Component):
+class SerialVectorUnit(VectorUnitBase):
     """Vector unit for area: ``VREQ`` .. ``VARGMAX`` one element at a time, bit-exact with
     ``tritium.golden`` like :class:`tritium.rtl.vector.VectorUnit`.
 
@@ -123,15 +120,6 @@ class SerialVectorUnit(wiring.Component):
     rounding shift, saturation, clamp), the isqrt / divider, and address generation; the
     multiplier's accumulator and operand muxes about a tenth.
     """
-
-    def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
-        if depth < 2:
-            raise ValueError(f"depth={depth}; depth must be >= 2")
-        self.cfg = cfg
-        self.depth = depth
-        self.spad_aw = ceil_log2(cfg.spad_bytes)
-        self.acc_aw = ceil_log2(cfg.acc_bytes)
-        super().__init__(vector_unit_members(cfg))
 
     @staticmethod
     def cycles(instr: isa.Instr) -> int:

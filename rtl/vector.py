@@ -17,7 +17,7 @@ from amaranth.utils import ceil_log2
 from tritium import isa
 from tritium.config import AcceleratorConfig
 
-__all__ = ["VECTOR_OPS", "VectorUnit", "cmd_layout", "pack_cmd", "vector_unit_members"]
+__all__ = ["VECTOR_OPS", "VectorUnit", "VectorUnitBase", "cmd_layout", "pack_cmd", "vector_unit_members"]
 
 Op = isa.Op
 
@@ -419,7 +419,21 @@ class _Walker:
 
 
 # ------------------------------------------------------------------------------ the unit
-class VectorUnit(wiring.Component):
+class VectorUnitBase(wiring.Component):
+    """What every vector unit shares: the constructor (``cfg``, ``depth`` = reads that may be
+    outstanding, >= 2) and the members of :func:`vector_unit_members`."""
+
+    def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
+        if depth < 2:
+            raise ValueError(f"depth={depth}; depth must be >= 2")
+        self.cfg = cfg
+        self.depth = depth
+        self.spad_aw = ceil_log2(cfg.spad_bytes)
+        self.acc_aw = ceil_log2(cfg.acc_bytes)
+        super().__init__(vector_unit_members(cfg))
+
+
+class VectorUnit(VectorUnitBase):
     """Vector unit: executes ``VREQ`` .. ``VARGMAX`` memory-to-memory, bit-exact with
     ``tritium.golden`` (see :data:`tritium.isa.SEMANTICS` and :mod:`tritium.numerics`).
 
@@ -533,15 +547,6 @@ class VectorUnit(wiring.Component):
     1,000 FF, 5 MULT18X18D, 1 DP16KD. Roughly a quarter is control and address generation, a
     quarter the 32x32 multiplier with its operand muxes, a tenth the saturating shifter.
     """
-
-    def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
-        if depth < 2:
-            raise ValueError(f"depth={depth}; depth must be >= 2")
-        self.cfg = cfg
-        self.depth = depth
-        self.spad_aw = ceil_log2(cfg.spad_bytes)
-        self.acc_aw = ceil_log2(cfg.acc_bytes)
-        super().__init__(vector_unit_members(cfg))
 
     @staticmethod
     def cycles(instr: isa.Instr) -> int:
