@@ -219,7 +219,11 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     ar_hold = Signal(name="ld_ar_hold")  # arvalid was up and not accepted: keep it up
 
     # ------------------------------------------------------------------ AR
-    # The splitter's next burst is on AR; it advances on the handshake.
+    # The splitter's next burst is on AR; it advances on the handshake. The first one waits a
+    # cycle (``ar_go``), so that the controller's fetch of the next instruction, which starts
+    # in the cycle after acceptance, goes first instead of waiting behind the burst's data.
+    ar_go = Signal(name="ld_ar_go")
+    m.d.sync += ar_go.eq(active)
     ar_fire = Signal(name="ld_ar_fire")
     m.d.comb += [
         axi.arid.eq(ID_LOAD),
@@ -229,7 +233,7 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
         axi.arburst.eq(BURST_INCR),
         axi.arvalid.eq(
             ar_hold
-            | (active & sp.more & ~aborting & ~u.abort & (outstanding < max_out))
+            | (active & ar_go & sp.more & ~aborting & ~u.abort & (outstanding < max_out))
         ),
         ar_fire.eq(axi.arvalid & axi.arready),
         u.cmd.ready.eq(~active),
