@@ -178,6 +178,19 @@ class _ShiftFIFO(wiring.Component):
         return m
 
 
+def _show_burst(m: Module, axi, ch: str, sp, lb: int, valid) -> None:
+    """Drive AXI address channel ``ch`` (``"ar"`` / ``"aw"``) with the splitter's next burst
+    (id :data:`ID_LOAD`, INCR, full-width beats) and ``valid``."""
+    m.d.comb += [
+        getattr(axi, f"{ch}id").eq(ID_LOAD),
+        getattr(axi, f"{ch}addr").eq(sp.addr),
+        getattr(axi, f"{ch}len").eq(sp.beats - 1),
+        getattr(axi, f"{ch}size").eq(lb),
+        getattr(axi, f"{ch}burst").eq(BURST_INCR),
+        getattr(axi, f"{ch}valid").eq(valid),
+    ]
+
+
 def _unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
     bb = cfg.bus_bytes
     return {
@@ -225,16 +238,9 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     ar_go = Signal(name="ld_ar_go")
     m.d.sync += ar_go.eq(active)
     ar_fire = Signal(name="ld_ar_fire")
+    _show_burst(m, axi, "ar", sp, lb, ar_hold | (active & ar_go & sp.more & ~aborting
+                                               & ~u.abort & (outstanding < max_out)))
     m.d.comb += [
-        axi.arid.eq(ID_LOAD),
-        axi.araddr.eq(sp.addr),
-        axi.arlen.eq(sp.beats - 1),
-        axi.arsize.eq(lb),
-        axi.arburst.eq(BURST_INCR),
-        axi.arvalid.eq(
-            ar_hold
-            | (active & ar_go & sp.more & ~aborting & ~u.abort & (outstanding < max_out))
-        ),
         ar_fire.eq(axi.arvalid & axi.arready),
         u.cmd.ready.eq(~active),
     ]
@@ -328,15 +334,8 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     # The splitter's next burst is on AW; it advances on the handshake. Its beat count goes
     # to the W side in the first cycle it is shown (W never waits for AW's handshake).
     aw_new = Signal(name="st_aw_new")
+    _show_burst(m, axi, "aw", sp, lb, aw_hold | (active & sp.more & ~stop & (b_out < max_out)))
     m.d.comb += [
-        axi.awid.eq(ID_LOAD),
-        axi.awaddr.eq(sp.addr),
-        axi.awlen.eq(sp.beats - 1),
-        axi.awsize.eq(lb),
-        axi.awburst.eq(BURST_INCR),
-        axi.awvalid.eq(
-            aw_hold | (active & sp.more & ~stop & (b_out < max_out))
-        ),
         aw_new.eq(axi.awvalid & ~aw_hold),
         axi.bready.eq(1),
         u.cmd.ready.eq(~active),
