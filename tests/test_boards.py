@@ -465,11 +465,11 @@ def test_axi_sram_read_throughput():
 
 
 # --------------------------------------------------------------------------- real flow
-#: Measured: the tiny preset's SoC needs ~2.0x the UP5K's 5280 logic cells (10,565 LCs at stop
-#: 14, docs/fpga.md; its 6 SB_MAC16 fit the 8);
+#: Measured: the tiny preset's SoC needs ~1.43x the UP5K's 5280 logic cells (7,571 LCs at stop
+#: 15, docs/fpga.md; its 3 SB_MAC16 fit the 8);
 #: strict, so the test fails (XPASS) the day it fits and this mark must go.
 _UP5K_OVER = pytest.mark.xfail(strict=True, reason="tiny SoC does not fit the UP5K yet "
-                               "(docs/fpga.md: ~2.0x its logic cells)")
+                               "(docs/fpga.md: ~1.43x its logic cells)")
 
 
 @pytest.mark.slow
