@@ -107,9 +107,11 @@ class SerialVectorUnit(VectorUnitBase):
     ============ ================================ =============================================
 
     (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
-    latency add to these. In the ``tiny`` SoC (reads answer two cycles after the request) the
-    mmfree model's decode step takes 220,444 cycles with this unit, 165,301 with
-    :class:`VectorUnit` (1.33x; the vector instructions are a minority of its cycles).
+    latency add to these. In the ``tiny`` SoC the mmfree model's decode step took 220,444
+    cycles with this unit behind the adapters' request FIFOs (reads answering two cycles after
+    the request), 165,301 with :class:`VectorUnit` (1.33x; the vector instructions are a
+    minority of its cycles); connected directly (reads answer in the next cycle) and with the
+    stop-15 DMA, 218,739.
 
     Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
