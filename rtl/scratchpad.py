@@ -13,7 +13,8 @@ walk across banks, so two streams rarely collide for long).
 Every client (DMA load/store units, GEMM sequencers, vector unit, parameter checker) owns one
 :class:`MemPortSignature` port; the memory arbitrates them per bank, separately for reads and
 writes (each bank is a simple dual-port memory: one read and one write per cycle), round-robin,
-so no client starves another.
+so no client starves another (fixed priority without queues, ``queue_depth == 0``, where only
+one instruction's unit uses the memory at a time).
 """
 
 from __future__ import annotations
@@ -98,17 +99,20 @@ def _onehot_mux(sel: list, vals: list):
     return terms[0]
 
 
-def rr_arbiter(m: Module, reqs: list, name: str) -> list[Signal]:
+def rr_arbiter(m: Module, reqs: list, name: str, fair: bool = True) -> list[Signal]:
     """Round-robin arbiter: one-hot grants for the request bits ``reqs`` (Amaranth values).
 
-    The requester granted last has the lowest priority in the next cycle.
+    The requester granted last has the lowest priority in the next cycle. With
+    ``fair=False`` the priority is fixed (the lowest index first): smaller, and enough where
+    the requesters that can meet are bounded streams of one unit that need each other.
     """
     n = len(reqs)
     grants = [Signal(name=f"{name}_gnt{i}") for i in range(n)]
     req = [Signal(name=f"{name}_req{i}") for i in range(n)]
     m.d.comb += [r.eq(v) for r, v in zip(req, reqs)]
-    if n == 1:
-        m.d.comb += grants[0].eq(req[0])
+    if n == 1 or not fair:
+        m.d.comb += [g.eq(req[i] & ~Cat(req[:i]).any() if i else req[i])
+                     for i, g in enumerate(grants)]
         return grants
     last = Signal(range(n), name=f"{name}_last", init=n - 1)
     # grant i when it requests and no requester between last+1 and i-1 (cyclically) does
@@ -134,8 +138,8 @@ def rr_arbiter(m: Module, reqs: list, name: str) -> list[Signal]:
 class BankedMemory(wiring.Component):
     """``banks`` x ``Memory(word_bytes * 8 bits)`` with ``n_ports`` arbitrated client ports.
 
-    Cycle contract: per bank, one read and one write are acknowledged per cycle (round-robin
-    among the ports requesting that bank); a port whose request names a busy bank waits (no
+    Cycle contract: per bank, one read and one write are acknowledged per cycle (round-robin,
+    or fixed priority with ``fair=False``, among the ports requesting that bank); a port whose request names a busy bank waits (no
     ``ack``). Read data arrive one cycle after the ``ack`` (synchronous read port,
     write-first). With no conflicts every port moves one word per cycle.
 
@@ -151,6 +155,10 @@ class BankedMemory(wiring.Component):
         Number of client ports.
     name : str
         Used in signal names.
+    fair : bool
+        Round-robin arbitration (default); ``False``: fixed priority, the lowest port
+        index first (for one instruction at a time, ``queue_depth == 0``: the ports that
+        meet then belong to one unit, whose streams are bounded and wait for each other).
 
     Members
     -------
@@ -158,7 +166,8 @@ class BankedMemory(wiring.Component):
         Client ports (see :class:`MemPortSignature`).
     """
 
-    def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem"):
+    def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
+                 fair: bool = True):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -168,6 +177,7 @@ class BankedMemory(wiring.Component):
         self.banks = banks
         self.n_ports = n_ports
         self.mem_name = name
+        self.fair = fair
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -202,8 +212,8 @@ class BankedMemory(wiring.Component):
             rdatas.append(rp.data)
             rreq = [p.en & ~p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             wreq = [p.en & p.we & (pbank[i] == b) for i, p in enumerate(ports)]
-            rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r")
-            wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w")
+            rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r", self.fair)
+            wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w", self.fair)
             # grants are one-hot: AND-OR multiplexers (log depth, not a priority chain)
             raddr = _onehot_mux(rg, [row_of(p) for p in ports])
             waddr = _onehot_mux(wg, [row_of(p) for p in ports])
@@ -234,10 +244,12 @@ class BankedMemory(wiring.Component):
 def spad_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
     """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words."""
     return BankedMemory(
-        cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad"
+        cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
+        fair=cfg.queue_depth > 0,
     )
 
 
 def acc_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
     """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words."""
-    return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc")
+    return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc",
+                        fair=cfg.queue_depth > 0)

@@ -1117,10 +1117,13 @@ class ComputeUnit(wiring.Component):
         # each returned word is checked into a sticky flag; the verdict comes from that register
         # once every word is back (timing: ACC block RAM -> compare -> register).
         pport = ac["param"]
-        paddr = Signal(24)
-        pleft = Signal(18)  # words left to request
-        prcv = Signal(18)  # words left to receive
-        pm0 = Signal(18)  # M0 words among those left to receive (they come first)
+        # the checker has judged the parameter range (ADDRESS_RANGE): it lies inside ACC, so
+        # an ACC byte address and an ACC word count are wide enough
+        paddr = Signal(self.acc_bits + lb)
+        pw = (cfg.acc_bytes // 4).bit_length()
+        pleft = Signal(pw)  # words left to request
+        prcv = Signal(pw)  # words left to receive
+        pm0 = Signal(pw)  # M0 words among those left to receive (they come first)
         pbad = Signal()  # a word received so far is out of range
         pword_lane = Signal(max(1, lb - 2))  # 32-bit lane of the word acknowledged last cycle
         m.d.comb += [pport.addr.eq(paddr >> lb), pport.we.eq(0)]
