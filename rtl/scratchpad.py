@@ -25,7 +25,17 @@ from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["BankedMemory", "MemPortSignature", "acc_memory", "rr_arbiter", "spad_memory"]
+__all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
+           "acc_memory", "rr_arbiter", "spad_memory"]
+
+#: Attribute of a memory whose read port never reads the word its write port writes in the same
+#: cycle (the owner ensures it); synthesis may then leave out the read-first / write-first
+#: emulation around a block RAM (``YOSYS_COLLISION_FREE``).
+COLLISION_FREE = "tritium_collision_free"
+#: Yosys commands run after reading the design: mark those memories' read/write collisions as
+#: don't-care (``RD_COLLISION_X_MASK``), which simulation never exercises.
+YOSYS_COLLISION_FREE = (f"proc; memory_collect; "
+                        f"setparam -set RD_COLLISION_X_MASK 1'1 a:{COLLISION_FREE}")
 
 
 class MemPortSignature(wiring.Signature):
@@ -139,9 +149,10 @@ class BankedMemory(wiring.Component):
     """``banks`` x ``Memory(word_bytes * 8 bits)`` with ``n_ports`` arbitrated client ports.
 
     Cycle contract: per bank, one read and one write are acknowledged per cycle (round-robin,
-    or fixed priority with ``fair=False``, among the ports requesting that bank); a port whose request names a busy bank waits (no
-    ``ack``). Read data arrive one cycle after the ``ack`` (synchronous read port,
-    write-first). With no conflicts every port moves one word per cycle.
+    or fixed priority with ``fair=False``, among the ports requesting that bank); a port
+    whose request names a busy bank waits (no ``ack``). Read data arrive one cycle after the ``ack`` (synchronous read port,
+    write-first; with ``transparent=False`` a read of the word being written is acknowledged
+    a cycle later instead). With no conflicts every port moves one word per cycle.
 
     Parameters
     ----------
@@ -159,6 +170,10 @@ class BankedMemory(wiring.Component):
         Round-robin arbitration (default); ``False``: fixed priority, the lowest port
         index first (for one instruction at a time, ``queue_depth == 0``: the ports that
         meet then belong to one unit, whose streams are bounded and wait for each other).
+    transparent : bool
+        Write-first in the memory's read port (default); ``False``: a plain read port (no
+        bypass registers and multiplexer) where a read of the word written in the same cycle
+        is not acknowledged until the next cycle, so clients see the same write-first result.
 
     Members
     -------
@@ -167,7 +182,7 @@ class BankedMemory(wiring.Component):
     """
 
     def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
-                 fair: bool = True):
+                 fair: bool = True, transparent: bool = True):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -178,6 +193,7 @@ class BankedMemory(wiring.Component):
         self.n_ports = n_ports
         self.mem_name = name
         self.fair = fair
+        self.transparent = transparent
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -205,11 +221,10 @@ class BankedMemory(wiring.Component):
         bank_sel = [Signal(range(max(nb, 2)), name=f"rbank{i}") for i in range(self.n_ports)]
         rdatas = []
         for b in range(nb):
-            mem = memory.Memory(shape=8 * wb, depth=rows, init=[])
+            attrs = {} if self.transparent else {COLLISION_FREE: 1}
+            mem = memory.Memory(shape=8 * wb, depth=rows, init=[], attrs=attrs)
             m.submodules[f"{self.mem_name}_bank{b}"] = mem
             wp = mem.write_port(granularity=8)
-            rp = mem.read_port(transparent_for=(wp,))
-            rdatas.append(rp.data)
             rreq = [p.en & ~p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             wreq = [p.en & p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r", self.fair)
@@ -217,6 +232,15 @@ class BankedMemory(wiring.Component):
             # grants are one-hot: AND-OR multiplexers (log depth, not a priority chain)
             raddr = _onehot_mux(rg, [row_of(p) for p in ports])
             waddr = _onehot_mux(wg, [row_of(p) for p in ports])
+            if self.transparent:
+                rp = mem.read_port(transparent_for=(wp,))
+            else:
+                # a read of the word being written waits one cycle (then it sees the write)
+                rp = mem.read_port()
+                clash = Signal(name=f"{self.mem_name}_b{b}_clash")
+                m.d.comb += clash.eq(Cat(wg).any() & (raddr == waddr))
+                rg = [g & ~clash for g in rg]
+            rdatas.append(rp.data)
             wdata = _onehot_mux(wg, [p.wdata for p in ports])
             wmask = _onehot_mux(wg, [p.wmask for p in ports])
             m.d.comb += [
@@ -245,11 +269,11 @@ def spad_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
     """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words."""
     return BankedMemory(
         cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
-        fair=cfg.queue_depth > 0,
+        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0,
     )
 
 
 def acc_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
     """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words."""
     return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc",
-                        fair=cfg.queue_depth > 0)
+                        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0)
