@@ -2,15 +2,15 @@
 
 :class:`SerialTernaryGemm` executes ``GEMM_TERN`` like :class:`tritium.rtl.top.GemmUnit` on the
 ternary engine (same ports, same results), but without the engine, its gathers, walkers and
-output FIFOs: it streams one row of A and one packed row of W from the SPAD, adds or subtracts
-four activations per step, and writes each int32 result (plus the old value with
-``accumulate``) to ACC. ``AcceleratorConfig.ternary_serial`` selects it (the ``tiny`` preset);
-``ternary_lanes`` and ``ternary_k`` are then unused.
+output FIFOs: per output element it reads A's row one aligned 4-byte group ("quad") per
+request and W's packed row one byte per quad, adds or subtracts the four activations of each
+quad as its arrives, and writes the int32 result to ACC. ``AcceleratorConfig.ternary_serial``
+selects it (the ``tiny`` preset); ``ternary_lanes`` and ``ternary_k`` are then unused.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.utils import ceil_log2
 
@@ -20,101 +20,34 @@ from tritium.isa import Op
 from .controller import instr_layout
 from .ternary import _tree_sum
 
-__all__ = ["ByteStream", "SerialTernaryGemm"]
+__all__ = ["SerialTernaryGemm"]
 
-#: Activations (and 2-bit weight codes) one step consumes.
+#: Activations (and 2-bit weight codes) one step consumes: one aligned quad of A.
 STEP_K = 4
-
-
-class ByteStream(Elaboratable):
-    """Consecutive bytes of a word memory, ``nbytes`` per step, from any byte address.
-
-    ``start`` (a pulse, with ``addr`` = byte address and ``length`` = bytes) drops what the
-    stream holds and reads the words ``addr // word_bytes`` .. that hold ``length`` bytes, one
-    request per cycle while at most ``depth`` words are held or in flight. ``valid``: the next
-    ``nbytes`` bytes are on ``data`` (byte 0 lowest); ``step`` consumes them. The caller steps at
-    most ``length / nbytes`` times per start (``nbytes`` divides ``word_bytes``). The port must
-    answer a read in the cycle after its ``ack`` (:class:`MemPortSignature`); ``en`` drops only
-    in a ``start`` cycle.
-    """
-
-    def __init__(self, port, word_bytes: int, nbytes: int, byte_addr_bits: int,
-                 len_bits: int, depth: int):
-        if word_bytes % nbytes:
-            raise ValueError(f"nbytes={nbytes} must divide word_bytes={word_bytes}")
-        self.port = port
-        self.wb = word_bytes
-        self.nbytes = nbytes
-        self.depth = depth
-        self.start = Signal()
-        self.addr = Signal(byte_addr_bits)
-        self.length = Signal(len_bits)
-        self.valid = Signal()
-        self.step = Signal()
-        self.data = Signal(8 * nbytes)
-
-    def elaborate(self, platform):
-        m = Module()
-        wb, nb, depth = self.wb, self.nbytes, self.depth
-        lb = ceil_log2(wb)
-        port = self.port
-        q = [Signal(8 * wb, name=f"q{j}", reset_less=True) for j in range(depth)]
-        n = Signal(range(depth + 1))  # words held
-        inflight = Signal()  # a read was acknowledged last cycle: its word arrives now
-        left = Signal(len(self.length) + 1)  # words still to request
-        waddr = Signal(len(port.addr))
-        pos = Signal(max(1, lb))  # byte offset of the next step in q[0]
-
-        cross = pos + nb >= wb if lb else Const(1)  # the step finishes q[0]
-        pop = Signal()
-        app = Signal()
-        m.d.comb += [
-            port.en.eq(~self.start & (left != 0) & (n + inflight < depth)),
-            port.addr.eq(waddr),
-            port.we.eq(0),
-            self.valid.eq((n >= 1) & ((pos + nb <= wb) | (n >= 2))),
-            pop.eq(self.step & cross),
-            app.eq(port.rvalid & ~self.start),
-        ]
-        window = Cat(q[0], q[1]) if depth > 1 else q[0]
-        m.d.comb += self.data.eq(window.bit_select(pos * 8, 8 * nb) if lb else q[0][: 8 * nb])
-        m.d.sync += inflight.eq(port.en & port.ack)
-        with m.If(port.en & port.ack):
-            m.d.sync += [waddr.eq(waddr + 1), left.eq(left - 1)]
-        with m.If(self.step):
-            m.d.sync += pos.eq(pos + nb)  # wraps at word_bytes (pos is lb bits)
-        for j in range(depth):
-            shifted = q[j + 1] if j + 1 < depth else q[j]
-            with m.If(app & (n - pop == j)):
-                m.d.sync += q[j].eq(port.rdata)
-            with m.Elif(pop):
-                m.d.sync += q[j].eq(shifted)
-        m.d.sync += n.eq(n - pop + app)
-        with m.If(self.start):
-            off = self.addr[:lb] if lb else Const(0, 1)
-            m.d.sync += [
-                n.eq(0),
-                pos.eq(off),
-                waddr.eq(self.addr >> lb),
-                left.eq((off + self.length + (wb - 1)) >> lb),
-            ]
-        return m
 
 
 class SerialTernaryGemm(wiring.Component):
     """``GEMM_TERN`` one output element at a time (see the module docstring).
 
-    For each row ``i`` of A and each output channel ``o``: stream A row ``i`` (``k`` bytes at
-    ``a + i * k``) on ``act_port`` and W row ``o`` (``k / 4`` packed bytes at ``w + o * k / 4``)
-    on ``wgt_port``; every step adds four activations times their weights (``+a``, ``~a`` with
-    the missing ``+1`` counted, or 0, as :class:`tritium.rtl.ternary.TernaryEngine`); the sum
-    goes to a result register that the writer stores at ``c + 4 * (i * n + o)`` (reading the
-    old value first with ``accumulate``, int32 wrap-around) while the next element streams.
+    For each row ``i`` of A and each output channel ``o``: A row ``i`` (``k`` bytes at
+    ``a + i * k``) is read as the aligned quads that hold it, one ``act_port`` request per
+    quad (a step); the quad's four activations arrive in the cycle after the acknowledge and
+    are added at once, times the four 2-bit codes latched at the request (``+a``, ``~a`` with
+    the missing ``+1`` counted, or 0, as :class:`tritium.rtl.ternary.TernaryEngine`). The
+    codes come from W's bytes, which stream on ``wgt_port`` through one word register over the
+    whole row of A (W row ``o + 1`` follows W row ``o``): with ``a % 4 != 0`` a quad's codes
+    straddle two W bytes (the previous one is kept) and the row takes one more quad, whose
+    codes past the row are zero, as are those of the first quad before it. Unaligned A thus
+    costs no byte shifter on the activations. The element's accumulator starts from 0, or from
+    the old ACC value with ``accumulate`` (read before the first step; int32 wrap-around), and
+    is written to ``c + 4 * (i * n + o)`` after the last step.
 
-    Cycle contract: with both ports acknowledging every request, an element takes
-    ``k / 4`` steps plus about three cycles to restart the streams; on one SPAD bank the two
-    streams share one read per cycle (``k / 4 + k / 16`` words per element). ``done`` pulses
-    when the last result is in ACC. Sums are exact for ``k < 2**16`` (24-bit accumulator).
+    Cycle contract: with every port acknowledging at once, an element takes
+    ``ceil((a % 4 + k) / 4)`` quad requests plus ``k / 16``-ish W word reads (one SPAD read
+    per cycle; A and W never request in the same cycle), and four more cycles (last quad, ACC
+    write, element setup, first request). ``done`` pulses in the cycle after the last ACC
+    write is acknowledged. Counters are as wide as the SPAD/ACC ports allow (the controller's
+    checker keeps every operand range inside them).
 
     Members: as :class:`tritium.rtl.top.GemmUnit` (``cmd``, ``done``, ``act_port``,
     ``wgt_port``, ``wb_rd``, ``wb_wr``, ``busy``, ``stall``: executing and no step this cycle).
@@ -130,115 +63,140 @@ class SerialTernaryGemm(wiring.Component):
         m = Module()
         bb = self.cfg.bus_bytes
         lb = ceil_log2(bb)
+        qb = lb - 2  # bits of a quad's index in a word
         sba = len(self.act_port.addr) + lb  # SPAD byte-address bits
-        aba = len(self.wb_rd.addr) + lb  # ACC byte-address bits
+        ca = len(self.wb_rd.addr) + qb  # bits of an int32 index in ACC
+        ap, wp, rd, wr = self.act_port, self.wgt_port, self.wb_rd, self.wb_wr
 
         # ------------------------------------------------------------------ instruction
         f = data.View(instr_layout(Op.GEMM_TERN), self.cmd.payload)
-        kk = Signal(16)
-        nn = Signal(16)
-        w = Signal(sba)
+        kq = Signal(sba - 1)  # k / 4 (k <= SPAD size)
+        nn = Signal(ca + 1)  # n (m * n <= ACC size / 4)
+        rows = Signal(ca + 1)  # rows of A left, the current one included
+        cols = Signal(ca + 1)  # output channels left in the row, the current one included
         accum = Signal()
-        rows = Signal(12)  # rows of A left, the current one included
-        cols = Signal(16)  # output channels left in the row, the current one included
-        arow = Signal(sba)  # a + i * k
-        wrow = Signal(sba)  # w + o * k / 4
-        caddr = Signal(aba)  # ACC byte address of the next result
-        steps = Signal(15)  # steps left in the element
-        acc = Signal(signed(24))
+        aoff = Signal(2)  # a % 4
+        w0 = Signal(sba)  # w
+        arow = Signal(sba - 2)  # first quad of the current row of A
+        cidx = Signal(ca)  # int32 index in ACC of the current element
+        acc = Signal(32)
 
-        m.submodules.sa = sa = ByteStream(self.act_port, bb, STEP_K, sba, 16, depth=3)
-        m.submodules.sw = sw = ByteStream(self.wgt_port, bb, STEP_K // 4, sba, 16, depth=2)
-        m.d.comb += [sa.addr.eq(arow), sa.length.eq(kk), sw.addr.eq(wrow),
-                     sw.length.eq(kk >> 2)]
+        # ------------------------------------------------------------------ element walkers
+        aptr = Signal(sba - 2)  # next quad to request
+        left = Signal(sba - 1)  # quads with a W byte still to request in this element
+        extra = Signal()  # then (a % 4 != 0) one more quad, W byte 0
+        wq = Signal(8 * bb, reset_less=True)  # the W word being used
+        wptr = Signal(sba - lb)  # next W word to read
+        wbyte = Signal(lb)  # byte of the next W byte in the word
+        wvalid = Signal()  # wq holds it
+        wrst = Signal()  # a new row of A starts: rewind the W stream and the channels
+        prevb = Signal(8)  # the previous W byte of this element (0 before the first)
+        codes = Signal(8)  # codes of the quad in flight
+        a_last = Signal()  # the quad in flight is the element's last
+        a_sel = Signal(max(1, qb))  # its index in the word
 
-        # one step: four activations, four 2-bit codes
+        run = Signal()
+        elem = Signal()
+        more_w = left != 0
+        wbyte_in = Mux(wp.rvalid, wp.rdata, wq).word_select(wbyte, 8)
+        cur = Mux(more_w, wbyte_in, 0)
+        m.d.comb += [
+            ap.addr.eq(aptr >> qb), ap.we.eq(0),
+            ap.en.eq(run & (more_w | extra) & (~more_w | wvalid | wp.rvalid)),
+            wp.addr.eq(wptr), wp.we.eq(0),
+            wp.en.eq(run & more_w & ~wvalid & ~wp.rvalid),
+        ]
+        with m.If(wp.en & wp.ack):
+            m.d.sync += wptr.eq(wptr + 1)
+        with m.If(wp.rvalid):
+            m.d.sync += [wq.eq(wp.rdata), wvalid.eq(1)]
+        a_ack = ap.en & ap.ack
+        aptr_inc = Signal(sba - 2)
+        m.d.comb += aptr_inc.eq(aptr + 1)
+        win = Cat(prevb, cur)
+        with m.If(a_ack):
+            m.d.sync += [
+                aptr.eq(aptr_inc),
+                a_last.eq(((left == 1) & ~extra) | ~more_w),
+                a_sel.eq(aptr[:qb] if qb else 0),
+                codes.eq(Array(win[8 - 2 * j: 16 - 2 * j] for j in range(4))[aoff]),
+                prevb.eq(cur),
+            ]
+            with m.If(more_w):
+                m.d.sync += [left.eq(left - 1), wbyte.eq(wbyte + 1)]
+                with m.If(wbyte == bb - 1):
+                    m.d.sync += wvalid.eq(0)
+                with m.If(((left == 1) & ~extra) & (cols == 1)):  # next row: after this quad
+                    m.d.sync += arow.eq(aptr_inc)
+            with m.Else():
+                m.d.sync += extra.eq(0)
+                with m.If(cols == 1):  # (a % 4 != 0) the next row starts in this quad
+                    m.d.sync += arow.eq(aptr)
+
+        # ------------------------------------------------------------------ one step
+        x_word = ap.rdata.word_select(a_sel, 32) if qb else ap.rdata[:32]
         terms, negs = [], []
         for t in range(STEP_K):
-            x = sa.data[8 * t: 8 * t + 8].as_signed()
-            nz, neg = sw.data[2 * t], sw.data[2 * t + 1]
+            x = x_word[8 * t: 8 * t + 8].as_signed()
+            nz, neg = codes[2 * t], codes[2 * t + 1]
             terms.append(Mux(nz, Mux(neg, ~x, x), 0))
             negs.append(nz & neg)
-        total = Signal(signed(24))
-        m.d.comb += total.eq(acc + _tree_sum(terms) + _tree_sum(negs))
+        dot = Signal(signed(11))
+        m.d.comb += dot.eq(_tree_sum(terms) + _tree_sum(negs))
 
-        # ------------------------------------------------------------------ writer
-        res = Signal(signed(24))
-        res_addr = Signal(aba)
-        res_v = Signal()  # res waits to be written
-        old_v = Signal()  # with accumulate: the old value has been read (in ``old``)
-        rd_pend = Signal()
-        old = Signal(32)
-        wlane = (lambda x: x[2:lb]) if lb > 2 else (lambda x: Const(0, 1))
-        rd, wr = self.wb_rd, self.wb_wr
+        # ------------------------------------------------------------------ ACC ports
+        lane = cidx[:qb] if qb else Const(0, 1)
         m.d.comb += [
-            rd.addr.eq(res_addr >> lb), rd.we.eq(0),
-            rd.en.eq(res_v & accum & ~old_v & ~rd_pend),
+            rd.addr.eq(cidx >> qb), rd.we.eq(0),
+            wr.addr.eq(cidx >> qb), wr.we.eq(1),
+            wr.wdata.eq(Cat([acc] * (bb // 4))),
+            wr.wmask.eq(Const(0xF, bb) << (lane * 4) if qb else Const(0xF, 4)),
         ]
-        m.d.sync += rd_pend.eq(rd.en & rd.ack)
-        with m.If(rd.rvalid & rd_pend):
-            m.d.sync += [old.eq(rd.rdata.word_select(wlane(res_addr), 32) if lb > 2
-                                else rd.rdata[:32]),
-                         old_v.eq(1)]
-        wdata = Signal(32)
-        m.d.comb += [
-            wdata.eq(Mux(accum, old + res, res)),
-            wr.addr.eq(res_addr >> lb), wr.we.eq(1),
-            wr.en.eq(res_v & (~accum | old_v)),
-            wr.wdata.eq(Cat([wdata] * (bb // 4))),
-            wr.wmask.eq(Const(0xF, bb) << (wlane(res_addr) * 4) if lb > 2 else Const(0xF, 4)),
-        ]
-        wdone = Signal()
-        m.d.comb += wdone.eq(wr.en & wr.ack)
-        with m.If(wdone):
-            m.d.sync += [res_v.eq(0), old_v.eq(0)]
+        with m.If(rd.rvalid):  # (first cycle of RUN: no quad arrives yet)
+            m.d.sync += acc.eq(rd.rdata.word_select(lane, 32) if qb else rd.rdata[:32])
+        with m.If(ap.rvalid):
+            m.d.sync += acc.eq(acc + dot)
 
         # ------------------------------------------------------------------ sequencing
-        go = Signal()  # a step happens this cycle
-        last = steps == 1
-        m.d.comb += go.eq(sa.valid & sw.valid & (~last | ~res_v | wdone))
-        running = Signal()
+        with m.If(elem):
+            m.d.sync += [aptr.eq(arow), left.eq(kq), extra.eq(aoff != 0), prevb.eq(0),
+                         acc.eq(0)]
+            with m.If(wrst):
+                m.d.sync += [wptr.eq(w0 >> lb), wbyte.eq(w0[:lb]), wvalid.eq(0), cols.eq(nn),
+                             wrst.eq(0)]
+        busy = Signal()
         with m.FSM(name="sgemm"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [
-                        kk.eq(f.k), nn.eq(f.n), w.eq(f.w), accum.eq(f.accumulate),
-                        rows.eq(f.m), cols.eq(f.n), arow.eq(f.a), wrow.eq(f.w),
-                        caddr.eq(f.c),
+                        kq.eq(f.k >> 2), nn.eq(f.n), rows.eq(f.m), accum.eq(f.accumulate),
+                        aoff.eq(f.a[:2]), arow.eq(f.a >> 2), w0.eq(f.w), cidx.eq(f.c >> 2),
+                        wrst.eq(1),
                     ]
-                    m.next = "START"
-            with m.State("START"):
-                m.d.comb += [running.eq(1), sa.start.eq(1), sw.start.eq(1)]
-                m.d.sync += [steps.eq(kk >> 2), acc.eq(0)]
-                m.next = "RUN"
+                    m.next = "ELEM"
+            with m.State("ELEM"):  # set up the element; with accumulate read the old value
+                m.d.comb += [busy.eq(1), elem.eq(1), rd.en.eq(accum)]
+                with m.If(~accum | rd.ack):
+                    m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [running.eq(1), sa.step.eq(go), sw.step.eq(go)]
-                with m.If(go):
-                    m.d.sync += [acc.eq(total), steps.eq(steps - 1)]
-                    with m.If(last):
-                        m.d.sync += [res.eq(total), res_addr.eq(caddr), res_v.eq(1),
-                                     caddr.eq(caddr + 4)]
-                        with m.If(cols != 1):
-                            m.d.sync += [cols.eq(cols - 1), wrow.eq(wrow + (kk >> 2))]
-                            m.next = "START"
-                        with m.Else():
-                            m.d.sync += [cols.eq(nn), wrow.eq(w), arow.eq(arow + kk),
-                                         rows.eq(rows - 1)]
-                            m.next = "NEXT_ROW"
-            with m.State("NEXT_ROW"):
-                m.d.comb += running.eq(1)
-                with m.If(rows == 0):
-                    m.next = "DRAIN"
-                with m.Else():
-                    m.next = "START"
-            with m.State("DRAIN"):
-                m.d.comb += running.eq(1)
-                with m.If(~res_v):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+                m.d.comb += [busy.eq(1), run.eq(1)]
+                with m.If(ap.rvalid & a_last):
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += [busy.eq(1), wr.en.eq(1)]
+                with m.If(wr.ack):
+                    m.d.sync += [cidx.eq(cidx + 1), cols.eq(cols - 1)]
+                    m.next = "ELEM"
+                    with m.If(cols == 1):
+                        m.d.sync += [rows.eq(rows - 1), wrst.eq(1)]
+                        with m.If(rows == 1):
+                            m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
         m.d.comb += [
-            self.busy.eq(running),
-            self.stall.eq(running & ~go),
+            self.busy.eq(busy),
+            self.stall.eq(busy & ~ap.rvalid),
         ]
         return m
