@@ -18,7 +18,6 @@ from tritium.config import AcceleratorConfig
 from tritium.isa import Op
 
 from .controller import instr_layout
-from .ternary import _tree_sum
 
 __all__ = ["SerialTernaryGemm"]
 
@@ -98,11 +97,14 @@ class SerialTernaryGemm(wiring.Component):
         run = Signal()
         elem = Signal()
         more_w = left != 0
-        wbyte_in = Mux(wp.rvalid, wp.rdata, wq).word_select(wbyte, 8)
+        # the W byte of the next quad: from wq, or straight from the port in the cycle a word
+        # arrives whose first byte it is (a word read after the previous one was used up)
+        w_new = wp.rvalid & (wbyte == 0)
+        wbyte_in = Mux(wp.rvalid, wp.rdata[:8], wq.word_select(wbyte, 8))
         cur = Mux(more_w, wbyte_in, 0)
         m.d.comb += [
             ap.addr.eq(aptr >> qb), ap.we.eq(0),
-            ap.en.eq(run & (more_w | extra) & (~more_w | wvalid | wp.rvalid)),
+            ap.en.eq(run & (more_w | extra) & (~more_w | wvalid | w_new)),
             wp.addr.eq(wptr), wp.we.eq(0),
             wp.en.eq(run & more_w & ~wvalid & ~wp.rvalid),
         ]
@@ -114,10 +116,15 @@ class SerialTernaryGemm(wiring.Component):
         aptr_inc = Signal(sba - 2)
         m.d.comb += aptr_inc.eq(aptr + 1)
         win = Cat(prevb, cur)
+        last_req = Signal()
+        m.d.comb += last_req.eq(((left == 1) & ~extra) | ~more_w)
+        with m.If(a_ack & last_req & (cols == 1)):
+            # the next row starts after this quad, or (a % 4 != 0) in it
+            m.d.sync += arow.eq(Mux(aoff != 0, aptr, aptr_inc))
         with m.If(a_ack):
             m.d.sync += [
                 aptr.eq(aptr_inc),
-                a_last.eq(((left == 1) & ~extra) | ~more_w),
+                a_last.eq(last_req),
                 a_sel.eq(aptr[:qb] if qb else 0),
                 codes.eq(Array(win[8 - 2 * j: 16 - 2 * j] for j in range(4))[aoff]),
                 prevb.eq(cur),
@@ -126,12 +133,8 @@ class SerialTernaryGemm(wiring.Component):
                 m.d.sync += [left.eq(left - 1), wbyte.eq(wbyte + 1)]
                 with m.If(wbyte == bb - 1):
                     m.d.sync += wvalid.eq(0)
-                with m.If(((left == 1) & ~extra) & (cols == 1)):  # next row: after this quad
-                    m.d.sync += arow.eq(aptr_inc)
             with m.Else():
                 m.d.sync += extra.eq(0)
-                with m.If(cols == 1):  # (a % 4 != 0) the next row starts in this quad
-                    m.d.sync += arow.eq(aptr)
 
         # ------------------------------------------------------------------ one step
         x_word = ap.rdata.word_select(a_sel, 32) if qb else ap.rdata[:32]
@@ -141,8 +144,14 @@ class SerialTernaryGemm(wiring.Component):
             nz, neg = codes[2 * t], codes[2 * t + 1]
             terms.append(Mux(nz, Mux(neg, ~x, x), 0))
             negs.append(nz & neg)
-        dot = Signal(signed(11))
-        m.d.comb += dot.eq(_tree_sum(terms) + _tree_sum(negs))
+        # two-operand adders kept apart (``keep``), each with one of the four ``+1`` as its
+        # carry-in, so that each maps to a carry chain instead of one multi-operand sum of
+        # full adders in LUTs
+        s01 = Signal(signed(9), attrs={"keep": 1})
+        s23 = Signal(signed(9), attrs={"keep": 1})
+        dot = Signal(signed(10), attrs={"keep": 1})
+        m.d.comb += [s01.eq(terms[0] + terms[1] + negs[0]), s23.eq(terms[2] + terms[3] + negs[2]),
+                     dot.eq(s01 + s23 + negs[1])]
 
         # ------------------------------------------------------------------ ACC ports
         lane = cidx[:qb] if qb else Const(0, 1)
@@ -155,7 +164,7 @@ class SerialTernaryGemm(wiring.Component):
         with m.If(rd.rvalid):  # (first cycle of RUN: no quad arrives yet)
             m.d.sync += acc.eq(rd.rdata.word_select(lane, 32) if qb else rd.rdata[:32])
         with m.If(ap.rvalid):
-            m.d.sync += acc.eq(acc + dot)
+            m.d.sync += acc.eq(acc + dot + negs[3])
 
         # ------------------------------------------------------------------ sequencing
         with m.If(elem):
