@@ -27,7 +27,7 @@ without ``done``, so the AXI slave is never left with half a transaction.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -72,9 +72,23 @@ class _BurstSplitter:
     address handshake happens) consumes it; ``more`` is 1 while bursts remain. Units assign
     ``start``/``take`` only under their own conditions (``with m.If(...)``), so that two units
     of one module (:class:`DmaUnit`) can share a splitter.
+
+    ``avail``: ``addr``/``beats`` is a burst to show (``more``, except in setup cycles);
+    ``len`` is ``beats - 1`` (AXI ``xLEN``).
+
+    ``lean`` (``words_bits``: width of a row's word count, which the scratchpad side bounds): a
+    burst ends at the end of its row or at the next multiple of
+    ``min(PAGE_BYTES, MAX_BURST_BEATS * bus_bytes)`` bytes, so one comparison gives its length
+    (otherwise: at the row end, the 4 KiB page end or after ``MAX_BURST_BEATS`` beats,
+    whichever comes first); a row's first burst is set up in a cycle of its own (after
+    ``start`` and after the previous row's last burst), so the address and word count
+    registers load from one source each besides their adders; ``rem`` and ``row_words`` hold
+    one less than the count and ``len`` is computed first (``beats`` is ``len + 1``).
     """
 
-    def __init__(self, m: Module, cfg: AcceleratorConfig, name: str, d):
+    def __init__(self, m: Module, cfg: AcceleratorConfig, name: str, d, lean: bool = False,
+                 words_bits: int = 0):
+        self.name = name
         self.bb = cfg.bus_bytes
         lb = self.lb = _log2(self.bb)
         page_words = PAGE_BYTES // self.bb
@@ -84,21 +98,35 @@ class _BurstSplitter:
         self.addr = Signal(aw, name=f"{name}_addr")
         self.row_addr = Signal(aw, name=f"{name}_row_addr")
         self.stride = Signal(aw, name=f"{name}_stride")
-        wb = len(d.row_bytes) - lb
+        wb = words_bits if lean else len(d.row_bytes) - lb
         self.row_words = Signal(wb, name=f"{name}_row_words")
         self.rem = Signal(wb, name=f"{name}_rem")  # words left in the current row
         self.rows = Signal(len(d.rows), name=f"{name}_rows")  # rows left, current included
         self.more = Signal(name=f"{name}_more")
+        self.avail = Signal(name=f"{name}_avail")
         self.beats = Signal(range(MAX_BURST_BEATS + 1), name=f"{name}_beats")
-        page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
+        self.len = Signal(_log2(MAX_BURST_BEATS), name=f"{name}_len")
         word = self.addr[lb:]
-        m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
-        fits_page = ~(page_left < self.rem)
-        b = Mux(fits_page, self.rem, page_left)
-        b_ok = b <= MAX_BURST_BEATS
-        m.d.comb += self.beats.eq(Mux(b_ok, b, MAX_BURST_BEATS))
-        row_end = fits_page & b_ok  # (beats == rem) the burst ends the row
+        if lean:
+            nb = _log2(min(page_words, MAX_BURST_BEATS))
+            to_bnd = ~word[:nb]  # len of a burst to the boundary
+            row_end = self.rem <= to_bnd  # (rem: words left - 1) the burst ends the row
+            m.d.comb += [self.len.eq(Mux(row_end, self.rem[:nb], to_bnd)),
+                         self.beats.eq(self.len + 1)]
+        else:
+            m.d.comb += self.len.eq(self.beats - 1)
+            page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
+            m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
+            fits_page = ~(page_left < self.rem)
+            b = Mux(fits_page, self.rem, page_left)
+            b_ok = b <= MAX_BURST_BEATS
+            m.d.comb += self.beats.eq(Mux(b_ok, b, MAX_BURST_BEATS))
+            row_end = fits_page & b_ok  # (beats == rem) the burst ends the row
 
+        if lean:
+            self._walk_lean(m, aw, lb, d, row_end)
+            return
+        m.d.comb += self.avail.eq(self.more)
         with m.If(self.start):
             words = d.row_bytes >> lb
             m.d.sync += [
@@ -125,6 +153,39 @@ class _BurstSplitter:
                     self.rem.eq(self.rem - self.beats),
                     self.addr.eq(self.addr + (self.beats << lb)),
                 ]
+
+
+    def _walk_lean(self, m: Module, aw: int, lb: int, d, row_end) -> None:
+        """The ``lean`` walk: word addresses (the low bits of the byte addresses are 0) and
+        a setup cycle before each row's first burst."""
+        name = self.name
+        raddr = Signal(aw - lb, name=f"{name}_word")
+        rrow = Signal(aw - lb, name=f"{name}_row_word")
+        rstride = Signal(aw - lb, name=f"{name}_stride_words")
+        m.d.comb += [self.addr.eq(raddr << lb), self.row_addr.eq(rrow << lb),
+                     self.stride.eq(rstride << lb)]
+        setup = Signal(name=f"{name}_setup")  # load the row's first burst
+        m.d.comb += self.avail.eq(self.more & ~setup)
+        # (``take`` never comes with ``start`` or in a setup cycle; after a row's last burst
+        # ``raddr``/``rem`` are loaded again before they are used)
+        with m.If(setup):
+            m.d.sync += [raddr.eq(rrow), self.rem.eq(self.row_words)]
+        with m.Elif(self.take):
+            m.d.sync += [raddr.eq(raddr + self.len + 1), self.rem.eq(self.rem - self.len - 1)]
+        last_row = self.rows == 1
+        with m.If(self.start):
+            m.d.sync += [
+                rrow.eq(d.dram >> lb),
+                rstride.eq(d.stride >> lb),
+                self.row_words.eq((d.row_bytes >> lb) - 1),
+                self.rows.eq(d.rows),
+            ]
+        with m.Elif(self.take & row_end):
+            m.d.sync += [self.rows.eq(self.rows - 1), rrow.eq(rrow + rstride)]
+        m.d.sync += [
+            self.more.eq(Mux(self.start, 1, self.more & ~(self.take & row_end & last_row))),
+            setup.eq(self.start | (self.take & row_end & ~last_row)),
+        ]
 
 
 class _ShiftFIFO(wiring.Component):
@@ -178,13 +239,51 @@ class _ShiftFIFO(wiring.Component):
         return m
 
 
+class _TailFIFO(wiring.Component):
+    """A two-entry first-word-fall-through FIFO (members as :class:`_ShiftFIFO`) whose
+    writes always go to the tail entry, which moves to the head when that is free: ``w_data``
+    feeds one register only (so a multiplexer in front of it packs with it), the head loads
+    only from the tail. A word is readable two cycles after its write (one more than
+    :class:`_ShiftFIFO`); ``w_rdy`` also while the tail moves."""
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__({
+            "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+            "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        e0 = Signal(self.width, name="e0")
+        e1 = Signal(self.width, name="e1")
+        v0, v1 = Signal(), Signal()
+        pop = Signal()
+        move = Signal()
+        push = Signal()
+        m.d.comb += [
+            self.r_data.eq(e0),
+            self.r_rdy.eq(v0),
+            pop.eq(self.r_en & v0),
+            move.eq(v1 & (~v0 | pop)),
+            self.w_rdy.eq(~v1 | move),
+            push.eq(self.w_en & self.w_rdy),
+        ]
+        with m.If(move):
+            m.d.sync += e0.eq(e1)
+        with m.If(push):
+            m.d.sync += e1.eq(self.w_data)
+        m.d.sync += [v0.eq(move | (v0 & ~pop)), v1.eq(push | (v1 & ~move))]
+        return m
+
+
 def _show_burst(m: Module, axi, ch: str, sp, lb: int, valid) -> None:
     """Drive AXI address channel ``ch`` (``"ar"`` / ``"aw"``) with the splitter's next burst
     (id :data:`ID_LOAD`, INCR, full-width beats) and ``valid``."""
     m.d.comb += [
         getattr(axi, f"{ch}id").eq(ID_LOAD),
         getattr(axi, f"{ch}addr").eq(sp.addr),
-        getattr(axi, f"{ch}len").eq(sp.beats - 1),
+        getattr(axi, f"{ch}len").eq(sp.len),
         getattr(axi, f"{ch}size").eq(lb),
         getattr(axi, f"{ch}burst").eq(BURST_INCR),
         getattr(axi, f"{ch}valid").eq(valid),
@@ -215,10 +314,19 @@ class _Regs:
 
     def __init__(self, name: str, u, max_out: int):
         self.ptr = Signal(max(len(u.spad.addr), len(u.acc.addr)), name=f"{name}_ptr")
+        self.ptr_load = Signal(name=f"{name}_ptr_load")  # (comb) ptr <- loc (a start)
+        self.ptr_step = Signal(name=f"{name}_ptr_step")  # (comb) ptr <- ptr + 1
         self.space = Signal(name=f"{name}_space")
         self.errflag = Signal(name=f"{name}_errflag")
         self.aborting = Signal(name=f"{name}_aborting")
         self.count = Signal(range(max_out + 1), name=f"{name}_count")
+
+    def drive_ptr(self, m: Module, loc, lb: int) -> None:
+        """The pointer's one assignment (``loc``: the instruction's byte address)."""
+        with m.If(self.ptr_load):
+            m.d.sync += self.ptr.eq(loc >> lb)
+        with m.Elif(self.ptr_step):
+            m.d.sync += self.ptr.eq(self.ptr + 1)
 
 
 def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
@@ -238,7 +346,7 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     ar_go = Signal(name="ld_ar_go")
     m.d.sync += ar_go.eq(active)
     ar_fire = Signal(name="ld_ar_fire")
-    _show_burst(m, axi, "ar", sp, lb, ar_hold | (active & ar_go & sp.more & ~aborting
+    _show_burst(m, axi, "ar", sp, lb, ar_hold | (active & ar_go & sp.avail & ~aborting
                                                & ~u.abort & (outstanding < max_out)))
     m.d.comb += [
         ar_fire.eq(axi.arvalid & axi.arready),
@@ -267,7 +375,7 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     acked = Mux(space, u.acc.ack, u.spad.ack)
     m.d.comb += axi.rready.eq(Mux(write, acked, 1))
     with m.If(axi.rvalid & axi.rready):
-        m.d.sync += wptr.eq(wptr + 1)
+        m.d.comb += r.ptr_step.eq(1)
         with m.If(bad):
             m.d.sync += errflag.eq(1)
 
@@ -275,7 +383,8 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     with m.If(u.cmd.valid & u.cmd.ready):
         d = u.cmd.payload
         m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0),
-                     wptr.eq(d.loc >> lb), aborting.eq(0)]
+                     aborting.eq(0)]
+        m.d.comb += r.ptr_load.eq(1)
         m.d.comb += sp.start.eq(1)
     with m.If(active & u.abort):
         m.d.sync += aborting.eq(1)
@@ -294,36 +403,60 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
 
 
 def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
-                r: _Regs, fifo_depth: int):
-    """The store datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
+                r: _Regs, fifo_depth: int, lean: bool = False):
+    """The store datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``.
+
+    ``lean``: the W beats of one burst at a time: the next burst is shown on AW once every W
+    beat of the previous one is sent (B responses may still be outstanding), and the
+    scratchpad is read only for the beats of the burst being sent (no beat-count FIFO, no
+    word count of the whole transfer), into a :class:`_TailFIFO` (two entries; a read also
+    when one is popped in the same cycle: 2/3 of a beat per cycle, as two entries of
+    :class:`_ShiftFIFO`)."""
     bb = cfg.bus_bytes
     lb = _log2(bb)
     axi = u.axi
     active = Signal(name="st_active")
     aborting, space, errflag, rptr = r.aborting, r.space, r.errflag, r.ptr
-    rleft = Signal(len(rptr) + 1, name="st_rleft")  # words still to read from the scratchpad
+    if not lean:
+        rleft = Signal(len(rptr) + 1, name="st_rleft")  # words still to read from the scratchpad
     held = Signal(range(fifo_depth + 1), name="st_held")  # FIFO entries + reads in flight
     b_out = r.count  # AW bursts awaiting B
     aw_hold = Signal(name="st_aw_hold")  # awvalid was up and not accepted: keep it up
-    w_left = Signal(range(MAX_BURST_BEATS + 1), name="st_w_left")  # beats left in this W burst
+    if lean:  # the W burst: beats left - 1, and a flag
+        w_left = Signal(_log2(MAX_BURST_BEATS), name="st_w_len")
+        w_act = Signal(name="st_w_act")
+        w_last = w_left == 0
+    else:
+        w_left = Signal(range(MAX_BURST_BEATS + 1), name="st_w_left")  # beats left in it
+        w_act = w_left != 0
+        w_last = w_left == 1
     stop = Signal(name="st_stop")
     m.d.comb += stop.eq(aborting | u.abort)
 
-    dfifo = _ShiftFIFO(8 * bb, fifo_depth)
-    # (beat counts of bursts whose W has not started: never more than ``b_out``)
-    lfifo = _ShiftFIFO(9, max_out)
+    dfifo = _TailFIFO(8 * bb) if lean else _ShiftFIFO(8 * bb, fifo_depth)
     m.submodules.st_dfifo = dfifo
-    m.submodules.st_lfifo = lfifo
+    if not lean:
+        # (beat counts of bursts whose W has not started: never more than ``b_out``)
+        lfifo = _ShiftFIFO(9, max_out)
+        m.submodules.st_lfifo = lfifo
 
     # ------------------------------------------------------------------ scratchpad reads
     rd = Signal(name="st_rd")
-    m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < fifo_depth))
+    pop = Signal(name="st_pop")
+    if lean:
+        # (a read may replace the word popped in this cycle; ``held`` never exceeds the
+        # beats left, which a pop lowers as well)
+        m.d.comb += rd.eq(active & ~stop & w_act & (w_left >= held) & ((held < 2) | pop))
+    else:
+        m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < fifo_depth))
     for port, sel in ((u.spad, ~space), (u.acc, space)):
         m.d.comb += [port.addr.eq(rptr), port.en.eq(rd & sel), port.we.eq(0)]
     acked = Signal(name="st_acked")
     m.d.comb += acked.eq(rd & Mux(space, u.acc.ack, u.spad.ack))
     with m.If(acked):
-        m.d.sync += [rptr.eq(rptr + 1), rleft.eq(rleft - 1)]
+        m.d.comb += r.ptr_step.eq(1)
+        if not lean:
+            m.d.sync += rleft.eq(rleft - 1)
     rvalid = Mux(space, u.acc.rvalid, u.spad.rvalid)
     m.d.comb += [
         dfifo.w_en.eq(rvalid),
@@ -334,7 +467,9 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     # The splitter's next burst is on AW; it advances on the handshake. Its beat count goes
     # to the W side in the first cycle it is shown (W never waits for AW's handshake).
     aw_new = Signal(name="st_aw_new")
-    _show_burst(m, axi, "aw", sp, lb, aw_hold | (active & sp.more & ~stop & (b_out < max_out)))
+    w_free = ~w_act if lean else 1
+    _show_burst(m, axi, "aw", sp, lb,
+                aw_hold | (active & sp.avail & ~stop & (b_out < max_out) & w_free))
     m.d.comb += [
         aw_new.eq(axi.awvalid & ~aw_hold),
         axi.bready.eq(1),
@@ -342,7 +477,8 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     ]
     with m.If(axi.awvalid & axi.awready):
         m.d.comb += sp.take.eq(1)
-    m.d.comb += [lfifo.w_en.eq(aw_new), lfifo.w_data.eq(sp.beats)]
+    if not lean:
+        m.d.comb += [lfifo.w_en.eq(aw_new), lfifo.w_data.eq(sp.beats)]
     m.d.sync += aw_hold.eq(axi.awvalid & ~axi.awready)
     with m.If(active):
         m.d.sync += b_out.eq(b_out + aw_new - axi.bvalid)
@@ -350,20 +486,26 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         m.d.sync += errflag.eq(1)
 
     # ------------------------------------------------------------------ W beats
-    m.d.comb += lfifo.r_en.eq((w_left == 0) & lfifo.r_rdy)
-    with m.If(lfifo.r_en):
-        m.d.sync += w_left.eq(lfifo.r_data)
+    if lean:
+        with m.If(aw_new):  # (no W burst: no beat this cycle)
+            m.d.sync += [w_left.eq(sp.len), w_act.eq(1)]
+    else:
+        m.d.comb += lfifo.r_en.eq((w_left == 0) & lfifo.r_rdy)
+        with m.If(lfifo.r_en):
+            m.d.sync += w_left.eq(lfifo.r_data)
     m.d.comb += [
-        axi.wvalid.eq((w_left != 0) & (dfifo.r_rdy | stop)),
+        axi.wvalid.eq(w_act & (dfifo.r_rdy | stop)),
         axi.wdata.eq(dfifo.r_data),
         axi.wstrb.eq(Mux(stop, 0, (1 << bb) - 1)),
-        axi.wlast.eq(w_left == 1),
+        axi.wlast.eq(w_last),
     ]
     w_fire = Signal(name="st_w_fire")
     m.d.comb += w_fire.eq(axi.wvalid & axi.wready)
     with m.If(w_fire):
         m.d.sync += w_left.eq(w_left - 1)
-    pop = Signal(name="st_pop")
+        if lean:
+            with m.If(w_last):
+                m.d.sync += w_act.eq(0)
     m.d.comb += pop.eq(dfifo.r_rdy & ((w_fire & ~stop) | stop))
     m.d.comb += dfifo.r_en.eq(pop)
     m.d.sync += held.eq(held + acked - pop)
@@ -371,8 +513,10 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     # ------------------------------------------------------------------ start / finish
     with m.If(u.cmd.valid & u.cmd.ready):
         d = u.cmd.payload
-        m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0),
-                     rptr.eq(d.loc >> lb), rleft.eq(d.rows * (d.row_bytes >> lb))]
+        m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0)]
+        m.d.comb += r.ptr_load.eq(1)
+        if not lean:
+            m.d.sync += rleft.eq(d.rows * (d.row_bytes >> lb))
         m.d.comb += sp.start.eq(1)
     with m.If(active & u.abort):
         m.d.sync += aborting.eq(1)
@@ -382,8 +526,8 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         & (~sp.more | aborting)
         & ~aw_hold
         & (b_out == 0)
-        & ~lfifo.r_rdy
-        & (w_left == 0)
+        & (Const(1) if lean else ~lfifo.r_rdy)
+        & ~w_act
         & (held == 0)
     )
     with m.If(finished):
@@ -444,7 +588,9 @@ class LoadUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "ld", self.cmd.payload)
-        _load_path(m, self.cfg, self, sp, self.max_out, _Regs("ld", self, self.max_out))
+        r = _Regs("ld", self, self.max_out)
+        _load_path(m, self.cfg, self, sp, self.max_out, r)
+        r.drive_ptr(m, self.cmd.payload.loc, sp.lb)
         return m
 
 
@@ -472,8 +618,9 @@ class StoreUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "st", self.cmd.payload)
-        _store_path(m, self.cfg, self, sp, self.max_out, _Regs("st", self, self.max_out),
-                    self.fifo_depth)
+        r = _Regs("st", self, self.max_out)
+        _store_path(m, self.cfg, self, sp, self.max_out, r, self.fifo_depth)
+        r.drive_ptr(m, self.cmd.payload.loc, sp.lb)
         return m
 
 
@@ -484,7 +631,12 @@ class DmaUnit(wiring.Component):
     For a controller without queues (``cfg.queue_depth == 0``), which hands a unit the next
     instruction only after the previous one is done or every unit is idle (abort): the
     caller must not offer ``load.cmd`` and ``store.cmd`` while the other unit is busy or in
-    the same cycle. Each side's cycle contract is that of its unit.
+    the same cycle. Each side's cycle contract is that of its unit, except that the splitter
+    and the store side are ``lean`` (:class:`_BurstSplitter`, :func:`_store_path`): bursts also
+    end at multiples of ``min(PAGE_BYTES, MAX_BURST_BEATS * bus_bytes)`` bytes (1 KiB on a
+    32-bit bus), each row costs one setup cycle, and a store sends the W beats of one burst at
+    a time (its next AW waits for them), reading the scratchpad only for that burst into a
+    two-entry :class:`_TailFIFO` (``fifo_depth`` is not used).
 
     Parameters
     ----------
@@ -515,10 +667,11 @@ class DmaUnit(wiring.Component):
         ld, st = self.load.cmd, self.store.cmd
         d = data.View(instr_layout(Op.LOAD),
                       Mux(st.valid, st.payload.as_value(), ld.payload.as_value()))
-        sp = _BurstSplitter(m, self.cfg, "dma", d)
         r = _Regs("dma", self.load, self.max_out)
+        sp = _BurstSplitter(m, self.cfg, "dma", d, lean=True, words_bits=len(r.ptr) + 1)
         _load_path(m, self.cfg, self.load, sp, self.max_out, r)
-        _store_path(m, self.cfg, self.store, sp, self.max_out, r, self.fifo_depth)
+        _store_path(m, self.cfg, self.store, sp, self.max_out, r, self.fifo_depth, lean=True)
+        r.drive_ptr(m, d.loc, sp.lb)
         return m
 
 
