@@ -93,6 +93,7 @@ class Bridge(wiring.Component):
         cfg = self.cfg
         bb = cfg.bus_bytes
         lb = (bb - 1).bit_length()
+        aw = (cfg.dev_mem_bytes - 1).bit_length()  # device memory byte-address bits
         rx, tx, axil, mem = self.rx, self.tx, self.csr, self.mem
 
         buf = memory.Memory(shape=8, depth=MAX_LEN, init=[])
@@ -100,94 +101,145 @@ class Bridge(wiring.Component):
         bwr = buf.write_port()
         brd = buf.read_port()
 
-        cmd = Signal(8)
-        addr = Signal(32)
-        length = Signal(16)
+        # request header, kept only as far as the checks and the transfer need it
+        cmd = Signal(3)
+        cmd_bad = Signal()  # CMD >= 5
+        addr = Signal(aw)  # ADDR below the device memory size ...
+        ahi = Signal()  # ... and whether any higher ADDR bit is set
+        lo = Signal(8)  # LEN[7:0]
+        len8 = Signal()  # LEN[8]
+        lhi_bad = Signal()  # LEN[15:9] != 0
         hdr = Signal(range(8))
-        crc = Signal(8)
-        idx = Signal(17)
-        status = Signal(8)
-        word = Signal(32)  # CSR data / last 4 payload bytes
+        idx = Signal(8)  # payload byte index
+        crc = Signal(8)  # CRC-8 of the request, then of the response
+        kb = Signal(4)  # bit step of the serial CRC; kb[3]: the current byte is in the CRC
+        status = Signal(3)
+        rpay = Signal()  # the response carries a payload
+        word = Signal(32)  # CSR data: shifted in from the payload, shifted out to tx
+        tbyte = Signal(8)  # memory byte of a READ_MEM response
+        have = Signal()  # tbyte holds payload byte idx
+        pend = Signal()  # a memory read for tbyte is in flight
         garbage = Signal()  # drop non-sync bytes silently
-        timer = Signal(range(self.timeout + 1))
-        rlen = Signal(16)  # response payload length
-        rsrc_mem = Signal()  # response payload comes from memory
-        tcrc = Signal(8)
-        have = Signal()
-        tbyte = Signal(8)
-        lane = Signal(max(1, lb))
+        tw = max(2, self.timeout).bit_length()
+        timer = Signal(tw + 1)  # counts down to -1 (the top bit) while no byte arrives
 
-        rx_fire = Signal()
-        m.d.comb += rx_fire.eq(rx.valid & rx.ready)
-        byte = rx.payload
-        rx_crc = crc8_next(m, crc, byte, "rxcrc")
-
-        def respond(st, n=0, from_mem=False):
-            m.d.sync += [status.eq(st), rlen.eq(n), rsrc_mem.eq(int(from_mem)), idx.eq(0),
-                         have.eq(0)]
-            m.next = "T_SYNC"
-
-        mem_end = addr + length
-        cmd_ok = Cat(cmd == int(c) for c in Cmd).any()
-        len_ok = Mux(cmd == Cmd.PING, length == 0,
-                     Mux((cmd == Cmd.READ_CSR) | (cmd == Cmd.WRITE_CSR), length == 4,
-                         (length >= 1) & (length <= MAX_LEN)))
+        ping = cmd == Cmd.PING
         is_csr = (cmd == Cmd.READ_CSR) | (cmd == Cmd.WRITE_CSR)
         is_mem = (cmd == Cmd.READ_MEM) | (cmd == Cmd.WRITE_MEM)
-        addr_ok = Mux(is_csr, (addr < CSR_SPACE) & (addr[:2] == 0),
-                      Mux(is_mem, mem_end <= cfg.dev_mem_bytes, 1))
+        rmem = cmd == Cmd.READ_MEM
+        len9 = Cat(lo, len8)
+        len0 = lo == 0
+        len_ok = ~lhi_bad & Mux(ping, ~len8 & len0,
+                                Mux(is_csr, ~len8 & (lo == 4), len8 == len0))
+        # memory range: addr + LEN <= dev_mem_bytes; with LEN <= 256 only an address in the
+        # last 256 bytes can overrun
+        tail = Signal(9)
+        m.d.comb += tail.eq(addr[:8] + len9)
+        top = addr[8:].all() if aw > 8 else 1
+        mem_ok = ~top | ~tail[8] | (tail[:8] == 0)
+        addr_ok = ~ahi & Mux(is_csr, (addr[:2] == 0) & (addr[8:] == 0),
+                             Mux(is_mem, mem_ok, 1))
+        rl = Mux(ping, 4, lo)  # response payload length (mod 256) when rpay
 
-        def frame_timer():
-            """Inside a frame: count idle cycles, abandon the frame with TIMEOUT."""
-            with m.If(rx_fire):
-                m.d.sync += timer.eq(0)
-            with m.Else():
-                m.d.sync += timer.eq(timer + 1)
-                with m.If(timer == self.timeout - 1):
-                    m.d.sync += garbage.eq(1)
-                    respond(Status.TIMEOUT)
-
-        pend = Signal()  # a memory read for the response is in flight
-        tx_byte = Signal(8)
-        a_idx = Signal(32)  # the memory byte of payload byte idx (WRITE_MEM, READ_MEM)
+        a_idx = Signal(aw)  # the memory byte of payload byte idx
         m.d.comb += a_idx.eq(addr + idx)
+        lane = a_idx[:lb] if lb else 0
+        idx_last = Signal()
+        m.d.comb += idx_last.eq((idx + 1)[:8] == rl)  # rl == lo unless PING
 
-        with m.FSM(name="bridge") as fsm:
+        # bytes through the serial CRC: rx.payload while receiving, the response byte after
+        tx_byte = Signal(8)
+        phase = Signal()  # a byte that goes into the CRC is present
+        m.d.comb += [
+            tx.payload.eq(tx_byte),
+            mem.addr.eq(a_idx >> lb),
+            mem.wdata.eq(Cat([brd.data] * bb)),
+            mem.wmask.eq(Const(1, bb) << lane),
+            brd.addr.eq(idx),
+            bwr.addr.eq(idx),
+            bwr.data.eq(rx.payload),
+            axil.araddr.eq(addr),
+            axil.awaddr.eq(addr),
+            axil.wdata.eq(word),
+            axil.wstrb.eq(0xF),
+        ]
+        with m.If(phase & ~kb[3]):
+            fb = crc[7] ^ tx_byte.bit_select(~kb[:3], 1)
+            m.d.sync += [crc.eq(Cat(fb, crc[0] ^ fb, crc[1] ^ fb, crc[2:7])), kb.eq(kb + 1)]
+
+        def respond(st, pay=False):
+            m.d.sync += [status.eq(st), rpay.eq(int(pay)), idx.eq(0), have.eq(0)]
+            if st not in (Status.OK, Status.BAD_CRC):
+                m.d.sync += garbage.eq(1)
+            m.next = "T_SYNC"
+
+        def take(serial: bool):
+            """Receive a byte (after its 8 CRC steps when ``serial``); returns the fire."""
+            m.d.comb += tx_byte.eq(rx.payload)
+            if serial:
+                m.d.comb += [phase.eq(rx.valid), rx.ready.eq(kb[3])]
+            else:
+                m.d.comb += rx.ready.eq(1)
+            with m.If(rx.valid):
+                m.d.sync += timer.eq(self.timeout - 2)
+            with m.Else():
+                m.d.sync += timer.eq(timer - 1)
+                with m.If(timer[-1]):
+                    respond(Status.TIMEOUT)
+            fire = rx.valid & rx.ready
+            with m.If(fire):
+                m.d.sync += kb.eq(0)
+            return fire
+
+        def send(byte, serial: bool, ok=1):
+            """Send ``byte`` (after its 8 CRC steps when ``serial``); returns the fire."""
+            m.d.comb += tx_byte.eq(byte)
+            if serial:
+                m.d.comb += [phase.eq(ok), tx.valid.eq(kb[3])]
+            else:
+                m.d.comb += tx.valid.eq(1)
+            fire = tx.valid & tx.ready
+            with m.If(fire):
+                m.d.sync += kb.eq(0)
+            return fire
+
+        with m.FSM(name="bridge"):
             with m.State("IDLE"):
                 m.d.comb += rx.ready.eq(1)
-                with m.If(rx_fire):
-                    with m.If(byte == REQ_SYNC):
-                        m.d.sync += [crc.eq(0), hdr.eq(0), garbage.eq(0), timer.eq(0),
-                                     length.eq(0)]
+                m.d.sync += [crc.eq(0), hdr.eq(0), ahi.eq(0), timer.eq(self.timeout - 2)]
+                with m.If(rx.valid):
+                    with m.If(rx.payload == REQ_SYNC):
+                        m.d.sync += garbage.eq(0)
                         m.next = "HDR"
                     with m.Elif(~garbage):
-                        m.d.sync += garbage.eq(1)
                         respond(Status.BAD_SYNC)
             with m.State("HDR"):
-                m.d.comb += rx.ready.eq(1)
-                with m.If(rx_fire):
-                    m.d.sync += [crc.eq(rx_crc), hdr.eq(hdr + 1)]
+                byte = rx.payload
+                with m.If(take(True)):
+                    m.d.sync += hdr.eq(hdr + 1)
                     with m.Switch(hdr):
                         with m.Case(0):
-                            m.d.sync += cmd.eq(byte)
+                            m.d.sync += [cmd.eq(byte), cmd_bad.eq(byte >= len(Cmd))]
                         for i in range(4):
                             with m.Case(1 + i):
-                                m.d.sync += addr[8 * i : 8 * i + 8].eq(byte)
+                                lo_b, hi_b = 8 * i, 8 * i + 8
+                                if lo_b < aw:
+                                    m.d.sync += addr[lo_b:min(hi_b, aw)].eq(byte)
+                                if hi_b > aw:
+                                    k = max(0, aw - lo_b)
+                                    with m.If(byte[k:].any()):
+                                        m.d.sync += ahi.eq(1)
                         with m.Case(5):
-                            m.d.sync += length[:8].eq(byte)
+                            m.d.sync += lo.eq(byte)
                         with m.Case(6):
-                            m.d.sync += length[8:].eq(byte)
+                            m.d.sync += [len8.eq(byte[0]), lhi_bad.eq(byte[1:].any())]
                             m.next = "CHECK"
-                frame_timer()
             with m.State("CHECK"):
-                with m.If(~cmd_ok):
-                    m.d.sync += garbage.eq(1)
+                with m.If(cmd_bad):
                     respond(Status.BAD_CMD)
                 with m.Elif(~len_ok):
-                    m.d.sync += garbage.eq(1)
                     respond(Status.BAD_LEN)
                 with m.Elif(~addr_ok):
-                    m.d.sync += garbage.eq(1)
                     respond(Status.BAD_ADDR)
                 with m.Elif((cmd == Cmd.WRITE_CSR) | (cmd == Cmd.WRITE_MEM)):
                     m.d.sync += idx.eq(0)
@@ -195,51 +247,43 @@ class Bridge(wiring.Component):
                 with m.Else():
                     m.next = "CRC"
             with m.State("PAYLOAD"):
-                m.d.comb += [rx.ready.eq(1), bwr.addr.eq(idx), bwr.data.eq(byte),
-                             bwr.en.eq(rx_fire)]
-                with m.If(rx_fire):
-                    m.d.sync += [crc.eq(rx_crc), idx.eq(idx + 1),
-                                 word.eq(Cat(word[8:], byte))]
-                    with m.If(idx == length - 1):
+                with m.If(take(True)):
+                    m.d.comb += bwr.en.eq(1)
+                    m.d.sync += [idx.eq(idx + 1), word.eq(Cat(word[8:], rx.payload))]
+                    with m.If(idx_last):
                         m.next = "CRC"
-                frame_timer()
             with m.State("CRC"):
-                m.d.comb += rx.ready.eq(1)
-                with m.If(rx_fire):
-                    with m.If(byte != crc):
+                with m.If(take(False)):
+                    with m.If(rx.payload != crc):
                         respond(Status.BAD_CRC)
                     with m.Else():
                         m.d.sync += idx.eq(0)
                         m.next = "EXEC"
-                frame_timer()
             with m.State("EXEC"), m.Switch(cmd):
                 with m.Case(Cmd.PING):
                     m.d.sync += word.eq(CSR_ID_VALUE)
-                    respond(Status.OK, 4)
+                    respond(Status.OK, pay=True)
                 with m.Case(Cmd.READ_CSR):
                     m.next = "CSR_AR"
                 with m.Case(Cmd.WRITE_CSR):
                     m.next = "CSR_AW"
                 with m.Case(Cmd.READ_MEM):
-                    respond(Status.OK, length, from_mem=True)
-                with m.Case(Cmd.WRITE_MEM):
+                    respond(Status.OK, pay=True)
+                with m.Default():
                     m.next = "WM_READ"
             with m.State("CSR_AR"):
-                m.d.comb += [axil.araddr.eq(addr), axil.arvalid.eq(1)]
+                m.d.comb += axil.arvalid.eq(1)
                 with m.If(axil.arready):
                     m.next = "CSR_R"
             with m.State("CSR_R"):
                 m.d.comb += axil.rready.eq(1)
                 with m.If(axil.rvalid):
                     m.d.sync += word.eq(axil.rdata)
-                    respond(Status.OK, 4)
+                    respond(Status.OK, pay=True)
             with m.State("CSR_AW"):
                 aw_done = Signal()
                 w_done = Signal()
-                m.d.comb += [
-                    axil.awaddr.eq(addr), axil.awvalid.eq(~aw_done),
-                    axil.wdata.eq(word), axil.wstrb.eq(0xF), axil.wvalid.eq(~w_done),
-                ]
+                m.d.comb += [axil.awvalid.eq(~aw_done), axil.wvalid.eq(~w_done)]
                 aw_ok = aw_done | axil.awready
                 w_ok = w_done | axil.wready
                 with m.If(aw_ok & w_ok):
@@ -253,69 +297,48 @@ class Bridge(wiring.Component):
                     respond(Status.OK)
             # WRITE_MEM: buffer byte idx -> memory byte addr + idx
             with m.State("WM_READ"):
-                m.d.comb += brd.addr.eq(idx)
                 m.next = "WM_WRITE"
             with m.State("WM_WRITE"):
-                a = a_idx
-                m.d.comb += [
-                    brd.addr.eq(idx),
-                    mem.addr.eq(a >> lb),
-                    mem.en.eq(1),
-                    mem.we.eq(1),
-                    mem.wdata.eq(Cat([brd.data] * bb)),
-                    mem.wmask.eq(Const(1, bb) << (a[:lb] if lb else 0)),
-                ]
+                m.d.comb += [mem.en.eq(1), mem.we.eq(1)]
                 with m.If(mem.ack):
                     m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == length - 1):
+                    with m.If(idx_last):
                         respond(Status.OK)
                     with m.Else():
                         m.next = "WM_READ"
 
             # ------------------------------------------------------------------ response
-            # every response byte goes through tx_byte; one CRC update for all of them
             with m.State("T_SYNC"):
-                m.d.comb += [tx.valid.eq(1), tx_byte.eq(RESP_SYNC)]
-                with m.If(tx.ready):
+                with m.If(send(RESP_SYNC, False)):
+                    m.d.sync += crc.eq(0)
                     m.next = "T_STATUS"
             with m.State("T_STATUS"):
-                m.d.comb += [tx.valid.eq(1), tx_byte.eq(status)]
-                with m.If(tx.ready):
+                with m.If(send(status, True)):
                     m.next = "T_LEN0"
             with m.State("T_LEN0"):
-                m.d.comb += [tx.valid.eq(1), tx_byte.eq(rlen[:8])]
-                with m.If(tx.ready):
+                with m.If(send(Mux(rpay, rl, 0), True)):
                     m.next = "T_LEN1"
             with m.State("T_LEN1"):
-                m.d.comb += [tx.valid.eq(1), tx_byte.eq(rlen[8:])]
-                with m.If(tx.ready):
+                with m.If(send(rpay & len8, True)):
                     m.next = "T_PAY"
-                    with m.If(rlen == 0):
+                    with m.If(~rpay):
                         m.next = "T_CRC"
             with m.State("T_PAY"):
-                with m.If(rsrc_mem & ~have):
+                with m.If(rmem & ~have):
                     # fetch the byte: a read request, then its data in the next cycle
                     with m.If(~pend):
-                        m.d.comb += [mem.addr.eq(a_idx >> lb), mem.en.eq(1), mem.we.eq(0)]
+                        m.d.comb += mem.en.eq(1)
                         with m.If(mem.ack):
-                            m.d.sync += [lane.eq(a_idx[:lb] if lb else 0), pend.eq(1)]
+                            m.d.sync += pend.eq(1)
                     with m.Elif(mem.rvalid):
                         m.d.sync += [tbyte.eq(mem.rdata.word_select(lane, 8) if lb
                                               else mem.rdata[:8]), have.eq(1), pend.eq(0)]
-                with m.Else():
-                    m.d.comb += [tx.valid.eq(1),
-                                 tx_byte.eq(Mux(rsrc_mem, tbyte, word.word_select(idx[:2], 8)))]
-                    with m.If(tx.ready):
-                        m.d.sync += [idx.eq(idx + 1), have.eq(0)]
-                        with m.If(idx == rlen - 1):
-                            m.next = "T_CRC"
+                with m.If(send(Mux(rmem, tbyte, word[:8]), True, ok=have | ~rmem)):
+                    m.d.sync += [idx.eq(idx + 1), have.eq(0),
+                                 word.eq(Cat(word[8:], rx.payload))]
+                    with m.If(idx_last):
+                        m.next = "T_CRC"
             with m.State("T_CRC"):
-                m.d.comb += [tx.valid.eq(1), tx_byte.eq(tcrc)]
-                with m.If(tx.ready):
+                with m.If(send(crc, False)):
                     m.next = "IDLE"
-
-        m.d.comb += tx.payload.eq(tx_byte)
-        tx_crc = crc8_next(m, tcrc, tx_byte, "tcrc")
-        with m.If(tx.valid & tx.ready):  # the CRC covers every byte after the sync byte
-            m.d.sync += tcrc.eq(Mux(fsm.ongoing("T_SYNC"), 0, tx_crc))
         return m
