@@ -20,7 +20,9 @@ Example
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.utils import ceil_log2
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -136,6 +138,10 @@ class UartRx(wiring.Component):
     ----------
     divisor : int
         Clocks per bit.
+    hold : bool
+        ``True``: ``data`` is a byte register as above. ``False`` (for a FIFO behind the
+        receiver): ``data.valid`` is a one-cycle pulse with the shift register as payload, and a
+        byte that finds ``data.ready`` low is dropped with ``overrun``.
 
     Members
     -------
@@ -149,10 +155,11 @@ class UartRx(wiring.Component):
         A frame (or a break) is being received.
     """
 
-    def __init__(self, divisor: int):
+    def __init__(self, divisor: int, hold: bool = True):
         if divisor < MIN_DIVISOR:
             raise UartError(f"divisor={divisor}; divisor must be >= {MIN_DIVISOR}")
         self.divisor = divisor
+        self.hold = hold
         super().__init__({
             "rxd": In(1, init=1),
             "data": Out(stream.Signature(8)),
@@ -170,8 +177,11 @@ class UartRx(wiring.Component):
         nbit = Signal(range(9))
         shreg = Signal(8)
 
-        with m.If(self.data.valid & self.data.ready):
-            m.d.sync += self.data.valid.eq(0)
+        if self.hold:
+            with m.If(self.data.valid & self.data.ready):
+                m.d.sync += self.data.valid.eq(0)
+        else:
+            m.d.comb += self.data.payload.eq(shreg)
 
         with m.FSM(name="uart_rx") as fsm:
             with m.State("IDLE"), m.If(~rx):
@@ -197,10 +207,13 @@ class UartRx(wiring.Component):
                 with m.If(cnt != 0):
                     m.d.sync += cnt.eq(cnt - 1)
                 with m.Elif(rx):
-                    with m.If(self.data.valid & ~self.data.ready):
-                        m.d.comb += self.overrun.eq(1)
-                    with m.Else():
-                        m.d.sync += [self.data.payload.eq(shreg), self.data.valid.eq(1)]
+                    if self.hold:
+                        with m.If(self.data.valid & ~self.data.ready):
+                            m.d.comb += self.overrun.eq(1)
+                        with m.Else():
+                            m.d.sync += [self.data.payload.eq(shreg), self.data.valid.eq(1)]
+                    else:
+                        m.d.comb += [self.data.valid.eq(1), self.overrun.eq(~self.data.ready)]
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += self.frame_err.eq(1)
@@ -214,17 +227,19 @@ class UartRx(wiring.Component):
 class Uart(wiring.Component):
     """UART with a receive FIFO: :class:`UartRx` + :class:`UartTx` behind byte streams.
 
-    Cycle contract: a received byte appears on ``rx`` two cycles after the middle of its stop
-    bit (plus the FIFO's latency of 1 cycle); ``rx_fifo`` bytes may wait there (a consumer
-    that does not take them for longer loses the newest ones and sees ``overrun``). ``tx``
-    bytes leave back to back, ``10 * divisor`` cycles each.
+    Cycle contract: a received byte appears on ``rx`` three cycles after the middle of its
+    stop bit (two-flip-flop synchronizer, FIFO write); ``rx_fifo`` bytes (rounded up to a power
+    of two) may wait there (a consumer that does not take them for longer loses the newest ones
+    and sees ``overrun``). ``tx`` bytes leave back to back, ``10 * divisor`` cycles each.
 
     Parameters
     ----------
     divisor : int
         Clocks per bit (:func:`baud_divisor`).
     rx_fifo : int
-        Depth of the receive FIFO in bytes (0: only the receiver's one-byte register).
+        Depth of the receive FIFO in bytes, rounded up to a power of two (0: only the
+        receiver's one-byte register). The FIFO is a memory written straight from the
+        receiver's shift register.
 
     Members
     -------
@@ -262,7 +277,7 @@ class Uart(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.rx = urx = UartRx(self.divisor)
+        m.submodules.rx = urx = UartRx(self.divisor, hold=not self.rx_fifo)
         m.submodules.tx = utx = UartTx(self.divisor)
         m.d.comb += [
             urx.rxd.eq(self.rxd),
@@ -274,15 +289,30 @@ class Uart(wiring.Component):
         ]
         wiring.connect(m, wiring.flipped(self.tx), utx.data)
         if self.rx_fifo:
-            m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=self.rx_fifo)
+            # The receiver's shift register goes straight into the FIFO memory (no byte
+            # register in between); rx.payload is the (write-through) read port's data,
+            # addressed with the read pointer of the next cycle.
+            k = max(1, ceil_log2(self.rx_fifo))
+            mem = Memory(shape=8, depth=1 << k, init=[])
+            m.submodules.rx_fifo = mem
+            wr = mem.write_port()
+            rd = mem.read_port(transparent_for=(wr,))
+            w = Signal(k + 1)
+            r = Signal(k + 1)
+            r_next = Signal(k + 1)
+            full = Signal()
             m.d.comb += [
-                q.w_data.eq(urx.data.payload),
-                q.w_en.eq(urx.data.valid),
-                urx.data.ready.eq(q.w_rdy),
-                self.rx.payload.eq(q.r_data),
-                self.rx.valid.eq(q.r_rdy),
-                q.r_en.eq(self.rx.ready),
+                full.eq((w[:k] == r[:k]) & (w[k] != r[k])),
+                urx.data.ready.eq(~full),
+                wr.addr.eq(w[:k]),
+                wr.data.eq(urx.data.payload),
+                wr.en.eq(urx.data.valid & ~full),
+                self.rx.valid.eq(w != r),
+                r_next.eq(r + (self.rx.valid & self.rx.ready)),
+                rd.addr.eq(r_next[:k]),
+                self.rx.payload.eq(rd.data),
             ]
+            m.d.sync += [w.eq(w + wr.en), r.eq(r_next)]
         else:
             wiring.connect(m, urx.data, wiring.flipped(self.rx))
         return m
