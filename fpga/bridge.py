@@ -116,9 +116,8 @@ class Bridge(wiring.Component):
         status = Signal(3)
         rpay = Signal()  # the response carries a payload
         word = Signal(32)  # CSR data: shifted in from the payload, shifted out to tx
-        tbyte = Signal(8)  # memory byte of a READ_MEM response
-        have = Signal()  # tbyte holds payload byte idx
-        pend = Signal()  # a memory read for tbyte is in flight
+        have = Signal()  # word[:8] holds memory byte idx of a READ_MEM response
+        pend = Signal()  # a memory read for it is in flight
         garbage = Signal()  # drop non-sync bytes silently
         tw = max(2, self.timeout).bit_length()
         timer = Signal(tw + 1)  # counts down to -1 (the top bit) while no byte arrives
@@ -331,9 +330,9 @@ class Bridge(wiring.Component):
                         with m.If(mem.ack):
                             m.d.sync += pend.eq(1)
                     with m.Elif(mem.rvalid):
-                        m.d.sync += [tbyte.eq(mem.rdata.word_select(lane, 8) if lb
-                                              else mem.rdata[:8]), have.eq(1), pend.eq(0)]
-                with m.If(send(Mux(rmem, tbyte, word[:8]), True, ok=have | ~rmem)):
+                        m.d.sync += [word[:8].eq(mem.rdata.word_select(lane, 8) if lb
+                                                 else mem.rdata[:8]), have.eq(1), pend.eq(0)]
+                with m.If(send(word[:8], True, ok=have | ~rmem)):
                     m.d.sync += [idx.eq(idx + 1), have.eq(0),
                                  word.eq(Cat(word[8:], rx.payload))]
                     with m.If(idx_last):
