@@ -116,8 +116,10 @@ class CsrBlock(wiring.Component):
                 "irq": Out(1),
             }
         )
-        #: The counters' words, one per :meth:`counter_slots` entry.
-        self.counter_mem = Memory(shape=32, depth=len(self.counter_slots()), init=[])
+        #: The counters' words, one per :meth:`counter_slots` entry, and a last word that is
+        #: never written (it reads as 0 for the flushes after START / RESET).
+        self.counter_mem = Memory(shape=32, depth=1 << ceil_log2(len(self.counter_slots()) + 1),
+                                  init=[])
 
     def counter_slots(self) -> list[tuple[str, int]]:
         """The counters, in the order of their slots in the counter memory: ``(name, offset)``
@@ -140,8 +142,9 @@ class CsrBlock(wiring.Component):
         # Every counter is a word of a small memory plus a narrow pre-counter register. A flush
         # pointer visits one slot per cycle: it reads the slot's word and takes its pre-counter
         # (which restarts with this cycle's event); the next cycle writes word + taken count
-        # back. A pre-counter is flushed every len(slots) cycles, so it never overflows. After
-        # START / RESET every slot is marked stale: its next flush writes the taken count alone.
+        # back. A pre-counter is flushed every len(slots) cycles, so it never overflows. For
+        # len(slots) cycles after START / RESET (one flush of every slot) the flushes read the
+        # never-written last word instead of the slot's: they write the taken count alone.
         slots = self.counter_slots()
         ns = len(slots)
         clear = Signal()
@@ -160,7 +163,8 @@ class CsrBlock(wiring.Component):
             events.append(self.busy & sig[UNITS.index(unit)])
         pw = ceil_log2(ns + 1)  # a pre-counter counts at most ns events between flushes
         pre = [Signal(pw, name=f"pre_{name}") for name, _ in slots]
-        stale = Signal(ns, init=(1 << ns) - 1)
+        zero = self.counter_mem.depth - 1  # a word never written: reads as 0
+        sweep = Signal(range(ns + 1), init=ns)  # reads left that see the zero word
 
         m.submodules.cnt_mem = mem = self.counter_mem
         rd = mem.read_port(transparent_for=())
@@ -169,12 +173,11 @@ class CsrBlock(wiring.Component):
         f_v = Signal()  # a flush is in its write cycle
         f_slot = Signal(range(ns))
         f_add = Signal(pw)
-        f_stale = Signal()
         f_sum = Signal(33)
         m.d.comb += [
-            rd.addr.eq(ptr),
+            rd.addr.eq(Mux(sweep != 0, zero, ptr)),
             rd.en.eq(1),
-            f_sum.eq(Mux(f_stale, 0, rd.data) + f_add),
+            f_sum.eq(rd.data + f_add),
             wr.addr.eq(f_slot),
             wr.data.eq(f_sum[:32]),
             wr.en.eq(f_v),
@@ -184,13 +187,14 @@ class CsrBlock(wiring.Component):
         with m.Switch(ptr):
             for j in range(ns):
                 with m.Case(j):
-                    m.d.sync += [f_add.eq(pre[j]), f_stale.eq(stale[j]), stale[j].eq(0),
-                                 pre[j].eq(events[j])]
+                    m.d.sync += [f_add.eq(pre[j]), pre[j].eq(events[j])]
         for j in range(ns):
             with m.If(ptr != j):
                 m.d.sync += pre[j].eq(pre[j] + events[j])
         with m.If(clear):
-            m.d.sync += [stale.eq((1 << ns) - 1), *[p.eq(0) for p in pre]]
+            m.d.sync += [sweep.eq(ns), *[p.eq(0) for p in pre]]
+        with m.Elif(sweep != 0):
+            m.d.sync += sweep.eq(sweep - 1)
 
         # ------------------------------------------------------------------ register reads
         regs = {
