@@ -34,16 +34,17 @@ AXI4-Lite behaviour: a write is taken when AW and W are both valid (then ``bvali
 read-only registers are ignored; every response is OKAY.
 
 The counters live in a small memory (one 32-bit word each: two EBRs on iCE40, LUT RAM on ECP5)
-with a narrow pre-counter register each; a flush pointer adds one pre-counter into its word per
-cycle, round robin. A counter read waits for its slot's flush and returns the count as of two
-cycles before ``rvalid`` rises (exact, not a stale word). This replaced one 32-bit register and
-adder per counter (on the ``tiny`` iCE40 build: 796 -> 362 LUT4, 485 -> 250 FF, 362 -> 70
-carry cells).
+with a narrow free-running pre-counter each (the count's low bits); a flush pointer brings one
+word up to date per cycle, round robin. A counter read waits for its slot's flush and returns
+the count as of two cycles before ``rvalid`` rises (exact, not a stale word). This replaced one
+32-bit register and adder per counter (on the ``tiny`` iCE40 build: 796 -> 362 LUT4, 485 -> 250
+FF, 362 -> 70 carry cells; free-running pre-counters and a zero word after START / RESET:
+-> 349 LUT4, 241 FF).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -139,12 +140,13 @@ class CsrBlock(wiring.Component):
         irq_en = Signal()
 
         # ------------------------------------------------------------------ counters
-        # Every counter is a word of a small memory plus a narrow pre-counter register. A flush
-        # pointer visits one slot per cycle: it reads the slot's word and takes its pre-counter
-        # (which restarts with this cycle's event); the next cycle writes word + taken count
-        # back. A pre-counter is flushed every len(slots) cycles, so it never overflows. For
-        # len(slots) cycles after START / RESET (one flush of every slot) the flushes read the
-        # never-written last word instead of the slot's: they write the taken count alone.
+        # Every counter is a word of a small memory plus a narrow free-running pre-counter that
+        # holds the count's low bits. A flush pointer visits one slot per cycle: it reads the
+        # slot's word and takes its pre-counter; the next cycle writes the word back with the
+        # taken low bits and the high bits stepped if the low bits wrapped since the last flush
+        # (a slot is flushed every len(slots) cycles, fewer events than the pre-counter's
+        # range). For len(slots) cycles after START / RESET (one flush of every slot) the
+        # flushes read the never-written last word instead of the slot's (count = low bits).
         slots = self.counter_slots()
         ns = len(slots)
         clear = Signal()
@@ -172,25 +174,23 @@ class CsrBlock(wiring.Component):
         ptr = Signal(range(ns))  # the slot read this cycle
         f_v = Signal()  # a flush is in its write cycle
         f_slot = Signal(range(ns))
-        f_add = Signal(pw)
+        f_pre = Signal(pw)  # the slot's pre-counter as of the read cycle
         f_sum = Signal(33)
         m.d.comb += [
             rd.addr.eq(Mux(sweep != 0, zero, ptr)),
             rd.en.eq(1),
-            f_sum.eq(rd.data + f_add),
+            # the low bits of a count are its pre-counter; the high bits step when the
+            # pre-counter wrapped since the word was written (it cannot wrap twice)
+            f_sum.eq(Cat(f_pre, rd.data[pw:] + (f_pre < rd.data[:pw]))),
             wr.addr.eq(f_slot),
             wr.data.eq(f_sum[:32]),
             wr.en.eq(f_v),
             carry.eq(f_v & (f_slot == 0) & f_sum[32]),
         ]
-        m.d.sync += [ptr.eq(Mux(ptr == ns - 1, 0, ptr + 1)), f_v.eq(~clear), f_slot.eq(ptr)]
-        with m.Switch(ptr):
-            for j in range(ns):
-                with m.Case(j):
-                    m.d.sync += [f_add.eq(pre[j]), pre[j].eq(events[j])]
+        m.d.sync += [ptr.eq(Mux(ptr == ns - 1, 0, ptr + 1)), f_v.eq(~clear), f_slot.eq(ptr),
+                     f_pre.eq(Array(pre)[ptr])]
         for j in range(ns):
-            with m.If(ptr != j):
-                m.d.sync += pre[j].eq(pre[j] + events[j])
+            m.d.sync += pre[j].eq(pre[j] + events[j])
         with m.If(clear):
             m.d.sync += [sweep.eq(ns), *[p.eq(0) for p in pre]]
         with m.Elif(sweep != 0):
