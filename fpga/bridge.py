@@ -136,8 +136,8 @@ class Bridge(wiring.Component):
         m.d.comb += tail.eq(addr[:8] + len9)
         top = addr[8:].all() if aw > 8 else 1
         mem_ok = ~top | ~tail[8] | (tail[:8] == 0)
-        addr_ok = ~ahi & Mux(is_csr, (addr[:2] == 0) & (addr[8:] == 0),
-                             Mux(is_mem, mem_ok, 1))
+        csr_ok = (addr[:2] == 0) & (addr[(CSR_SPACE - 1).bit_length():] == 0)
+        addr_ok = ~ahi & Mux(is_csr, csr_ok, Mux(is_mem, mem_ok, 1))
         rl = Mux(ping, 4, lo)  # response payload length (mod 256) when rpay
 
         a_idx = Signal(aw)  # the memory byte of payload byte idx
@@ -245,19 +245,17 @@ class Bridge(wiring.Component):
                     m.next = "PAYLOAD"
                 with m.Else():
                     m.next = "CRC"
-            with m.State("PAYLOAD"):
-                with m.If(take(True)):
-                    m.d.comb += bwr.en.eq(1)
-                    m.d.sync += [idx.eq(idx + 1), word.eq(Cat(word[8:], rx.payload))]
-                    with m.If(idx_last):
-                        m.next = "CRC"
-            with m.State("CRC"):
-                with m.If(take(False)):
-                    with m.If(rx.payload != crc):
-                        respond(Status.BAD_CRC)
-                    with m.Else():
-                        m.d.sync += idx.eq(0)
-                        m.next = "EXEC"
+            with m.State("PAYLOAD"), m.If(take(True)):
+                m.d.comb += bwr.en.eq(1)
+                m.d.sync += [idx.eq(idx + 1), word.eq(Cat(word[8:], rx.payload))]
+                with m.If(idx_last):
+                    m.next = "CRC"
+            with m.State("CRC"), m.If(take(False)):
+                with m.If(rx.payload != crc):
+                    respond(Status.BAD_CRC)
+                with m.Else():
+                    m.d.sync += idx.eq(0)
+                    m.next = "EXEC"
             with m.State("EXEC"), m.Switch(cmd):
                 with m.Case(Cmd.PING):
                     m.d.sync += word.eq(CSR_ID_VALUE)
@@ -307,21 +305,17 @@ class Bridge(wiring.Component):
                         m.next = "WM_READ"
 
             # ------------------------------------------------------------------ response
-            with m.State("T_SYNC"):
-                with m.If(send(RESP_SYNC, False)):
-                    m.d.sync += crc.eq(0)
-                    m.next = "T_STATUS"
-            with m.State("T_STATUS"):
-                with m.If(send(status, True)):
-                    m.next = "T_LEN0"
-            with m.State("T_LEN0"):
-                with m.If(send(Mux(rpay, rl, 0), True)):
-                    m.next = "T_LEN1"
-            with m.State("T_LEN1"):
-                with m.If(send(rpay & len8, True)):
-                    m.next = "T_PAY"
-                    with m.If(~rpay):
-                        m.next = "T_CRC"
+            with m.State("T_SYNC"), m.If(send(RESP_SYNC, False)):
+                m.d.sync += crc.eq(0)
+                m.next = "T_STATUS"
+            with m.State("T_STATUS"), m.If(send(status, True)):
+                m.next = "T_LEN0"
+            with m.State("T_LEN0"), m.If(send(Mux(rpay, rl, 0), True)):
+                m.next = "T_LEN1"
+            with m.State("T_LEN1"), m.If(send(rpay & len8, True)):
+                m.next = "T_PAY"
+                with m.If(~rpay):
+                    m.next = "T_CRC"
             with m.State("T_PAY"):
                 with m.If(rmem & ~have):
                     # fetch the byte: a read request, then its data in the next cycle
@@ -337,7 +331,6 @@ class Bridge(wiring.Component):
                                  word.eq(Cat(word[8:], rx.payload))]
                     with m.If(idx_last):
                         m.next = "T_CRC"
-            with m.State("T_CRC"):
-                with m.If(send(crc, False)):
-                    m.next = "IDLE"
+            with m.State("T_CRC"), m.If(send(crc, False)):
+                m.next = "IDLE"
         return m

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
-from amaranth.utils import ceil_log2
 from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 __all__ = ["MAX_BAUD_ERROR", "MIN_DIVISOR", "Uart", "UartError", "UartRx", "UartTx",
            "baud_divisor"]
