@@ -121,6 +121,8 @@ class Bridge(wiring.Component):
         garbage = Signal()  # drop non-sync bytes silently
         tw = max(2, self.timeout).bit_length()
         timer = Signal(tw + 1)  # counts down to -1 (the top bit) while no byte arrives
+        waiting = Signal()  # inside a frame, no byte offered
+        m.d.sync += timer.eq(Mux(waiting, timer - 1, self.timeout - 2))
 
         ping = cmd == Cmd.PING
         is_csr = (cmd == Cmd.READ_CSR) | (cmd == Cmd.WRITE_CSR)
@@ -179,12 +181,9 @@ class Bridge(wiring.Component):
                 m.d.comb += [phase.eq(rx.valid), rx.ready.eq(kb[3])]
             else:
                 m.d.comb += rx.ready.eq(1)
-            with m.If(rx.valid):
-                m.d.sync += timer.eq(self.timeout - 2)
-            with m.Else():
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer[-1]):
-                    respond(Status.TIMEOUT)
+            m.d.comb += waiting.eq(~rx.valid)
+            with m.If(~rx.valid & timer[-1]):
+                respond(Status.TIMEOUT)
             fire = rx.valid & rx.ready
             with m.If(fire):
                 m.d.sync += kb.eq(0)
@@ -205,7 +204,7 @@ class Bridge(wiring.Component):
         with m.FSM(name="bridge"):
             with m.State("IDLE"):
                 m.d.comb += rx.ready.eq(1)
-                m.d.sync += [crc.eq(0), hdr.eq(0), ahi.eq(0), timer.eq(self.timeout - 2)]
+                m.d.sync += [crc.eq(0), hdr.eq(0), ahi.eq(0)]
                 with m.If(rx.valid):
                     with m.If(rx.payload == REQ_SYNC):
                         m.d.sync += garbage.eq(0)
