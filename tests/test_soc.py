@@ -61,7 +61,8 @@ def test_soc_malformed_frames():
     }
 
 
-def test_bridge_edges():
+@pytest.mark.parametrize("cfg_name", ["tiny", "base"])
+def test_bridge_edges(cfg_name):
     """The bridge alone (Amaranth simulator; device memory and a CSR slave modelled in Python):
     exact response frames at the edges of the header checks (last byte of device memory, high
     address bits, LEN 256 and above, the CSR window), bad CRC, a truncated frame, a run of
@@ -72,7 +73,7 @@ def test_bridge_edges():
     from amaranth.sim import Simulator
     from tritium.fpga.bridge import Bridge
 
-    cfg = PRESETS["tiny"]
+    cfg = PRESETS[cfg_name]
     size, bb = cfg.dev_mem_bytes, cfg.bus_bytes
     timeout = 60
     dut = Bridge(cfg, timeout)
