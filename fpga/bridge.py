@@ -52,9 +52,13 @@ def crc8_next(m: Module, crc, byte, name: str = "crc") -> Signal:
 class Bridge(wiring.Component):
     """Protocol engine between a byte stream pair and the SoC (CSRs + device memory).
 
-    Cycle contract: one ``rx`` byte per cycle while parsing (``rx.ready`` is low only while a
-    command executes or a response is sent); one ``tx`` byte per cycle while responding (memory
-    reads add two cycles per byte); CSR accesses take one AXI4-Lite transaction.
+    Cycle contract: the CRC-8 is computed one bit per cycle, so every byte that it covers
+    (request header and payload, response status, length and payload) is taken from ``rx`` or
+    offered on ``tx`` 8 cycles after it is present (sync and CRC bytes: at once); ``rx.ready`` is
+    also low while a command executes or a response is sent; memory reads add two cycles per
+    response byte; CSR accesses take one AXI4-Lite transaction. (At 24 MHz a UART byte at
+    1 Mbaud takes 240 cycles.) The timeout counts the cycles in which a frame's next byte is
+    awaited and not offered.
 
     Parameters
     ----------
@@ -109,8 +113,7 @@ class Bridge(wiring.Component):
         lo = Signal(8)  # LEN[7:0]
         len8 = Signal()  # LEN[8]
         lhi_bad = Signal()  # LEN[15:9] != 0
-        hdr = Signal(range(8))
-        idx = Signal(8)  # payload byte index
+        idx = Signal(8)  # header, then payload byte index
         crc = Signal(8)  # CRC-8 of the request, then of the response
         kb = Signal(4)  # bit step of the serial CRC; kb[3]: the current byte is in the CRC
         status = Signal(3)
@@ -204,7 +207,7 @@ class Bridge(wiring.Component):
         with m.FSM(name="bridge"):
             with m.State("IDLE"):
                 m.d.comb += rx.ready.eq(1)
-                m.d.sync += [crc.eq(0), hdr.eq(0), ahi.eq(0)]
+                m.d.sync += [crc.eq(0), idx.eq(0), ahi.eq(0)]
                 with m.If(rx.valid):
                     with m.If(rx.payload == REQ_SYNC):
                         m.d.sync += garbage.eq(0)
@@ -214,8 +217,8 @@ class Bridge(wiring.Component):
             with m.State("HDR"):
                 byte = rx.payload
                 with m.If(take(True)):
-                    m.d.sync += hdr.eq(hdr + 1)
-                    with m.Switch(hdr):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.Switch(idx[:3]):
                         with m.Case(0):
                             m.d.sync += [cmd.eq(byte), cmd_bad.eq(byte >= len(Cmd))]
                         for i in range(4):
