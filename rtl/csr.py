@@ -158,11 +158,12 @@ class CsrBlock(wiring.Component):
             comp.eq(Cat(self.unit_busy[UNITS.index(u)] for u in OVERLAP_UNITS).any()),
         ]
         carry = Signal()  # the CYCLES low word wrapped at its last flush: an event of the high
-        events = [self.busy, carry, self.busy & self.retire, self.busy & dma & comp]
+        # events of every slot but CYCLES_HI count only while busy (the pre-counters' enable)
+        events = [1, carry, self.retire, dma & comp]  # (slot order of counter_slots)
         for name, _ in slots[4:]:
             kind, unit = name.split("_", 1)
             sig = self.unit_busy if kind == "busy" else self.unit_stall
-            events.append(self.busy & sig[UNITS.index(unit)])
+            events.append(sig[UNITS.index(unit)])
         pw = ceil_log2(ns + 1)  # a pre-counter counts at most ns events between flushes
         pre = [Signal(pw, name=f"pre_{name}") for name, _ in slots]
         zero = self.counter_mem.depth - 1  # a word never written: reads as 0
@@ -190,7 +191,11 @@ class CsrBlock(wiring.Component):
         m.d.sync += [ptr.eq(Mux(ptr == ns - 1, 0, ptr + 1)), f_v.eq(~clear), f_slot.eq(ptr),
                      f_pre.eq(Array(pre)[ptr])]
         for j in range(ns):
-            m.d.sync += pre[j].eq(pre[j] + events[j])
+            if j == 1:  # CYCLES_HI: the low word's carry, also when no longer busy
+                m.d.sync += pre[j].eq(pre[j] + events[j])
+            else:
+                with m.If(self.busy):
+                    m.d.sync += pre[j].eq(pre[j] + events[j])
         with m.If(clear):
             m.d.sync += [sweep.eq(ns), *[p.eq(0) for p in pre]]
         with m.Elif(sweep != 0):
