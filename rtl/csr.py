@@ -145,8 +145,8 @@ class CsrBlock(wiring.Component):
         # slot's word and takes its pre-counter; the next cycle writes the word back with the
         # taken low bits and the high bits stepped if the low bits wrapped since the last flush
         # (a slot is flushed every len(slots) cycles, fewer events than the pre-counter's
-        # range). For len(slots) cycles after START / RESET (one flush of every slot) the
-        # flushes read the never-written last word instead of the slot's (count = low bits).
+        # range). START / RESET restart the round at slot 0, and its flushes read the
+        # never-written last word instead of the slot's (count = low bits).
         slots = self.counter_slots()
         ns = len(slots)
         clear = Signal()
@@ -167,7 +167,7 @@ class CsrBlock(wiring.Component):
         pw = ceil_log2(ns + 1)  # a pre-counter counts at most ns events between flushes
         pre = [Signal(pw, name=f"pre_{name}") for name, _ in slots]
         zero = self.counter_mem.depth - 1  # a word never written: reads as 0
-        sweep = Signal(range(ns + 1), init=ns)  # reads left that see the zero word
+        sweep = Signal(init=1)  # the reads see the zero word until ptr wraps
 
         m.submodules.cnt_mem = mem = self.counter_mem
         rd = mem.read_port(transparent_for=())
@@ -178,7 +178,7 @@ class CsrBlock(wiring.Component):
         f_pre = Signal(pw)  # the slot's pre-counter as of the read cycle
         f_sum = Signal(33)
         m.d.comb += [
-            rd.addr.eq(Mux(sweep != 0, zero, ptr)),
+            rd.addr.eq(Mux(sweep, zero, ptr)),
             rd.en.eq(1),
             # the low bits of a count are its pre-counter; the high bits step when the
             # pre-counter wrapped since the word was written (it cannot wrap twice)
@@ -196,10 +196,10 @@ class CsrBlock(wiring.Component):
             else:
                 with m.If(self.busy):
                     m.d.sync += pre[j].eq(pre[j] + events[j])
-        with m.If(clear):
-            m.d.sync += [sweep.eq(ns), *[p.eq(0) for p in pre]]
-        with m.Elif(sweep != 0):
-            m.d.sync += sweep.eq(sweep - 1)
+        with m.If(ptr == ns - 1):
+            m.d.sync += sweep.eq(0)
+        with m.If(clear):  # restart the round at slot 0, every slot's next read sees zero
+            m.d.sync += [ptr.eq(0), sweep.eq(1), *[p.eq(0) for p in pre]]
 
         # ------------------------------------------------------------------ register reads
         regs = {
