@@ -113,7 +113,8 @@ class Bridge(wiring.Component):
         lo = Signal(8)  # LEN[7:0]
         len8 = Signal()  # LEN[8]
         lhi_bad = Signal()  # LEN[15:9] != 0
-        idx = Signal(8)  # header, then payload byte index
+        hdr = Signal(range(8))
+        idx = Signal(8)  # payload byte index
         crc = Signal(8)  # CRC-8 of the request, then of the response
         kb = Signal(4)  # bit step of the serial CRC; kb[3]: the current byte is in the CRC
         status = Signal(3)
@@ -207,7 +208,7 @@ class Bridge(wiring.Component):
         with m.FSM(name="bridge"):
             with m.State("IDLE"):
                 m.d.comb += rx.ready.eq(1)
-                m.d.sync += [crc.eq(0), idx.eq(0), ahi.eq(0)]
+                m.d.sync += [crc.eq(0), hdr.eq(0), ahi.eq(0)]
                 with m.If(rx.valid):
                     with m.If(rx.payload == REQ_SYNC):
                         m.d.sync += garbage.eq(0)
@@ -217,8 +218,8 @@ class Bridge(wiring.Component):
             with m.State("HDR"):
                 byte = rx.payload
                 with m.If(take(True)):
-                    m.d.sync += idx.eq(idx + 1)
-                    with m.Switch(idx[:3]):
+                    m.d.sync += hdr.eq(hdr + 1)
+                    with m.Switch(hdr):
                         with m.Case(0):
                             m.d.sync += [cmd.eq(byte), cmd_bad.eq(byte >= len(Cmd))]
                         for i in range(4):
