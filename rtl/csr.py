@@ -54,6 +54,7 @@ from tritium.config import ENGINES, AcceleratorConfig
 from tritium.isa import CSR, CSR_ID_VALUE, CSR_VERSION_VALUE, UNITS
 
 from .axi import AxiLiteSignature
+from .scratchpad import COLLISION_FREE
 
 __all__ = ["CSR_ADDR_WIDTH", "CSR_OVERLAP", "OVERLAP_UNITS", "CsrBlock"]
 
@@ -118,9 +119,11 @@ class CsrBlock(wiring.Component):
             }
         )
         #: The counters' words, one per :meth:`counter_slots` entry, and a last word that is
-        #: never written (it reads as 0 for the flushes after START / RESET).
+        #: never written (it reads as 0 for the flushes after START / RESET). The flush writes
+        #: the slot read the cycle before, never the word read in its own cycle: no
+        #: read/write collision logic is needed around the block RAM (``COLLISION_FREE``).
         self.counter_mem = Memory(shape=32, depth=1 << ceil_log2(len(self.counter_slots()) + 1),
-                                  init=[])
+                                  init=[], attrs={COLLISION_FREE: 1})
 
     def counter_slots(self) -> list[tuple[str, int]]:
         """The counters, in the order of their slots in the counter memory: ``(name, offset)``
