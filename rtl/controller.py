@@ -92,7 +92,8 @@ __all__ = [
 
 #: Queues, in index order.
 QUEUES = ("load", "store", "compute")
-#: From this target clock (MHz) up, the instruction checker's range scan is pipelined.
+#: From this target clock (MHz) up, the instruction checker computes its products and scans
+#: its ranges in a pipeline; below, it works bit-serially (fewer LUTs, more cycles).
 PIPELINE_MHZ = 50.0
 
 #: Spaces of the footprint hulls, in index order.
@@ -237,6 +238,22 @@ def hulls_conflict(a, b) -> object:
     return out
 
 
+def gt_const(v, c: int) -> Value:
+    """``v > c`` (unsigned ``v``, constant ``c``) as plain logic: yosys maps a comparison to
+    an adder (a carry chain, one LUT4 per bit) even against a constant."""
+    v = Value.cast(v)
+    if c < 0:
+        return Const(1)
+    if c >= (1 << len(v)) - 1:
+        return Const(0)
+    terms, eq = [], []
+    for i in reversed(range(len(v))):
+        if not (c >> i) & 1:
+            terms.append(Cat(v[i], *eq).all())
+        eq.append(v[i] if (c >> i) & 1 else ~v[i])
+    return Cat(*terms).any()
+
+
 class InstrChecker(wiring.Component):
     """Decode and check one instruction word, over several cycles with one adder per job.
 
@@ -248,7 +265,8 @@ class InstrChecker(wiring.Component):
     partial read/write overlap); the ACC parameter values of VREQ/VMUL/VRMS are checked by the
     compute unit when the instruction executes.
 
-    Steps (a small FSM; nothing here needs a multiplier or a comparator per pair of ranges):
+    Steps at :data:`PIPELINE_MHZ` and above (a small FSM; nothing here needs a multiplier or a
+    comparator per pair of ranges):
 
     ``MUL``
         the field checks are registered; the three range-length products (rows*row_bytes,
@@ -267,8 +285,29 @@ class InstrChecker(wiring.Component):
 
     A check takes ``8 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
     row counts (``rows``, ``rows - 1``, ``m``) and the weight bytes per row (``k / 4``, ...).
-    Below :data:`PIPELINE_MHZ` (``cfg.clock_mhz``) ``SCAN`` has no stage registers: a slot is
-    selected, ended and judged in one cycle, and a check takes two cycles less.
+
+    Below :data:`PIPELINE_MHZ` (``cfg.clock_mhz``; ``tiny``) the checker is *bit-serial*
+    instead, for the fewest LUTs: no field reaches the range arithmetic in parallel. Every
+    range end is ``start + sum((x << ps) * y)`` over at most two terms (a table per opcode
+    class, slot and term, e.g. ``loc + row_bytes * rows``, ``dram + row_bytes * 1 + stride *
+    (rows - 1)``, ``c + (n << 2) * m``); one multiplexer selects a bit of ``word`` per cycle:
+
+    ``SLOT``
+        the next slot (writes first); a slot whose condition is false is skipped.
+    ``SETUP``, ``LOADX``, ``SCALE``, ``MUL`` (per term)
+        ``x`` is shifted in from its field MSB first, then doubled ``ps`` times; the ``y``
+        field is read LSB first (``rows - 1`` by a serial decrement), and each one bit adds
+        ``x`` into the accumulator as ``x`` doubles (saturating: bits past the range width
+        set an overflow flag). The slot's start is the term ``start * 1``.
+    ``JUDGE``
+        as stage B above (end against its space's size; partial overlap with slot 0).
+    ``FINAL``
+        as above; the field checks are read from ``word`` (stable until ``done``).
+
+    A slot takes ``2 + sum(1 + width(x) + ps + width(y))`` cycles (a field's width, 1 for a
+    constant): e.g. 53 for ``dst + n * rows`` (20 + 16 + 12 bits), so a VADD takes 162
+    cycles, a GEMM 165-220, a LOAD or STORE about 150 (the controller checks the next
+    instruction while a unit executes the previous one).
 
     Members
     -------
@@ -288,8 +327,8 @@ class InstrChecker(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
-        #: SCAN as a three-stage pipeline (for clocks of 50 MHz and more; below, one cycle
-        #: per slot with no stage registers).
+        #: The products and the three-stage SCAN above (clocks of 50 MHz and more); below,
+        #: the bit-serial form.
         self.pipelined = cfg.clock_mhz >= PIPELINE_MHZ
         super().__init__(
             {
@@ -337,17 +376,17 @@ class InstrChecker(wiring.Component):
         gemm_bad = (
             (g.m == 0)
             | (g.n == 0)
-            | (g.k < 8)
+            | ~gt_const(g.k, 7)
             | (g.k[:3] != 0)
-            | (is_op(Op.GEMM_LUT) & ((g.bits == 0) | (g.bits > cfg.lut_max_bits)))
+            | (is_op(Op.GEMM_LUT) & ((g.bits == 0) | gt_const(g.bits, cfg.lut_max_bits)))
             | (~is_op(Op.GEMM_LUT) & (g.bits != 0))
             | (~is_op(Op.GEMM_I8) & g.wt)
         )
         dma_bad = (
-            (d.space > 1)
+            gt_const(d.space, 1)
             | (d.rows == 0)
             | (d.row_bytes == 0)
-            | ((d.rows > 1) & (d.stride < d.row_bytes))
+            | (gt_const(d.rows, 1) & (d.stride < d.row_bytes))
         )
         dma_mis = misal(d.dram, bus) | misal(d.row_bytes, bus) | misal(d.stride, bus) | misal(
             d.loc, bus
@@ -366,6 +405,10 @@ class InstrChecker(wiring.Component):
             m.d.comb += [bad.eq(dma_bad), mis.eq(dma_mis)]
         with m.Elif(is_op(*VEC_OPS)):
             m.d.comb += [bad.eq(vec_bad), mis.eq(vec_mis)]
+
+        if not self.pipelined:
+            self._elaborate_serial(m, Cat(invalid, absent, bad, mis), d, g, v, is_op)
+            return m
 
         # ------------------------------------------------------------------ products
         # Range ends are computed saturated at SAT: an end beyond every space is reported the
@@ -540,28 +583,7 @@ class InstrChecker(wiring.Component):
         hull = Signal(hull_layout(cfg))
 
         # ------------------------------------------------------------------ FSM
-        code = Signal(4)
-        with m.If(fields[0]):
-            m.d.comb += code.eq(ErrorCode.INVALID_OPCODE)
-        with m.Elif(fields[1]):
-            m.d.comb += code.eq(ErrorCode.ENGINE_ABSENT)
-        with m.Elif(fields[2]):
-            m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
-        with m.Elif(fields[3]):
-            m.d.comb += code.eq(ErrorCode.MISALIGNED)
-        with m.Elif(range_err):
-            m.d.comb += code.eq(ErrorCode.ADDRESS_RANGE)
-        with m.Elif(overlap):
-            m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
-        queue = Signal(2, init=3)
-        with m.Switch(opc):
-            for op in Op:
-                q = queue_of(op)
-                if q is not None:
-                    with m.Case(int(op)):
-                        m.d.comb += queue.eq(q)
-            with m.Default():
-                m.d.comb += queue.eq(3)
+        code, queue = self._code_queue(m, opc, fields, range_err, overlap)
 
         def load_product(i):
             xv, yv = operands[i]
@@ -587,9 +609,8 @@ class InstrChecker(wiring.Component):
                                 load_product(i + 1)
                             else:
                                 m.d.sync += [k.eq(0), range_err.eq(0), overlap.eq(0),
-                                             hull.eq(0), pw_cd.eq(0)]
-                                if self.pipelined:
-                                    m.d.sync += [a_valid.eq(0), j_valid.eq(0)]
+                                             hull.eq(0), pw_cd.eq(0), a_valid.eq(0),
+                                             j_valid.eq(0)]
                                 m.next = "SCAN"
                 with m.Else():
                     with m.If(y[0]):
@@ -598,16 +619,12 @@ class InstrChecker(wiring.Component):
                     m.d.sync += [x.eq(x << 1), x_over.eq(x_over | x[W - 1]), y.eq(y >> 1)]
                 on_start()
             with m.State("SCAN"):
-                # stages A and E (registers, or wires without the pipeline)
-                stages = [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
-                          a_valid.eq(k < NS),
-                          j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
-                          j_valid.eq(a_valid), j_wr.eq(a_wr), j_sp.eq(a_sp),
-                          j_part.eq(a_part)]
-                if self.pipelined:
-                    m.d.sync += stages
-                else:
-                    m.d.comb += stages
+                # stages A and E
+                m.d.sync += [a_st.eq(c_st), a_ln.eq(c_ln), a_cd.eq(c_cd), a_k.eq(k),
+                             a_valid.eq(k < NS),
+                             j_st.eq(a_st), j_en.eq(a_en), j_cd.eq(a_cd), j_k.eq(a_k),
+                             j_valid.eq(a_valid), j_wr.eq(a_wr), j_sp.eq(a_sp),
+                             j_part.eq(a_part)]
                 m.d.sync += k.eq(k + 1)
                 # stage B
                 with m.If(live):
@@ -615,23 +632,10 @@ class InstrChecker(wiring.Component):
                         m.d.sync += range_err.eq(1)
                     with m.If(j_pov):
                         m.d.sync += overlap.eq(1)
-                    for dname in ("r", "w"):
-                        for si, sp in enumerate(SPACES):
-                            sh = hazard_shift(sizes[sp])
-                            lo_b = j_st >> sh
-                            hi_b = (j_en >> sh) + (j_en[:sh] != 0 if sh else 0)
-                            hv = getattr(hull, f"{sp}_{dname}_v")
-                            hlo = getattr(hull, f"{sp}_{dname}_lo")
-                            hhi = getattr(hull, f"{sp}_{dname}_hi")
-                            with m.If((j_wr == (dname == "w")) & (j_sp == si)):
-                                m.d.sync += hv.eq(1)
-                                with m.If(~hv | (lo_b < hlo)):
-                                    m.d.sync += hlo.eq(lo_b)
-                                with m.If(~hv | (hi_b > hhi)):
-                                    m.d.sync += hhi.eq(hi_b)
+                    self._hull_update(m, hull, j_wr, j_sp, j_st, j_en)
                 with m.If(j_valid & (j_k == 0)):
                     m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
-                with m.If(k == (NS + 1 if self.pipelined else NS - 1)):
+                with m.If(k == NS + 1):
                     m.next = "FINAL"
                 on_start()
             with m.State("FINAL"):
@@ -645,6 +649,355 @@ class InstrChecker(wiring.Component):
                 m.next = "IDLE"
                 on_start()
         return m
+
+    @staticmethod
+    def _code_queue(m, opc, fields, range_err, overlap):
+        """The error code (first failing check, golden order) and the queue index of ``opc``."""
+        code = Signal(4)
+        with m.If(fields[0]):
+            m.d.comb += code.eq(ErrorCode.INVALID_OPCODE)
+        with m.Elif(fields[1]):
+            m.d.comb += code.eq(ErrorCode.ENGINE_ABSENT)
+        with m.Elif(fields[2]):
+            m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
+        with m.Elif(fields[3]):
+            m.d.comb += code.eq(ErrorCode.MISALIGNED)
+        with m.Elif(range_err):
+            m.d.comb += code.eq(ErrorCode.ADDRESS_RANGE)
+        with m.Elif(overlap):
+            m.d.comb += code.eq(ErrorCode.BAD_OPERAND)
+        queue = Signal(2, init=3)
+        with m.Switch(opc):
+            for op in Op:
+                q = queue_of(op)
+                if q is not None:
+                    with m.Case(int(op)):
+                        m.d.comb += queue.eq(q)
+            with m.Default():
+                m.d.comb += queue.eq(3)
+        return code, queue
+
+    def _hull_update(self, m, hull, wr, sp, st, en):
+        """Widen the read (``wr`` = 0) or write hull of space index ``sp`` by ``[st, en)``
+        (byte addresses; blocks of :func:`hull_blocks`)."""
+        sizes = space_sizes(self.cfg)
+        for dname in ("r", "w"):
+            for si, spn in enumerate(SPACES):
+                sh = hazard_shift(sizes[spn])
+                lo_b = st >> sh
+                hi_b = (en >> sh) + (en[:sh] != 0 if sh else 0)
+                hv = getattr(hull, f"{spn}_{dname}_v")
+                hlo = getattr(hull, f"{spn}_{dname}_lo")
+                hhi = getattr(hull, f"{spn}_{dname}_hi")
+                with m.If((wr == (dname == "w")) & (sp == si)):
+                    m.d.sync += hv.eq(1)
+                    with m.If(~hv | (lo_b < hlo)):
+                        m.d.sync += hlo.eq(lo_b)
+                    with m.If(~hv | (hi_b > hhi)):
+                        m.d.sync += hhi.eq(hi_b)
+
+    def _elaborate_serial(self, m, fields_now, d, g, v, is_op):
+        """The checker below :data:`PIPELINE_MHZ`, bit-serial (see the class docstring): the
+        fields are read one bit per cycle through one bit multiplexer of the word, and every
+        range end ``start + x1*y1 + x2*y2`` is accumulated by one shift-and-add multiplier."""
+        cfg = self.cfg
+        sizes = space_sizes(cfg)
+        w = self.word
+        opc = w[:8]
+        # (ends up to the largest size are exact in W bits; larger ones set ``acc_over``)
+        W = max(sizes.values()).bit_length()
+        # A read range has a partner (a write range in its space) only in SPAD/ACC; when no
+        # range is outside its space, every start and end fits in OW bits.
+        OW = max(sizes["SPAD"], sizes["ACC"]).bit_length()
+
+        def fld(op, name, drop=0):
+            """("field", lsb, width) of field ``name`` of ``op`` without its ``drop`` low bits."""
+            f = next(f for f in FORMATS[op] if f.name == name)
+            return ("field", f.lsb + drop, f.width - drop)
+
+        ONE = ("one",)
+        PCX = ("pcx",)  # x = n if per_channel else 1 (VREQ's parameter count)
+        VN = fld(Op.VREQ, "n")
+
+        def dec(f):  # the field minus one (rows - 1; rows >= 1 when it matters)
+            return ("dec", *f[1:])
+
+        present = [op for op in GEMM_OPS if cfg.has(GEMM_ENGINE[op])]
+
+        def kk_of(op):
+            # weight bytes per row: k (GEMM_I8), k/4 (GEMM_TERN), bits * k/8 (GEMM_LUT,
+            # bits 1..4); an absent engine's ranges are never judged (ENGINE_ABSENT first)
+            if op == Op.GEMM_I8:
+                return fld(op, "k")
+            if op == Op.GEMM_TERN:
+                return fld(op, "k", 2)
+            k8 = g.k >> 3
+            return ("value", Mux(g.bits[0], k8, 0) + Mux(g.bits[1], k8 << 1, 0)
+                    + Mux(g.bits[2], k8 << 2, 0))
+
+        def counts(op, space, cnt):
+            e = 2 if space == "ACC" else 0  # log2 of the element size
+            if cnt == "t":
+                return [(VN, fld(op, "rows"), e)]
+            if cnt == "n":
+                return [(VN, ONE, e)]
+            if cnt == "rows":
+                return [(ONE, fld(op, "rows"), e)]
+            if cnt == "pc2":
+                return [(PCX, ONE, e + 1)]
+            nbytes = cnt << e
+            assert nbytes & (nbytes - 1) == 0, cnt
+            return [(ONE, ONE, nbytes.bit_length() - 1)]
+
+        def ranges_of(op):
+            """(space, start, terms, cond) lists (reads, writes): the range is
+            ``[start, start + sum((x << ps) * y for (x, y, ps) in terms))``."""
+            if op in (Op.LOAD, Op.STORE):
+                rb, rows = fld(op, "row_bytes"), fld(op, "rows")
+                dram = ("DRAM", fld(op, "dram"),
+                        [(rb, ONE, 0), (fld(op, "stride"), dec(rows), 0)], None)
+                loc_s = ("SPAD", fld(op, "loc"), [(rb, rows, 0)], 0)
+                loc_a = ("ACC", fld(op, "loc"), [(rb, rows, 0)], 1)
+                return ([dram], [loc_s, loc_a]) if op == Op.LOAD else ([loc_s, loc_a], [dram])
+            if op in GEMM_OPS:
+                kk = kk_of(op if op in present or not present else present[0])
+                gm, gn = fld(op, "m"), fld(op, "n")
+                c = [(gn, gm, 2)]
+                return ([("SPAD", fld(op, "a"), [(fld(op, "k"), gm, 0)], None),
+                         ("SPAD", fld(op, "w"), [(gn, kk, 0)], None),
+                         ("ACC", fld(op, "c"), c, "acc")],
+                        [("ACC", fld(op, "c"), c, None)])
+            if op in VEC_OPS:
+                return tuple([(sp, fld(op, fname), counts(op, sp, cnt), None)
+                              for sp, fname, cnt in lst] for lst in vec_ranges(op))
+            return [], []
+
+        def key(x):
+            return repr(x)
+
+        xs, ys, classes = [ONE, VN], [ONE], []
+
+        def idx(lst, val):
+            for i, have in enumerate(lst):
+                if key(have) == key(val):
+                    return i
+            lst.append(val)
+            return len(lst) - 1
+
+        # opcode -> class (the same slots); (class, slot) -> (write, space, partner, cond);
+        # (class, slot, term) -> (x source, y source, ps, last)
+        op_cls, slot_tab, term_tab = {}, {}, {}
+        NT = 1
+        for op in Op:
+            reads, writes = ranges_of(op)
+            slots = [("w", *r) for r in writes] + [("r", *r) for r in reads]
+            assert len(slots) <= self.SLOTS, op
+            rows = []
+            for i, (dr, sp, start, terms, cond) in enumerate(slots):
+                part = [j for j, s in enumerate(slots) if s[0] == "w" and s[1] == sp]
+                assert dr == "w" or part in ([], [0]), op
+                part = dr == "r" and bool(part)
+                assert not part or sp != "DRAM", op
+                terms = [(start, ONE, 0), *terms]
+                NT = max(NT, len(terms))
+                rows.append((dr == "w", SPACES.index(sp), part, cond,
+                             [(None if xv is PCX else idx(xs, xv), idx(ys, yv), ps,
+                               ti == len(terms) - 1) for ti, (xv, yv, ps) in enumerate(terms)]))
+            if rows:
+                op_cls[int(op)] = ci = idx(classes, rows) + 1  # class 0: no ranges
+                for i, (wr, sp, part, cond, terms) in enumerate(rows):
+                    slot_tab[(ci, i)] = (wr, sp, part, cond)
+                    for ti, tv in enumerate(terms):
+                        term_tab[(ci, i, ti)] = tv
+        PSW = max(ps for _, _, ps, _ in term_tab.values()).bit_length()
+        FW = max(f[2] for f in xs + ys if f[0] in ("field", "dec"))
+        FW = max([FW, *(len(f[1]) for f in ys if f[0] == "value")])
+
+        NS = self.SLOTS
+        cls = Signal(range(len(classes) + 1))
+        with m.Switch(opc):
+            for op, ci in op_cls.items():
+                with m.Case(op):
+                    m.d.comb += cls.eq(ci)
+        k = Signal(range(NS + 1))  # slot
+        t = Signal(range(NT))  # term of the slot (0: its start)
+        p = Signal(range(INSTR_BITS))  # bit pointer into the word
+        cnt = Signal(range(FW))  # remaining bits of the phase, minus one
+        borrow = Signal()  # of the serial decrement (rows - 1)
+        x = Signal(W)
+        x_over = Signal()  # x has been shifted past W bits
+        acc = Signal(W)
+        acc_over = Signal()
+        st = Signal(W)  # the slot's start
+        pw_st = Signal(OW)  # slot 0 (a write), the partner of the reads of its space
+        pw_en = Signal(OW)
+        pw_cd = Signal()
+        range_err = Signal()
+        overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
+        hull = Signal(hull_layout(cfg))
+        fields = fields_now  # invalid, absent, bad, mis (``word`` is stable until ``done``)
+
+        # slot k of the class: its direction, space, partner flag and condition (live)
+        s_wr = Signal()
+        s_sp = Signal(range(len(SPACES)))
+        s_part = Signal()
+        s_live = Signal()
+        conds = {None: Const(1), 0: d.space == 0, 1: d.space == 1, "acc": g.accumulate}
+        with m.Switch(Cat(k[:2], cls)):
+            for (ci, i), (wr, sp, part, cond) in slot_tab.items():
+                with m.Case(i | ci << 2):
+                    m.d.comb += [s_wr.eq(wr), s_sp.eq(sp), s_part.eq(part),
+                                 s_live.eq(conds[cond])]
+        # term t of slot k: its sources
+        xsel = Signal(range(max(2, len(xs))))
+        ysel = Signal(range(max(2, len(ys))))
+        ps_sel = Signal(PSW)
+        last = Signal()
+        with m.Switch(Cat(t, k[:2], cls)):
+            for (ci, i, tt), (xi, yi, pv, ls) in term_tab.items():
+                with m.Case(tt | i << len(t) | ci << (len(t) + 2)):
+                    xv = Mux(v.per_channel, 1, 0) if xi is None else xi  # VN or ONE
+                    m.d.comb += [xsel.eq(xv), ysel.eq(yi), ps_sel.eq(pv), last.eq(ls)]
+        # the x source: its msb and width (MSB first); the y source: its lsb and width
+        x_msb, x_len, x_one = Signal.like(p), Signal.like(cnt), Signal()
+        with m.Switch(xsel):
+            for i, f in enumerate(xs):
+                with m.Case(i):
+                    if f[0] == "one":
+                        m.d.comb += x_one.eq(1)
+                    else:
+                        m.d.comb += [x_msb.eq(f[1] + f[2] - 1), x_len.eq(f[2] - 1)]
+        y_lsb, y_len, y_kind = Signal.like(p), Signal.like(cnt), Signal(2)  # one, field, dec, value
+        y_val = Signal(FW)
+        with m.Switch(ysel):
+            for i, f in enumerate(ys):
+                with m.Case(i):
+                    if f[0] == "one":
+                        m.d.comb += y_kind.eq(0)
+                    elif f[0] == "value":
+                        m.d.comb += [y_kind.eq(3), y_len.eq(len(f[1]) - 1), y_val.eq(f[1])]
+                    else:
+                        m.d.comb += [y_kind.eq(1 if f[0] == "field" else 2), y_lsb.eq(f[1]),
+                                     y_len.eq(f[2] - 1)]
+        # the bit multiplexer
+        bits = sorted({b for f in xs + ys if f[0] in ("field", "dec")
+                       for b in range(f[1], f[1] + f[2])})
+        b = Signal()
+        with m.Switch(p):
+            for i in bits:
+                with m.Case(i):
+                    m.d.comb += b.eq(w[i])
+        if any(f[0] == "value" for f in ys):
+            with m.If(y_kind == 3):
+                m.d.comb += b.eq(y_val.bit_select(p[: len(cnt)], 1))
+
+        code, queue = self._code_queue(m, opc, fields, range_err, overlap)
+
+        def on_start():
+            with m.If(self.start):
+                m.d.sync += [self.done.eq(0), k.eq(0), range_err.eq(0), overlap.eq(0),
+                             hull.eq(0), pw_cd.eq(0)]
+                m.next = "SLOT"
+
+        # (the end ``acc`` is exact when ``acc_over`` is low; else ADDRESS_RANGE decides the
+        # code and the hull and the overlap do not matter)
+        en = acc
+        en_o, st_o = en[:OW], st[:OW]
+        pov = (pw_st < en_o) & (st_o < pw_en) & ((st_o != pw_st) | (en_o != pw_en))
+        over = Signal()
+        with m.Switch(s_sp):
+            for i, sp in enumerate(SPACES):
+                with m.Case(i):
+                    m.d.comb += over.eq(acc_over | gt_const(acc, sizes[sp]))
+
+        def shift_x(bit):
+            m.d.sync += [x.eq(Cat(bit, x[:-1])), x_over.eq(x_over | x[W - 1])]
+
+        def to_y():
+            m.d.sync += [p.eq(y_lsb), cnt.eq(y_len), borrow.eq(1)]
+            m.next = "MUL"
+
+        p_up = Signal()  # the pointer counts up (MUL) or down (LOADX): one adder
+        p_step = (p + Cat(Const(1, 1), (~p_up).replicate(len(p) - 1)))[: len(p)]  # p +- 1
+
+        with m.FSM(name="check"):
+            with m.State("IDLE"):
+                on_start()
+            with m.State("SLOT"):
+                with m.If(k == NS):
+                    m.next = "FINAL"
+                with m.Elif(s_live):
+                    m.d.sync += [t.eq(0), acc.eq(0), acc_over.eq(0)]
+                    m.next = "SETUP"
+                with m.Else():
+                    m.d.sync += k.eq(k + 1)
+                on_start()
+            with m.State("SETUP"):  # term t: x = 0, point at its x source's msb
+                m.d.sync += [x.eq(0), x_over.eq(0), p.eq(x_msb), cnt.eq(x_len)]
+                with m.If(t == 1):
+                    m.d.sync += st.eq(acc)
+                m.next = "LOADX"
+                on_start()
+            with m.State("LOADX"):  # x, MSB first
+                shift_x(x_one | b)
+                m.d.sync += [p.eq(p_step), cnt.eq(cnt - 1)]
+                with m.If(x_one | (cnt == 0)):
+                    with m.If(ps_sel != 0):
+                        m.d.sync += cnt.eq(ps_sel - 1)
+                        m.next = "SCALE"
+                    with m.Else():
+                        to_y()
+                on_start()
+            with m.State("SCALE"):  # x <<= ps
+                shift_x(0)
+                m.d.sync += cnt.eq(cnt - 1)
+                with m.If(cnt == 0):
+                    to_y()
+                on_start()
+            with m.State("MUL"):  # y, LSB first: acc += x for each one bit, x <<= 1
+                yb = Signal()
+                with m.Switch(y_kind):
+                    with m.Case(0):
+                        m.d.comb += yb.eq(1)
+                    with m.Case(2):
+                        m.d.comb += yb.eq(b ^ borrow)
+                    with m.Default():
+                        m.d.comb += yb.eq(b)
+                m.d.sync += borrow.eq(borrow & ~b)
+                with m.If(yb):
+                    total = acc + x
+                    m.d.sync += [acc.eq(total[:W]), acc_over.eq(acc_over | x_over | total[W])]
+                shift_x(0)
+                m.d.comb += p_up.eq(1)
+                m.d.sync += [p.eq(p_step), cnt.eq(cnt - 1)]
+                with m.If((y_kind == 0) | (cnt == 0)):
+                    m.d.sync += t.eq(t + 1)
+                    with m.If(last):
+                        m.next = "JUDGE"
+                    with m.Else():
+                        m.next = "SETUP"
+                on_start()
+            with m.State("JUDGE"):
+                with m.If(over):
+                    m.d.sync += range_err.eq(1)
+                with m.If(s_part & pw_cd & pov):
+                    m.d.sync += overlap.eq(1)
+                with m.If(k == 0):
+                    m.d.sync += [pw_st.eq(st_o), pw_en.eq(en_o), pw_cd.eq(1)]
+                self._hull_update(m, hull, s_wr, s_sp, st, en)
+                m.d.sync += k.eq(k + 1)
+                m.next = "SLOT"
+                on_start()
+            with m.State("FINAL"):
+                m.d.sync += [
+                    self.code.eq(code),
+                    self.queue.eq(queue),
+                    self.serial.eq(is_op(*SERIAL_OPS)),
+                    self.hull.eq(hull),
+                    self.done.eq(1),
+                ]
+                m.next = "IDLE"
+                on_start()
 
 
 class Controller(wiring.Component):
@@ -732,11 +1085,13 @@ class Controller(wiring.Component):
         beats = INSTR_BYTES // bb
         axi = self.axi
         m.submodules.checker = chk = InstrChecker(cfg)
+        dev = cfg.dev_mem_bytes
+        AW = dev.bit_length()  # a fetched instruction's pc + 16 <= dev fits AW bits
 
         pc = Signal(32)
         ir = Signal(INSTR_BITS)
         m.d.comb += chk.word.eq(ir)
-        err_code = Signal(8)
+        err_code = Signal(4)  # an ErrorCode
         err_pc = Signal(32)
         err_pend = Signal()  # a fault is latched; stop dispatching
         unit_err = Signal()  # ... and it is a unit's (an executed instruction's)
@@ -793,7 +1148,7 @@ class Controller(wiring.Component):
             # command when they accept it, so ``ir`` is free after the handover.
             x_busy = Signal()
             x_q = Signal(2)
-            x_pc = Signal(32)
+            x_pc = Signal(AW - 4)  # its bits 4 .. AW-1 (the others are 0: see ``pc_next``)
             wait_prev = x_busy
             m.d.comb += all_empty.eq(~x_busy)
             for c in cmds:
@@ -805,13 +1160,18 @@ class Controller(wiring.Component):
         # ------------------------------------------------------------------ main FSM
         opc = ir[:8]
         target = data.View(instr_layout(Op.JUMP), ir).target
-        dev = cfg.dev_mem_bytes
         pc_mis = pc[:4] != 0
-        pc_range = pc > dev - INSTR_BYTES
+        pc_range = gt_const(pc, dev - INSTR_BYTES)
+        # The pc of a fetched instruction passed both checks: it is a multiple of 16 below
+        # ``dev``, so only its bits 4 .. AW-1 can be non-zero and ``pc + 16 <= dev`` fits AW bits.
+        pc_next = Cat(Const(0, 4), (pc[4:AW] + 1)[: AW - 4])
         wd_hit = Signal()  # registered (timing: it gates ``enq``): one cycle after the compare
         m.d.sync += wd_hit.eq(wd >= self.watchdog)
-        abort_code = Signal(8)  # 0: return to IDLE after the abort; else report it
-        abort_pc = Signal(32)
+        # what the abort ends in: back to IDLE (RESET), WATCHDOG at ``pc``, or the fault that
+        # was pending when the watchdog hit (``err_code``, ``err_pc``). ``pc`` and the error
+        # registers keep their values from the cycle the abort starts (see ``guard_fire``).
+        abort_kind = Signal(2)
+        AB_IDLE, AB_WATCHDOG, AB_KEEP = 0, 1, 2
         status_busy = Signal()
         status_done = Signal()
         status_err = Signal()
@@ -823,13 +1183,11 @@ class Controller(wiring.Component):
             """In every running state: CTRL.RESET and the watchdog abort (they win over
             whatever the state decided, being the last assignments to ``m.next``)."""
             with m.If(self.reset):
-                m.d.sync += [abort_code.eq(0), abort_pc.eq(pc)]
+                m.d.sync += abort_kind.eq(AB_IDLE)
                 m.next = "ABORT"
             with m.Elif(wd_hit):
-                with m.If(err_pend):  # keep the first fault, just stop waiting
-                    m.d.sync += [abort_code.eq(err_code), abort_pc.eq(err_pc)]
-                with m.Else():
-                    m.d.sync += [abort_code.eq(ErrorCode.WATCHDOG), abort_pc.eq(pc)]
+                # keep the first fault, just stop waiting; else WATCHDOG
+                m.d.sync += abort_kind.eq(Mux(err_pend, AB_KEEP, AB_WATCHDOG))
                 m.next = "ABORT"
 
         def begin():
@@ -900,7 +1258,7 @@ class Controller(wiring.Component):
                     m.next = "DONE"
                 with m.Elif(opc == Op.FENCE), m.If(all_empty):
                     m.d.comb += self.retire.eq(1)
-                    m.d.sync += pc.eq(pc + INSTR_BYTES)
+                    m.d.sync += pc.eq(pc_next)
                     m.next = "FETCH"
                 with m.Elif(opc == Op.JUMP):
                     m.d.comb += self.retire.eq(1)
@@ -908,7 +1266,7 @@ class Controller(wiring.Component):
                     m.next = "FETCH"
                 with m.Elif(chk.queue == 3):  # NOP
                     m.d.comb += self.retire.eq(1)
-                    m.d.sync += pc.eq(pc + INSTR_BYTES)
+                    m.d.sync += pc.eq(pc_next)
                     m.next = "FETCH"
                 with m.Elif(~queue_full):
                     if D:
@@ -916,7 +1274,7 @@ class Controller(wiring.Component):
                         with m.If(chk.serial):
                             m.next = "SERIAL"
                         with m.Else():
-                            m.d.sync += pc.eq(pc + INSTR_BYTES)
+                            m.d.sync += pc.eq(pc_next)
                             m.next = "FETCH"
                     else:
                         go = Signal()
@@ -927,8 +1285,8 @@ class Controller(wiring.Component):
                                                  go.eq(cmds[q].valid & cmds[q].ready)]
                         with m.If(go):
                             m.d.comb += self.retire.eq(1)
-                            m.d.sync += [x_busy.eq(1), x_q.eq(chk.queue), x_pc.eq(pc),
-                                         pc.eq(pc + INSTR_BYTES)]
+                            m.d.sync += [x_busy.eq(1), x_q.eq(chk.queue), x_pc.eq(pc[4:AW]),
+                                         pc.eq(pc_next)]
                             m.next = "FETCH"
                 run_guard()
             if D:
@@ -937,7 +1295,7 @@ class Controller(wiring.Component):
                         with m.If(err_pend):
                             m.next = "DRAIN"
                         with m.Else():
-                            m.d.sync += pc.eq(pc + INSTR_BYTES)
+                            m.d.sync += pc.eq(pc_next)
                             m.next = "FETCH"
                     run_guard()
             with m.State("DRAIN"):
@@ -947,16 +1305,17 @@ class Controller(wiring.Component):
             with m.State("ABORT"):
                 m.d.comb += aborting.eq(1)
                 with m.If(self.reset):
-                    m.d.sync += abort_code.eq(0)
+                    m.d.sync += abort_kind.eq(AB_IDLE)
                 with m.If(self.load_idle & self.store_idle & ~f_out & ~ar_valid):
                     clear_queues()
                     m.d.sync += unit_err.eq(0)
-                    with m.If(self.reset | (abort_code == 0)):
+                    with m.If(self.reset | (abort_kind == AB_IDLE)):
                         m.d.sync += [err_pend.eq(0), err_code.eq(0), err_pc.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [err_pend.eq(1), err_code.eq(abort_code),
-                                     err_pc.eq(abort_pc)]
+                        m.d.sync += err_pend.eq(1)
+                        with m.If(abort_kind == AB_WATCHDOG):
+                            m.d.sync += [err_code.eq(ErrorCode.WATCHDOG), err_pc.eq(pc)]
                         m.next = "ERROR"
 
         is_running = Signal()
@@ -974,7 +1333,7 @@ class Controller(wiring.Component):
                                                                         errs[q])]
             with m.If(x_busy & x_done & ~aborting):
                 m.d.sync += x_busy.eq(0)
-            upc = [x_pc] * len(QUEUES)
+            upc = [Cat(Const(0, 4), x_pc)] * len(QUEUES)
         # Unit faults, after the FSM's assignments so that they win: an instruction a unit
         # ran is older than the one the front end is fetching or checking, so its fault
         # replaces a fault the front end latched meanwhile (sequential semantics); the first
@@ -986,6 +1345,10 @@ class Controller(wiring.Component):
                                  err_code.eq(ErrorCode.BUS_ERROR if q < 2 else self.comp_code)]
         with m.If(is_running):
             m.d.sync += wd.eq(wd + 1)
+        # The cycle an abort starts (run_guard): ``pc`` and the error registers keep their
+        # values (whatever the state or a unit fault would write), as the abort reports them.
+        with m.If(is_running & (self.reset | wd_hit)):
+            m.d.sync += [pc.eq(pc), err_code.eq(err_code), err_pc.eq(err_pc)]
 
         m.d.comb += [
             status_busy.eq(~status_done & ~status_err & (is_running | aborting)),
