@@ -205,6 +205,91 @@ def test_checker_matches_golden_checks():
             assert seen.get(int(c), 0) >= 20, (cfg_name, seen)
 
 
+def test_checker_range_ends_at_space_end():
+    """InstrChecker on instructions one of whose ranges ends exactly at its space's end, one
+    alignment unit before or after it (off-by-one errors in every range length), against
+    golden's error code."""
+    import random
+
+    from amaranth.sim import Simulator
+    from tritium.rtl.controller import InstrChecker
+
+    from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode, footprint
+
+    for cfg_name in CONFIGS:
+        cfg = PRESETS[cfg_name]
+        rnd = random.Random(2)
+        sizes = {"DRAM": cfg.dev_mem_bytes, "SPAD": cfg.spad_bytes, "ACC": cfg.acc_bytes}
+        unit = max(4, cfg.bus_bytes)
+        ops = [op for op in Op if op in (Op.LOAD, Op.STORE) or op.name.startswith(("GEMM", "V"))]
+        words = []
+        while len(words) < 600:
+            op = rnd.choice(ops)
+            f = {fl.name: 0 for fl in FORMATS[op]}
+            for name in ("rows", "m"):
+                if name in f:
+                    f[name] = rnd.randint(1, 9)
+            for name in ("n", "k", "row_bytes"):
+                if name in f:
+                    f[name] = 8 * rnd.randint(1, 6)
+            if "stride" in f:
+                f["stride"] = f["row_bytes"] + unit * rnd.randint(0, 3)
+            if "space" in f:
+                f["space"] = rnd.randint(0, 1)
+            if op == Op.GEMM_LUT:
+                f["bits"] = rnd.randint(1, max(1, cfg.lut_max_bits))
+            if op == Op.VREQ:
+                f["per_channel"] = rnd.randint(0, 1)
+            if "accumulate" in f:
+                f["accumulate"] = rnd.randint(0, 1)
+            addr = [n for n in ("dram", "loc", "a", "w", "c", "src", "src2", "dst", "param")
+                    if n in f]
+            for n in addr:  # disjoint operands, spread over their spaces
+                f[n] = unit * rnd.randint(0, 64) + (256 * addr.index(n) if n != "dram" else 0)
+            reads, writes = footprint(Instr.make(op, **f))
+            sp, start, end = rnd.choice(reads + writes)
+            names = [n for n in addr if f[n] == start]
+            if not names:
+                continue
+            v = start + sizes[sp] - end + rnd.choice([-unit, 0, unit])
+            if v < 0 or v >= 1 << 20:
+                continue
+            f[rnd.choice(names)] = v
+            words.append(encode(Instr.make(op, **f)))
+        dut = InstrChecker(cfg)
+        got = []
+
+        async def tb(ctx, words=words, got=got, dut=dut):
+            for w in words:
+                ctx.set(dut.word, w)
+                ctx.set(dut.start, 1)
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                while not ctx.get(dut.done):
+                    await ctx.tick()
+                got.append(ctx.get(dut.code))
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(tb)
+        sim.run()
+        dev = golden.GoldenDevice(cfg)
+        seen = {}
+        for w, code in zip(words, got):
+            try:
+                try:
+                    ins = decode(w)
+                except DecodeError:
+                    raise golden.DeviceError(ErrorCode.INVALID_OPCODE, 0, "") from None
+                dev.check(ins, 0)
+                exp = 0
+            except golden.DeviceError as e:
+                exp = int(e.code)
+            assert code == exp, (cfg_name, decode(w), code, exp)
+            seen[exp] = seen.get(exp, 0) + 1
+        assert seen.get(0, 0) >= 100 and seen.get(int(ErrorCode.ADDRESS_RANGE), 0) >= 100, seen
+
+
 # ----------------------------------------------------------------------------- RTL
 @pytest.mark.parametrize("cfg_name", CONFIGS)
 def test_top_random_programs(cfg_name):
