@@ -49,7 +49,9 @@ reported in the order they finish). The watchdog (cycles since START >= CSR WATC
 the compare is registered) and CTRL.RESET abort:
 compute units are reset, the DMA units and the fetch port finish their outstanding AXI bursts
 without writing, the queues are emptied; the watchdog then reports WATCHDOG at the pc of the
-instruction being fetched/dispatched, RESET returns to idle.
+instruction being fetched/dispatched (or the fault already pending), RESET returns to idle. In
+the cycle an abort starts, the pc and the error registers keep their values (no copies of them
+are kept for the abort).
 
 Limitation: instruction fetch does not wait for queued STOREs, so a program that stores over
 its own upcoming instructions must FENCE first (no tritium tool emits such code).
