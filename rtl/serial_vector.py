@@ -14,15 +14,12 @@ from tritium import isa
 
 from .vector import (
     _ACC,
-    _CLS_I8,
-    _CLS_I32,
-    _CLS_Q127,
+    _Q_BITS,
     _SPAD,
     VECTOR_OPS,
     VectorUnitBase,
     _Ctx,
-    _requant_clamp,
-    _requant_shift,
+    _rshift_sat,
     _SeqMath,
 )
 
@@ -159,7 +156,9 @@ class SerialVectorUnit(VectorUnitBase):
 
         # ---------------------------------------------------------------- registers
         preg = Signal(signed(32))  # Y: M0, the row scale (VSCALE) or 1
-        ts_reg = Signal(6)  # rounding shift: 31 - shift, 24 (VQUANT, VSOFTMAX), 7 (VGATE), 0
+        # rounding shift ts - 1 (ts: 31 - shift, 24 for VQUANT, VSOFTMAX, 7 for VGATE; 0 for the
+        # ops without rounding)
+        ts_reg = Signal(6)
         # VRMS sum of squares (then the row's isqrt(ss << 16)), VSOFTMAX exp sum, VARGMAX index
         # of the max
         rsum = Signal(32)
@@ -297,7 +296,7 @@ class SerialVectorUnit(VectorUnitBase):
         with m.If(rvalid):
             m.d.sync += kc.eq(Mux(kc == big_k, 0, kc + 1))
         shift_in = Signal(6)
-        m.d.comb += shift_in.eq(31 - rdata[:6])
+        m.d.comb += shift_in.eq(30 - rdata[:6])
         with m.If(rvalid), m.Switch(state):
             with m.Case(_PARAM):
                 with m.If(kc == 0):
@@ -382,12 +381,30 @@ class SerialVectorUnit(VectorUnitBase):
         inject = Signal()
         inject_data = Signal(16)
 
-        ts = Mux(re, 0, ts_reg)
-        cls = Mux(re | out_acc, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))
-        val = _requant_shift(m, prod, ts)
-        yout = _requant_clamp(m, val, ts != 0, ctx.zp, cls)
+        # Output stage. ACC words (VADD32, VSCALE, row-end words): the int32 saturation of the
+        # product. Bytes: ((p >> (ts - 1)) + 1) >> 1) + zp for the ops that round (ts >= 1),
+        # else p, clamped to int8 (VQUANT: [-127, 127]); p >> (ts - 1) only matters saturated
+        # to _Q_BITS bits (see tritium.rtl.vector._requant_shift).
         wr_acc = Signal()
         m.d.comb += wr_acc.eq(re | out_acc)
+        rnd = (is_[Op.VREQ] | is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VGATE]
+               | is_[Op.VSOFTMAX])
+        q = _rshift_sat(m, prod, ts_reg, _Q_BITS)
+        hi33 = prod[31:]
+        sat32 = Signal(32)
+        m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), prod[:32],
+                                 Mux(prod[-1], -(2**31), 2**31 - 1)))
+        r10 = Signal(signed(_Q_BITS))
+        t12 = Signal(signed(12))
+        lo8 = Signal(signed(8))
+        y8 = Signal(signed(8))
+        m.d.comb += [
+            r10.eq((q + 1) >> 1),
+            t12.eq(Mux(rnd, r10 + ctx.zp, q)),
+            lo8.eq(Mux(is_[Op.VQUANT], -127, -128)),
+            y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
+        ]
+        yout = Mux(wr_acc, sat32, y8)
         wr_ok = Signal()
         m.d.comb += [
             self.sp_wr.valid.eq((e_state == _E_OUT) & ~wr_acc),
@@ -445,7 +462,7 @@ class SerialVectorUnit(VectorUnitBase):
             # R = (127 << 24) // m or // max(sum, 1)
             seq.x.eq(Mux(state == _RE_SQRT, ctx.n, rsum)),
             seq.num.eq(Mux(is_[Op.VRMS], seq.root << 15, 127 << 24)),
-            seq.den.eq(Mux(is_[Op.VQUANT], m_q, Mux(rsum == 0, 1, rsum))),
+            seq.den.eq(Mux(rsum == 0, 1, rsum)),  # VQUANT: m (rsum is free)
         ]
 
         def begin(st):  # enter a pass
@@ -460,8 +477,8 @@ class SerialVectorUnit(VectorUnitBase):
                     wptr.eq(ctx.base["dst"]),
                     rptr.eq(addr),
                     preg.eq(1),
-                    ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 24,
-                                  Mux(is_[Op.VGATE], 7, 0))),
+                    ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 23,
+                                  Mux(is_[Op.VGATE], 6, 0))),
                     rowbase.eq(0),
                 ]
                 with m.If((is_[Op.VREQ] & ~ctx.pc) | is_[Op.VMUL] | is_[Op.VRMS]):
@@ -489,6 +506,7 @@ class SerialVectorUnit(VectorUnitBase):
                     m.d.sync += state.eq(_RE_SQRT)
                 with m.Elif(is_[Op.VQUANT]):
                     m.d.comb += [inject.eq(1), inject_data.eq(m_q), seq.start_div.eq(1)]
+                    m.d.sync += rsum.eq(m_q)
                     m.d.sync += state.eq(_RE_DIV)
                 with m.Else():  # VARGMAX
                     m.d.comb += [inject.eq(1), inject_data.eq(rsum[:16])]
