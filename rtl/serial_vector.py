@@ -8,7 +8,7 @@ on one 16x16 multiplier. ``AcceleratorConfig.vector_serial`` selects it (the ``t
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed
 
 from tritium import isa
 
@@ -20,7 +20,6 @@ from .vector import (
     VectorUnitBase,
     _Ctx,
     _rshift_sat,
-    _SeqMath,
 )
 
 __all__ = ["SerialVectorUnit"]
@@ -49,9 +48,65 @@ _MAIN_READS: dict[Op, tuple[tuple[int, str, str], ...]] = {
     Op.VSOFTMAX: ((_SPAD, "src", "i"), (_SPAD, "src2", "t"), (_SPAD, "src2", "t")),
     Op.VARGMAX: (),
 }
-_VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "param", "nc"))
+# per-channel VREQ: rptr = param + 4 n, the shift words
+_VREQ_PC_READS = ((_ACC, "src", "i"), (_ACC, "param", "c"), (_ACC, "rptr", "c"))
 _BASES = ("src", "src2", "dst", "param", "rptr")
-_INDEXES = ("i", "c", "t", "k", "nc")
+_INDEXES = ("i", "c", "t", "k", "n")
+
+
+class _SerialMath(Elaboratable):
+    """Sequential ``root = isqrt(x << 16)`` (24 cycles) and ``q = num // den`` (32 cycles, one
+    quotient bit per cycle) on one subtractor, like :class:`tritium.rtl.vector._SeqMath` but
+    for the two numerators :class:`SerialVectorUnit` divides, which are not loaded: their bits
+    are brought down as the division runs, ``127 << 24`` from the cycle count and (with
+    ``num_root``) ``root << 15`` from ``root`` itself, which shifts out (``root < 2**16`` then:
+    the root of ``n << 16``). ``x`` is sampled on ``start_sqrt``; ``den`` is not registered (the
+    caller keeps it steady through the division); ``busy`` is high from the next cycle until
+    the result is ready.
+    """
+
+    def __init__(self):
+        self.x = Signal(32)
+        self.den = Signal(32)
+        self.num_root = Signal()
+        self.start_sqrt = Signal()
+        self.start_div = Signal()
+        self.busy = Signal()
+        self.root = Signal(24)
+        self.q = Signal(32)  # the radicand shifts out, two bits a cycle; quotient bits shift in
+
+    def elaborate(self, platform):
+        m = Module()
+        rem = Signal(33)
+        sqrt = Signal()
+        cnt = Signal(range(33))
+        bring = Signal()  # the numerator's bit (cnt - 1)
+        rem2 = Signal(34)
+        sub = Signal(33)
+        diff = Signal(35)
+        m.d.comb += [
+            bring.eq(Mux(self.num_root, self.root[16], (cnt >= 25) & (cnt != 32))),
+            rem2.eq(Mux(sqrt, Cat(self.q[-2:], rem), Cat(bring, rem))),
+            sub.eq(Mux(sqrt, Cat(Const(1, 2), self.root), self.den)),
+            diff.eq(rem2 - sub),
+        ]
+        ge = ~diff[-1]
+        with m.If(self.start_sqrt):
+            m.d.sync += [self.q.eq(self.x), self.root.eq(0), sqrt.eq(1), cnt.eq(24)]
+        with m.Elif(self.start_div):
+            m.d.sync += [sqrt.eq(0), cnt.eq(32)]
+        with m.Elif(self.busy):
+            m.d.sync += [
+                cnt.eq(cnt - 1),
+                rem.eq(Mux(ge, diff, rem2)),
+                self.root.eq(Cat(ge & sqrt, self.root)),
+                self.q.eq(Mux(sqrt, self.q << 2, Cat(ge, self.q))),
+            ]
+            with m.If(cnt == 1):
+                m.d.sync += self.busy.eq(0)
+        with m.If(self.start_sqrt | self.start_div):
+            m.d.sync += [rem.eq(0), self.busy.eq(1)]
+        return m
 
 
 class SerialVectorUnit(VectorUnitBase):
@@ -147,7 +202,7 @@ class SerialVectorUnit(VectorUnitBase):
         depth = self.depth
         ctx = _Ctx(aw)
         is_ = ctx.is_
-        m.submodules.seq = seq = _SeqMath(hold_den=True)  # den: root, m or sum, steady
+        m.submodules.seq = seq = _SerialMath()  # den: root, m or sum, steady
 
         state = Signal(range(13))
         accept, known = ctx.command(m, self.cmd, self.busy)
@@ -199,10 +254,10 @@ class SerialVectorUnit(VectorUnitBase):
             with m.Case(_START):  # no read: the address adder gives rptr its start (k == 0)
                 m.d.comb += [
                     space.eq(_ACC),
-                    base_sel.eq(Mux(is_[Op.VQUANT], _BASES.index("param"),
+                    base_sel.eq(Mux(is_[Op.VQUANT] | pc, _BASES.index("param"),
                                     Mux(is_[Op.VSCALE], _BASES.index("src2"),
                                         _BASES.index("dst")))),
-                    idx_sel.eq(_INDEXES.index("k")),
+                    idx_sel.eq(Mux(pc, _INDEXES.index("n"), _INDEXES.index("k"))),
                 ]
             with m.Case(_PARAM):
                 m.d.comb += one_elem.eq(1)
@@ -242,7 +297,7 @@ class SerialVectorUnit(VectorUnitBase):
                 with m.Case(j):
                     m.d.comb += base.eq(bases[b])
         with m.Switch(idx_sel):
-            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, ctx.n + c))):
+            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, ctx.n))):
                 assert _INDEXES[j] == ix
                 with m.Case(j):
                     m.d.comb += idx.eq(v)
@@ -316,7 +371,7 @@ class SerialVectorUnit(VectorUnitBase):
                     with m.If(kc == 2):
                         m.d.sync += ts_reg.eq(shift_in)
                 with m.Else():
-                    with m.If(kc == 1):
+                    with m.If((kc == 1) | (state == _RED1)):
                         m.d.sync += slot1.eq(rdata[:8])
                     with m.If(kc == 2):
                         m.d.sync += slot2.eq(rdata[:8])
@@ -332,14 +387,14 @@ class SerialVectorUnit(VectorUnitBase):
         with m.If(rvalid & (state == _RED1) & (rv > rmax)):
             m.d.sync += rmax.eq(rv)
             with m.If(is_[Op.VARGMAX]):
-                m.d.sync += rsum.eq((c - outst)[:16])
+                m.d.sync += rsum.eq(wptr)
         m.d.sync += red_d.eq(elem_done & (((state == _RED1) & is_[Op.VRMS]) | (state == _RED2)))
         # the 9x9 product: x*x (VRMS sums), x*g (VRMS), a*b (VMUL), max(f, 0) * (h - c) (VGATE)
         sp = Signal(signed(18))
         b8 = slot1.as_signed()
         m.d.comb += sp.eq(
             Mux(is_[Op.VGATE], Mux(x8 < 0, 0, x8), x8)
-            * Mux(is_[Op.VGATE], slot2.as_signed() - b8, Mux(state == _RED1, x8, b8))
+            * Mux(is_[Op.VGATE], slot2.as_signed() - b8, b8)
         )
         with m.If(red_d):
             m.d.sync += rsum.eq(rsum + Mux(is_[Op.VRMS], sp[:15], Cat(slot1, slot2)))
@@ -415,6 +470,8 @@ class SerialVectorUnit(VectorUnitBase):
             self.ac_wr.payload.data.eq(yout),
             wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
         ]
+        with m.If(rvalid & is_[Op.VARGMAX]):  # VARGMAX: wptr counts the row's responses
+            m.d.sync += wptr.eq(wptr + 1)
         with m.If(wr_ok):
             with m.If(re):
                 m.d.sync += rptr.eq(rptr + 4)
@@ -461,7 +518,7 @@ class SerialVectorUnit(VectorUnitBase):
             # r = (isqrt(n << 16) << 15) // max(isqrt(ss << 16), 1); VQUANT, VSOFTMAX:
             # R = (127 << 24) // m or // max(sum, 1)
             seq.x.eq(Mux(state == _RE_SQRT, ctx.n, rsum)),
-            seq.num.eq(Mux(is_[Op.VRMS], seq.root << 15, 127 << 24)),
+            seq.num_root.eq(is_[Op.VRMS]),
             seq.den.eq(Mux(rsum == 0, 1, rsum)),  # VQUANT: m (rsum is free)
         ]
 
@@ -488,6 +545,8 @@ class SerialVectorUnit(VectorUnitBase):
             with m.Case(_PARAM), m.If(pass_end):
                 m.d.sync += state.eq(_ROW)
             with m.Case(_ROW):
+                with m.If(is_[Op.VARGMAX]):
+                    m.d.sync += wptr.eq(0)
                 with m.If(is_[Op.VSCALE]):
                     begin(_SCALE)
                 with m.Elif(has_red):
