@@ -14,7 +14,6 @@ from tritium import isa
 
 from .vector import (
     _ACC,
-    _Q_BITS,
     _SPAD,
     VECTOR_OPS,
     VectorUnitBase,
@@ -55,14 +54,15 @@ _INDEXES = ("i", "c", "t", "k", "n")
 
 
 class _SerialMath(Elaboratable):
-    """Sequential ``root = isqrt(x << 16)`` (24 cycles) and ``q = num // den`` (32 cycles, one
-    quotient bit per cycle) on one subtractor, like :class:`tritium.rtl.vector._SeqMath` but
-    for the two numerators :class:`SerialVectorUnit` divides, which are not loaded: their bits
-    are brought down as the division runs, ``127 << 24`` from the cycle count and (with
-    ``num_root``) ``root << 15`` from ``root`` itself, which shifts out (``root < 2**16`` then:
-    the root of ``n << 16``). ``x`` is sampled on ``start_sqrt``; ``den`` is not registered (the
-    caller keeps it steady through the division); ``busy`` is high from the next cycle until
-    the result is ready.
+    """Sequential ``root = isqrt(x << 16)`` (48 cycles) and ``q = num // den`` (32 cycles) on
+    one subtractor and one remainder, like :class:`tritium.rtl.vector._SeqMath`, but bringing
+    down one bit a cycle for both (the root's trial subtraction every second cycle), and for
+    the two numerators :class:`SerialVectorUnit` divides, which are not loaded: their bits are
+    brought down as the division runs, ``127 << 24`` from the cycle count and (with
+    ``num_root``) ``root << 15`` from ``root`` itself, which shifts out (``root < 2**16``
+    then: the root of ``n << 16``). ``x`` is sampled on ``start_sqrt``; ``den`` is not
+    registered (the caller keeps it steady through the division); ``busy`` is high from the
+    next cycle until the result is ready.
     """
 
     def __init__(self):
@@ -73,35 +73,39 @@ class _SerialMath(Elaboratable):
         self.start_div = Signal()
         self.busy = Signal()
         self.root = Signal(24)
-        self.q = Signal(32)  # the radicand shifts out, two bits a cycle; quotient bits shift in
+        self.q = Signal(32)  # the radicand shifts out as quotient bits shift in
 
     def elaborate(self, platform):
         m = Module()
         rem = Signal(33)
         sqrt = Signal()
-        cnt = Signal(range(33))
-        bring = Signal()  # the numerator's bit (cnt - 1)
+        cnt = Signal(range(49))
+        bring = Signal()  # the next bit of the radicand / numerator (bit cnt - 1)
         rem2 = Signal(34)
         sub = Signal(33)
         diff = Signal(35)
+        trial = Signal()
         m.d.comb += [
-            bring.eq(Mux(self.num_root, self.root[16], (cnt >= 25) & (cnt != 32))),
-            rem2.eq(Mux(sqrt, Cat(self.q[-2:], rem), Cat(bring, rem))),
+            bring.eq(Mux(sqrt, self.q[-1],
+                         Mux(self.num_root, self.root[16], (cnt >= 25) & (cnt != 32)))),
+            rem2.eq(Cat(bring, rem)),
             sub.eq(Mux(sqrt, Cat(Const(1, 2), self.root), self.den)),
             diff.eq(rem2 - sub),
+            trial.eq(~sqrt | cnt[0]),
         ]
         ge = ~diff[-1]
         with m.If(self.start_sqrt):
-            m.d.sync += [self.q.eq(self.x), self.root.eq(0), sqrt.eq(1), cnt.eq(24)]
+            m.d.sync += [self.q.eq(self.x), self.root.eq(0), sqrt.eq(1), cnt.eq(48)]
         with m.Elif(self.start_div):
             m.d.sync += [sqrt.eq(0), cnt.eq(32)]
         with m.Elif(self.busy):
             m.d.sync += [
                 cnt.eq(cnt - 1),
-                rem.eq(Mux(ge, diff, rem2)),
-                self.root.eq(Cat(ge & sqrt, self.root)),
-                self.q.eq(Mux(sqrt, self.q << 2, Cat(ge, self.q))),
+                rem.eq(Mux(ge & trial, diff, rem2)),
+                self.q.eq(Cat(ge & ~sqrt, self.q)),
             ]
+            with m.If(trial):
+                m.d.sync += self.root.eq(Cat(ge & sqrt, self.root))
             with m.If(cnt == 1):
                 m.d.sync += self.busy.eq(0)
         with m.If(self.start_sqrt | self.start_div):
@@ -189,7 +193,7 @@ class SerialVectorUnit(VectorUnitBase):
             Op.VMUL: rows * (5 * n + 7) + 6,
             Op.VSCALE: rows * (5 * n + 9) + 2,
             Op.VACT: rows * (5 * n + 8) + 2,
-            Op.VRMS: rows * (10 * n + 93) + 6,
+            Op.VRMS: rows * (10 * n + 141) + 6,
             Op.VQUANT: rows * (6 * n + 41) + 2,
             Op.VGATE: rows * (5 * n + 8) + 2,
             Op.VSOFTMAX: rows * (12 * n + 47) + 2,
@@ -419,7 +423,8 @@ class SerialVectorUnit(VectorUnitBase):
         pp = Signal(signed(34))
         m.d.comb += pp.eq(ma * mb)
         # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
-        acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
+        # (acc is cleared when the element is taken)
+        acc_in = Mux(mstep[0], acc >> 16, acc)
 
         # what the executor takes: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
         # product (VGATE: f * (h - c) + 128 c, rounded by ts = 7 to the gate's
@@ -444,20 +449,21 @@ class SerialVectorUnit(VectorUnitBase):
         m.d.comb += wr_acc.eq(re | out_acc)
         rnd = (is_[Op.VREQ] | is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VGATE]
                | is_[Op.VSOFTMAX])
-        q = _rshift_sat(m, prod, ts_reg, _Q_BITS)
+        # 10 bits suffice: a saturated q rounds to +-256, still out of int8 after + zp
+        q = _rshift_sat(m, prod, ts_reg, 10)
         hi33 = prod[31:]
         sat32 = Signal(32)
         m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), prod[:32],
                                  Mux(prod[-1], -(2**31), 2**31 - 1)))
-        r10 = Signal(signed(_Q_BITS))
-        t12 = Signal(signed(12))
-        lo8 = Signal(signed(8))
-        y8 = Signal(signed(8))
+        # ((q + 1) >> 1) + zp = (q + 2 zp + 1) >> 1; then the int8 clamp from the high bits
+        t = Signal(signed(10))
+        y = Signal(8)
+        y8 = Signal(8)
+        hi = t[7:]
         m.d.comb += [
-            r10.eq((q + 1) >> 1),
-            t12.eq(Mux(rnd, r10 + ctx.zp, q)),
-            lo8.eq(Mux(is_[Op.VQUANT], -127, -128)),
-            y8.eq(Mux(t12 > 127, 127, Mux(t12 < lo8, lo8, t12))),
+            t.eq(Mux(rnd, (q + Cat(Const(1, 1), ctx.zp).as_signed()) >> 1, q)),
+            y.eq(Mux((hi != 0) & (hi != 0b111), Mux(t[-1], 0x80, 0x7F), t[:8])),
+            y8.eq(Cat(y[0] | (is_[Op.VQUANT] & (y == 0x80)), y[1:])),  # VQUANT: >= -127
         ]
         yout = Mux(wr_acc, sat32, y8)
         wr_ok = Signal()
@@ -485,6 +491,7 @@ class SerialVectorUnit(VectorUnitBase):
         with m.If(take | inject):
             m.d.sync += [
                 xreg.eq(Mux(inject, inject_data, xnew)),
+                acc.eq(0),
                 e_state.eq(_E_MUL),
                 mstep.eq(0),
                 second.eq(~inject & is_[Op.VRMS]),
