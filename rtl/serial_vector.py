@@ -418,13 +418,13 @@ class SerialVectorUnit(VectorUnitBase):
                              seq.q, preg))
         # one 17x17 signed multiplier: X half mstep[1] times Y half mstep[0] (high halves signed)
         hx, hy = mstep[1], mstep[0]
-        ma = Cat(Mux(hx, xreg[16:32], xreg[:16]), hx & xreg[32]).as_signed()
+        xop = Mux(is_[Op.VRMS] & ~second, Cat(lo0, lo1, lo1[15]), xreg)
+        ma = Cat(Mux(hx, xop[16:32], xop[:16]), hx & xop[32]).as_signed()
         mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
         pp = Signal(signed(34))
         m.d.comb += pp.eq(ma * mb)
         # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
-        # (acc is cleared when the element is taken)
-        acc_in = Mux(mstep[0], acc >> 16, acc)
+        acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
 
         # what the executor takes: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
         # product (VGATE: f * (h - c) + 128 c, rounded by ts = 7 to the gate's
@@ -491,7 +491,6 @@ class SerialVectorUnit(VectorUnitBase):
         with m.If(take | inject):
             m.d.sync += [
                 xreg.eq(Mux(inject, inject_data, xnew)),
-                acc.eq(0),
                 e_state.eq(_E_MUL),
                 mstep.eq(0),
                 second.eq(~inject & is_[Op.VRMS]),
@@ -503,8 +502,8 @@ class SerialVectorUnit(VectorUnitBase):
                 m.d.sync += lo0.eq(acc[:16])
             with m.If(mstep == 3):
                 m.d.sync += lo1.eq(acc[:16])
-                with m.If(second):
-                    m.d.sync += [xreg.eq(Cat(lo0, acc[:16]).as_signed()), second.eq(0)]
+                with m.If(second):  # VRMS: t = {lo1, lo0} is X of the multiply by M0
+                    m.d.sync += second.eq(0)
                 with m.Else():
                     m.d.sync += e_state.eq(_E_OUT)
         with m.Elif(wr_ok):
