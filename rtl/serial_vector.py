@@ -289,10 +289,10 @@ class SerialVectorUnit(VectorUnitBase):
         # table index: VACT x + 128, VSOFTMAX 2 * clamp(x - max + 128, 0, 255) + byte
         x8 = slot0[:8].as_signed()
         d_sm = Signal(signed(10))
-        m.d.comb += d_sm.eq(x8 - rmax[:8].as_signed() + 128)
+        m.d.comb += d_sm.eq(x8 - rmax[:8].as_signed() + 128)  # VACT: rmax = 0, x + 128
         tidx = Signal(9)
-        m.d.comb += tidx.eq(Mux(is_[Op.VACT], slot0[:8] ^ 0x80,
-                                Cat(k[1], Mux(d_sm < 0, 0, d_sm[:8]))))
+        d8 = Mux(d_sm < 0, 0, d_sm[:8])
+        m.d.comb += tidx.eq(Mux(is_[Op.VACT], d8, Cat(k[1], d8)))
         base = Signal(aw)
         idx = Signal(17)
         bases = {**ctx.base, "rptr": rptr}
@@ -400,8 +400,6 @@ class SerialVectorUnit(VectorUnitBase):
             Mux(is_[Op.VGATE], Mux(x8 < 0, 0, x8), x8)
             * Mux(is_[Op.VGATE], slot2.as_signed() - b8, b8)
         )
-        with m.If(red_d):
-            m.d.sync += rsum.eq(rsum + Mux(is_[Op.VRMS], sp[:15], Cat(slot1, slot2)))
 
         # ---------------------------------------------------------------- executor
         xreg = Signal(signed(33))
@@ -436,6 +434,8 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.comb += xnew.eq(Cat(slot1, slot2))
         with m.Else():
             m.d.comb += xnew.eq(slot0)
+        with m.If(red_d):
+            m.d.sync += rsum.eq(rsum + xnew[:16])  # VRMS x * x, VSOFTMAX the exp entry
         m_q = Signal(8)  # VQUANT m = max(max |x|, 1)
         m.d.comb += m_q.eq(Mux(rmax == 0, 1, rmax))
         inject = Signal()
@@ -553,11 +553,11 @@ class SerialVectorUnit(VectorUnitBase):
             with m.Case(_ROW):
                 with m.If(is_[Op.VARGMAX]):
                     m.d.sync += wptr.eq(0)
+                m.d.sync += [rsum.eq(0), rmax.eq(Mux(is_[Op.VQUANT] | is_[Op.VACT], 0, -128))]
                 with m.If(is_[Op.VSCALE]):
                     begin(_SCALE)
                 with m.Elif(has_red):
                     begin(_RED1)
-                    m.d.sync += [rsum.eq(0), rmax.eq(Mux(is_[Op.VQUANT], 0, -128))]
                 with m.Else():
                     begin(_MAIN)
             with m.Case(_SCALE), m.If(pass_end):
