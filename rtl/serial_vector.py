@@ -390,8 +390,9 @@ class SerialVectorUnit(VectorUnitBase):
         m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (r8 < 0), -r8, r8))
         with m.If(rvalid & (state == _RED1) & (rv > rmax)):
             m.d.sync += rmax.eq(rv)
-            with m.If(is_[Op.VARGMAX]):
-                m.d.sync += rsum.eq(wptr)
+            # VARGMAX: the index; VQUANT: m = max(max |x|, 1) (rmax, rsum start at 1)
+            with m.If(is_[Op.VARGMAX] | is_[Op.VQUANT]):
+                m.d.sync += rsum.eq(Mux(is_[Op.VARGMAX], wptr, rv))
         m.d.sync += red_d.eq(elem_done & (((state == _RED1) & is_[Op.VRMS]) | (state == _RED2)))
         # the 9x9 product: x*x (VRMS sums), x*g (VRMS), a*b (VMUL), max(f, 0) * (h - c) (VGATE)
         sp = Signal(signed(18))
@@ -436,10 +437,7 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.comb += xnew.eq(slot0)
         with m.If(red_d):
             m.d.sync += rsum.eq(rsum + xnew[:16])  # VRMS x * x, VSOFTMAX the exp entry
-        m_q = Signal(8)  # VQUANT m = max(max |x|, 1)
-        m.d.comb += m_q.eq(Mux(rmax == 0, 1, rmax))
         inject = Signal()
-        inject_data = Signal(16)
 
         # Output stage. ACC words (VADD32, VSCALE, row-end words): the int32 saturation of the
         # product. Bytes: ((p >> (ts - 1)) + 1) >> 1) + zp for the ops that round (ts >= 1),
@@ -490,7 +488,7 @@ class SerialVectorUnit(VectorUnitBase):
         ]
         with m.If(take | inject):
             m.d.sync += [
-                xreg.eq(Mux(inject, inject_data, xnew)),
+                xreg.eq(Mux(inject, rsum[:16], xnew)),
                 e_state.eq(_E_MUL),
                 mstep.eq(0),
                 second.eq(~inject & is_[Op.VRMS]),
@@ -553,7 +551,10 @@ class SerialVectorUnit(VectorUnitBase):
             with m.Case(_ROW):
                 with m.If(is_[Op.VARGMAX]):
                     m.d.sync += wptr.eq(0)
-                m.d.sync += [rsum.eq(0), rmax.eq(Mux(is_[Op.VQUANT] | is_[Op.VACT], 0, -128))]
+                m.d.sync += [
+                    rsum.eq(is_[Op.VQUANT]),
+                    rmax.eq(Mux(is_[Op.VQUANT], 1, Mux(is_[Op.VACT], 0, -128))),
+                ]
                 with m.If(is_[Op.VSCALE]):
                     begin(_SCALE)
                 with m.Elif(has_red):
@@ -570,11 +571,10 @@ class SerialVectorUnit(VectorUnitBase):
                     m.d.comb += seq.start_sqrt.eq(1)
                     m.d.sync += state.eq(_RE_SQRT)
                 with m.Elif(is_[Op.VQUANT]):
-                    m.d.comb += [inject.eq(1), inject_data.eq(m_q), seq.start_div.eq(1)]
-                    m.d.sync += rsum.eq(m_q)
+                    m.d.comb += [inject.eq(1), seq.start_div.eq(1)]
                     m.d.sync += state.eq(_RE_DIV)
                 with m.Else():  # VARGMAX
-                    m.d.comb += [inject.eq(1), inject_data.eq(rsum[:16])]
+                    m.d.comb += inject.eq(1)
                     m.d.sync += state.eq(_NEXT)
             with m.Case(_RED2), m.If(pass_end):
                 m.d.comb += seq.start_div.eq(1)
