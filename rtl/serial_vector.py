@@ -128,7 +128,7 @@ class SerialVectorUnit(VectorUnitBase):
     VRMS: the two (M0, shift) words), then for each row its passes of ``n`` elements: VSCALE
     reads the row's scale first; VRMS, VQUANT, VSOFTMAX and VARGMAX a reduction pass (VSOFTMAX
     two: max, then exp sum), after which the row's reciprocal is computed with the sequential
-    isqrt / divider of :class:`VectorUnit` (VRMS: ``isqrt(ss << 16)``, ``isqrt(n << 16)``, 24
+    isqrt / divider ``_SerialMath`` (VRMS: ``isqrt(ss << 16)``, ``isqrt(n << 16)``, 48
     cycles each, and the 32-cycle division; VQUANT, VSOFTMAX: the division) and the row-end word
     (VQUANT ``m``, VARGMAX index) is written; then the output pass. Reduction passes read one
     element per cycle (up to ``depth`` outstanding) and fold each response into the row's sum
@@ -137,9 +137,10 @@ class SerialVectorUnit(VectorUnitBase):
     registers, from which the executor takes it while the next one is fetched; the executor
     multiplies ``X * Y`` (``X``: the operand, the 9x9 product or the sum of two operands; ``Y``:
     M0, the row scale or reciprocal, or 1) as four 16x16 partial products on one multiplier,
-    summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then by M0), and writes
-    the rounded, shifted, clamped result in the next cycle (:func:`tritium.rtl.vector.
-    _requant_shift` / ``_requant_clamp``, the output stage of :class:`VectorUnit`). Every pass
+    summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then the product's low
+    word, straight from the product registers, by M0), and writes the rounded, shifted,
+    clamped result in the next cycle (the output stage of :class:`VectorUnit` with
+    ``p >> (ts - 1)`` saturated to 10 bits). Every pass
     starts when the previous one has finished (no read outstanding, every element written).
     Nothing depends on data. With every ``ready`` high and a memory answering each read in the
     cycle after its request, an instruction takes, from the cycle its ``cmd`` transfers to its
@@ -155,7 +156,7 @@ class SerialVectorUnit(VectorUnitBase):
     VMUL         2                                ``rows * (5 n + 7) + 6``
     VSCALE       1, + 1 scale per row             ``rows * (5 n + 9) + 2``
     VACT         2 (value, table byte)            ``rows * (5 n + 8) + 2``
-    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 93) + 6``
+    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 141) + 6``
     VQUANT       1 (absmax), then 1               ``rows * (6 n + 41) + 2``
     VGATE        3                                ``rows * (5 n + 8) + 2``
     VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (12 n + 47) + 2``
@@ -442,7 +443,7 @@ class SerialVectorUnit(VectorUnitBase):
         # Output stage. ACC words (VADD32, VSCALE, row-end words): the int32 saturation of the
         # product. Bytes: ((p >> (ts - 1)) + 1) >> 1) + zp for the ops that round (ts >= 1),
         # else p, clamped to int8 (VQUANT: [-127, 127]); p >> (ts - 1) only matters saturated
-        # to _Q_BITS bits (see tritium.rtl.vector._requant_shift).
+        # to 10 bits (see tritium.rtl.vector._requant_shift).
         wr_acc = Signal()
         m.d.comb += wr_acc.eq(re | out_acc)
         rnd = (is_[Op.VREQ] | is_[Op.VMUL] | is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VGATE]
