@@ -65,9 +65,10 @@ class _SerialMath(Elaboratable):
     next cycle until the result is ready.
     """
 
-    def __init__(self):
+    def __init__(self, dw: int = 32):
+        self.dw = dw  # divisor width (<= 32)
         self.x = Signal(32)
-        self.den = Signal(32)
+        self.den = Signal(dw)
         self.num_root = Signal()
         self.start_sqrt = Signal()
         self.start_div = Signal()
@@ -77,13 +78,14 @@ class _SerialMath(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        rem = Signal(33)
+        dw = max(self.dw, 26)  # the root's trial 4 root + 1 < 2**26
+        rem = Signal(dw + 1)
         sqrt = Signal()
         cnt = Signal(range(49))
         bring = Signal()  # the next bit of the radicand / numerator (bit cnt - 1)
-        rem2 = Signal(34)
-        sub = Signal(33)
-        diff = Signal(35)
+        rem2 = Signal(dw + 2)
+        sub = Signal(dw + 1)
+        diff = Signal(dw + 3)
         trial = Signal()
         m.d.comb += [
             bring.eq(Mux(sqrt, self.q[-1],
@@ -207,7 +209,6 @@ class SerialVectorUnit(VectorUnitBase):
         depth = self.depth
         ctx = _Ctx(aw)
         is_ = ctx.is_
-        m.submodules.seq = seq = _SerialMath()  # den: root, m or sum, steady
 
         state = Signal(range(13))
         accept, known = ctx.command(m, self.cmd, self.busy)
@@ -221,7 +222,8 @@ class SerialVectorUnit(VectorUnitBase):
         ts_reg = Signal(6)
         # VRMS sum of squares (then the row's isqrt(ss << 16)), VSOFTMAX exp sum, VARGMAX index
         # of the max
-        rsum = Signal(32)
+        rsum = Signal(min(32, self.spad_aw + 16))  # n <= spad bytes: sums < 2**(spad_aw + 16)
+        m.submodules.seq = seq = _SerialMath(len(rsum))  # den: root, m or sum, steady
         rmax = Signal(signed(9))  # VQUANT max |x|, VSOFTMAX / VARGMAX max x
         slot0 = Signal(signed(33))  # operands of the element being fetched (VADD: a + b)
         slot1 = Signal(8)
@@ -229,7 +231,7 @@ class SerialVectorUnit(VectorUnitBase):
         wptr = Signal(aw)  # next output element
         rptr = Signal(aw)  # next row-end word (VQUANT, VARGMAX) or row scale (VSCALE)
         rowbase = Signal(aw)
-        c = Signal(16)  # elements of the pass whose reads have all been issued
+        c = Signal(self.spad_aw + 1)  # elements of the pass whose reads have all been issued
         k = Signal(2)  # next read's operand
         kc = Signal(2)  # next response's operand
         outst = Signal(range(depth + 1))
@@ -295,7 +297,7 @@ class SerialVectorUnit(VectorUnitBase):
         d8 = Mux(d_sm < 0, 0, d_sm[:8])
         m.d.comb += tidx.eq(Mux(is_[Op.VACT], d8, Cat(k[1], d8)))
         base = Signal(aw)
-        idx = Signal(17)
+        idx = Signal(aw)
         bases = {**ctx.base, "rptr": rptr}
         with m.Switch(base_sel):
             for j, b in enumerate(_BASES):
