@@ -229,7 +229,9 @@ class SerialVectorUnit(VectorUnitBase):
         slot1 = Signal(8)
         slot2 = Signal(8)
         wptr = Signal(aw)  # next output element
-        rptr = Signal(aw)  # next row-end word (VQUANT, VARGMAX) or row scale (VSCALE)
+        # next ACC row-end word (VQUANT, VARGMAX), row scale (VSCALE) or shift word (per-channel
+        # VREQ)
+        rptr = Signal(self.acc_aw)
         rowbase = Signal(aw)
         c = Signal(self.spad_aw + 1)  # elements of the pass whose reads have all been issued
         k = Signal(2)  # next read's operand
@@ -390,7 +392,8 @@ class SerialVectorUnit(VectorUnitBase):
         # reductions: max / absmax / argmax as the value arrives, sums one cycle later
         rv = Signal(signed(9))
         r8 = rdata[:8].as_signed()
-        m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (r8 < 0), -r8, r8))
+        neg = is_[Op.VQUANT] & r8[7]  # |x|: (x ^ -1) + 1
+        m.d.comb += rv.eq((r8.as_signed() ^ neg.replicate(9).as_signed()) + neg)
         with m.If(rvalid & (state == _RED1) & (rv > rmax)):
             m.d.sync += rmax.eq(rv)
             # VARGMAX: the index; VQUANT: m = max(max |x|, 1) (rmax, rsum start at 1)
@@ -478,7 +481,7 @@ class SerialVectorUnit(VectorUnitBase):
             wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
         ]
         with m.If(rvalid & is_[Op.VARGMAX]):  # VARGMAX: wptr counts the row's responses
-            m.d.sync += wptr.eq(wptr + 1)
+            m.d.sync += wptr.eq(wptr + Mux(out_acc, 4, 1))  # (+ 1)
         with m.If(wr_ok):
             with m.If(re):
                 m.d.sync += rptr.eq(rptr + 4)
