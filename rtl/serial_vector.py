@@ -294,7 +294,8 @@ class SerialVectorUnit(VectorUnitBase):
         # table index: VACT x + 128, VSOFTMAX 2 * clamp(x - max + 128, 0, 255) + byte
         x8 = slot0[:8].as_signed()
         d_sm = Signal(signed(10))
-        m.d.comb += d_sm.eq(x8 - rmax[:8].as_signed() + 128)  # VACT: rmax = 0, x + 128
+        # x - max + 128 as (x + 128) - max: one subtractor (VACT: rmax = 0, x + 128)
+        m.d.comb += d_sm.eq((slot0[:8] ^ 0x80) - rmax[:8].as_signed())
         tidx = Signal(9)
         d8 = Mux(d_sm < 0, 0, d_sm[:8])
         m.d.comb += tidx.eq(Mux(is_[Op.VACT], d8, Cat(k[1], d8)))
