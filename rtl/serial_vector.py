@@ -470,15 +470,14 @@ class SerialVectorUnit(VectorUnitBase):
             y.eq(Mux((hi != 0) & (hi != 0b111), Mux(t[-1], 0x80, 0x7F), t[:8])),
             y8.eq(Cat(y[0] | (is_[Op.VQUANT] & (y == 0x80)), y[1:])),  # VQUANT: >= -127
         ]
-        yout = Mux(wr_acc, sat32, y8)
         wr_ok = Signal()
         m.d.comb += [
             self.sp_wr.valid.eq((e_state == _E_OUT) & ~wr_acc),
             self.ac_wr.valid.eq((e_state == _E_OUT) & wr_acc),
             self.sp_wr.payload.addr.eq(wptr),
-            self.sp_wr.payload.data.eq(yout[:8]),
+            self.sp_wr.payload.data.eq(y8),  # bytes go to SPAD, words to ACC: no mux
             self.ac_wr.payload.addr.eq(Mux(re, rptr, wptr)),
-            self.ac_wr.payload.data.eq(yout),
+            self.ac_wr.payload.data.eq(sat32),
             wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
         ]
         with m.If(rvalid & is_[Op.VARGMAX]):  # VARGMAX: wptr counts the row's responses
