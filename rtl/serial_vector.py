@@ -176,10 +176,10 @@ class SerialVectorUnit(VectorUnitBase):
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
 
     Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
-    1,734 LUT4, 499 FF, 367 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
-    1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR). About a sixth each is the output stage (64-bit
-    rounding shift, saturation, clamp), the isqrt / divider, and address generation; the
-    multiplier's accumulator and operand muxes about a tenth.
+    1,470 LUT4, 488 FF, 296 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR). The largest parts: the isqrt / divider (about
+    150 LUT4), the 64-bit rounding shift with its saturation (about 130), address generation
+    (about 110), the multiplier's accumulator and operand muxes.
     """
 
     @staticmethod
