@@ -170,7 +170,7 @@ class SerialVectorUnit(VectorUnitBase):
     cycles with this unit behind the adapters' request FIFOs (reads answering two cycles after
     the request), 165,301 with :class:`VectorUnit` (1.33x; the vector instructions are a
     minority of its cycles); connected directly (reads answer in the next cycle) and with the
-    stop-15 DMA, 218,739.
+    stop-15 DMA, 218,739; with the 48-cycle isqrt (VRMS rows 48 cycles longer), 219,699.
 
     Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
