@@ -1107,7 +1107,8 @@ class Controller(wiring.Component):
         f_done = Signal()
         m.d.comb += [
             axi.arid.eq(1),
-            axi.araddr.eq(pc),
+            # a fetch is issued only for a pc below ``dev`` (FETCH's checks): its high bits are 0
+            axi.araddr.eq(pc[:AW]),
             axi.arlen.eq(beats - 1),
             axi.arsize.eq(lb),
             axi.arburst.eq(BURST_INCR),
