@@ -679,24 +679,27 @@ class InstrChecker(wiring.Component):
                 m.d.comb += queue.eq(3)
         return code, queue
 
-    def _hull_update(self, m, hull, wr, sp, st, en):
+    def _hull_update(self, m, hull, wr, sp, st, en, lo=True, hi=True):
         """Widen the read (``wr`` = 0) or write hull of space index ``sp`` by ``[st, en)``
-        (byte addresses; blocks of :func:`hull_blocks`)."""
+        (byte addresses; blocks of :func:`hull_blocks`). ``lo`` / ``hi``: update only the low
+        (from ``st``) or the high bound and the valid flag (from ``en``)."""
         sizes = space_sizes(self.cfg)
         for dname in ("r", "w"):
             for si, spn in enumerate(SPACES):
                 sh = hazard_shift(sizes[spn])
-                lo_b = st >> sh
-                hi_b = (en >> sh) + (en[:sh] != 0 if sh else 0)
+                lo_b = st >> sh if lo else None
+                hi_b = (en >> sh) + (en[:sh] != 0 if sh else 0) if hi else None
                 hv = getattr(hull, f"{spn}_{dname}_v")
                 hlo = getattr(hull, f"{spn}_{dname}_lo")
                 hhi = getattr(hull, f"{spn}_{dname}_hi")
                 with m.If((wr == (dname == "w")) & (sp == si)):
-                    m.d.sync += hv.eq(1)
-                    with m.If(~hv | (lo_b < hlo)):
-                        m.d.sync += hlo.eq(lo_b)
-                    with m.If(~hv | (hi_b > hhi)):
-                        m.d.sync += hhi.eq(hi_b)
+                    if lo:
+                        with m.If(~hv | (lo_b < hlo)):
+                            m.d.sync += hlo.eq(lo_b)
+                    if hi:
+                        m.d.sync += hv.eq(1)
+                        with m.If(~hv | (hi_b > hhi)):
+                            m.d.sync += hhi.eq(hi_b)
 
     def _elaborate_serial(self, m, fields_now, d, g, v, is_op):
         """The checker below :data:`PIPELINE_MHZ`, bit-serial (see the class docstring): the
@@ -830,7 +833,9 @@ class InstrChecker(wiring.Component):
         x_over = Signal()  # x has been shifted past W bits
         acc = Signal(W)
         acc_over = Signal()
-        st = Signal(W)  # the slot's start
+        # the read slot's start against slot 0: start < its end, start != its start
+        st_lt = Signal()
+        st_ne = Signal()
         pw_st = Signal(OW)  # slot 0 (a write), the partner of the reads of its space
         pw_en = Signal(OW)
         pw_cd = Signal()
@@ -903,9 +908,10 @@ class InstrChecker(wiring.Component):
 
         # (the end ``acc`` is exact when ``acc_over`` is low; else ADDRESS_RANGE decides the
         # code and the hull and the overlap do not matter)
+        # (the start is compared when it is known, in ``acc`` after term 0, the end in JUDGE)
         en = acc
-        en_o, st_o = en[:OW], st[:OW]
-        pov = (pw_st < en_o) & (st_o < pw_en) & ((st_o != pw_st) | (en_o != pw_en))
+        en_o = en[:OW]
+        pov = (pw_st < en_o) & st_lt & (st_ne | (en_o != pw_en))
         over = Signal()
         with m.Switch(s_sp):
             for i, sp in enumerate(SPACES):
@@ -936,8 +942,11 @@ class InstrChecker(wiring.Component):
                 on_start()
             with m.State("SETUP"):  # term t: x = 0, point at its x source's msb
                 m.d.sync += [x.eq(0), x_over.eq(0), p.eq(x_msb), cnt.eq(x_len)]
-                with m.If(t == 1):
-                    m.d.sync += st.eq(acc)
+                with m.If(t == 1):  # acc = the slot's start
+                    m.d.sync += [st_lt.eq(en_o < pw_en), st_ne.eq(en_o != pw_st)]
+                    with m.If(k == 0):
+                        m.d.sync += pw_st.eq(en_o)
+                    self._hull_update(m, hull, s_wr, s_sp, acc, None, hi=False)
                 m.next = "LOADX"
                 on_start()
             with m.State("LOADX"):  # x, MSB first
@@ -985,8 +994,8 @@ class InstrChecker(wiring.Component):
                 with m.If(s_part & pw_cd & pov):
                     m.d.sync += overlap.eq(1)
                 with m.If(k == 0):
-                    m.d.sync += [pw_st.eq(st_o), pw_en.eq(en_o), pw_cd.eq(1)]
-                self._hull_update(m, hull, s_wr, s_sp, st, en)
+                    m.d.sync += [pw_en.eq(en_o), pw_cd.eq(1)]
+                self._hull_update(m, hull, s_wr, s_sp, None, en, lo=False)
                 m.d.sync += k.eq(k + 1)
                 m.next = "SLOT"
                 on_start()
