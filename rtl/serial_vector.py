@@ -136,7 +136,8 @@ class SerialVectorUnit(VectorUnitBase):
     element per cycle (up to ``depth`` outstanding) and fold each response into the row's sum
     or max as it arrives. Output passes fetch one element at a time (its ``K`` operands back to
     back; a VACT / VSOFTMAX table entry after the element's value has arrived) into operand
-    registers, from which the executor takes it while the next one is fetched; the executor
+    registers, from which the executor multiplies it (the next element's reads start in the
+    third of its four multiply cycles, when X is no longer needed); the executor
     multiplies ``X * Y`` (``X``: the operand, the 9x9 product or the sum of two operands; ``Y``:
     M0, the row scale or reciprocal, or 1) as four 16x16 partial products on one multiplier,
     summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then the product's low
@@ -153,15 +154,15 @@ class SerialVectorUnit(VectorUnitBase):
     ============ ================================ =============================================
     VREQ         1 (per-channel: 3)               ``rows * (5 n + 6) + 6``
                                                   (per-channel ``rows * (10 n + 3) + 2``)
-    VADD         2                                ``rows * (5 n + 7) + 2``
-    VADD32       2                                ``rows * (5 n + 7) + 2``
-    VMUL         2                                ``rows * (5 n + 7) + 6``
+    VADD         2                                ``rows * (6 n + 6) + 2``
+    VADD32       2                                ``rows * (6 n + 6) + 2``
+    VMUL         2                                ``rows * (6 n + 6) + 6``
     VSCALE       1, + 1 scale per row             ``rows * (5 n + 9) + 2``
-    VACT         2 (value, table byte)            ``rows * (5 n + 8) + 2``
+    VACT         2 (value, table byte)            ``rows * (7 n + 6) + 2``
     VRMS         1 (sum of squares), then 2       ``rows * (10 n + 141) + 6``
     VQUANT       1 (absmax), then 1               ``rows * (6 n + 41) + 2``
-    VGATE        3                                ``rows * (5 n + 8) + 2``
-    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (12 n + 47) + 2``
+    VGATE        3                                ``rows * (7 n + 6) + 2``
+    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (15 n + 44) + 2``
     VARGMAX      1                                ``rows * (n + 9) + 2``
     ============ ================================ =============================================
 
@@ -191,15 +192,15 @@ class SerialVectorUnit(VectorUnitBase):
             return 2
         return {
             Op.VREQ: rows * (10 * n + 3) + 2 if instr.per_channel else rows * (5 * n + 6) + 6,
-            Op.VADD: rows * (5 * n + 7) + 2,
-            Op.VADD32: rows * (5 * n + 7) + 2,
-            Op.VMUL: rows * (5 * n + 7) + 6,
+            Op.VADD: rows * (6 * n + 6) + 2,
+            Op.VADD32: rows * (6 * n + 6) + 2,
+            Op.VMUL: rows * (6 * n + 6) + 6,
             Op.VSCALE: rows * (5 * n + 9) + 2,
-            Op.VACT: rows * (5 * n + 8) + 2,
+            Op.VACT: rows * (7 * n + 6) + 2,
             Op.VRMS: rows * (10 * n + 141) + 6,
             Op.VQUANT: rows * (6 * n + 41) + 2,
-            Op.VGATE: rows * (5 * n + 8) + 2,
-            Op.VSOFTMAX: rows * (12 * n + 47) + 2,
+            Op.VGATE: rows * (7 * n + 6) + 2,
+            Op.VSOFTMAX: rows * (15 * n + 44) + 2,
             Op.VARGMAX: rows * (n + 9) + 2,
         }[op]
 
@@ -315,6 +316,8 @@ class SerialVectorUnit(VectorUnitBase):
         m.d.comb += addr.eq(base + Mux(space == _ACC, idx << 2, idx))
 
         e_state = Signal(range(3))
+        mstep = Signal(2)
+        inject = Signal()  # a row-end word enters the executor
         e_idle = Signal()
         m.d.comb += e_idle.eq(e_state == _E_IDLE)
         take = Signal()  # the executor takes the fetched element this cycle
@@ -324,7 +327,8 @@ class SerialVectorUnit(VectorUnitBase):
         first_ok = Signal()
         m.d.comb += first_ok.eq(
             (k != 0) | (state != _MAIN)
-            | ((outst == 0) & (~elem_ready | e_idle) & (~pc | (e_idle & ~elem_ready)))
+            | ((outst == 0) & ~elem_ready & (~pc | e_idle)
+               & (e_idle | (e_state == _E_OUT) | ((e_state == _E_MUL) & mstep[1])))
         )
         can_issue = Signal()
         m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok
@@ -385,6 +389,8 @@ class SerialVectorUnit(VectorUnitBase):
                         m.d.sync += slot1.eq(rdata[:8])
                     with m.If(kc == 2):
                         m.d.sync += slot2.eq(rdata[:8])
+        with m.If(inject):  # the row-end word is X of its multiply by 1
+            m.d.sync += slot0.eq(rsum[:16])
         with m.If(elem_done & (state == _MAIN)):
             m.d.sync += elem_ready.eq(1)
         with m.Elif(take):
@@ -410,8 +416,6 @@ class SerialVectorUnit(VectorUnitBase):
         )
 
         # ---------------------------------------------------------------- executor
-        xreg = Signal(signed(33))
-        mstep = Signal(2)
         second = Signal()  # VRMS: the multiply by M0 follows
         re = Signal()  # a row-end word (VQUANT m, VARGMAX index), not an output element
         acc = Signal(signed(35))  # product >> (16 * shifts so far)
@@ -424,15 +428,8 @@ class SerialVectorUnit(VectorUnitBase):
                              seq.q, preg))
         # one 17x17 signed multiplier: X half mstep[1] times Y half mstep[0] (high halves signed)
         hx, hy = mstep[1], mstep[0]
-        xop = Mux(is_[Op.VRMS] & ~second, Cat(lo0, lo1, lo1[15]), xreg)
-        ma = Cat(Mux(hx, xop[16:32], xop[:16]), hx & xop[32]).as_signed()
-        mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
-        pp = Signal(signed(34))
-        m.d.comb += pp.eq(ma * mb)
-        # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
-        acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
 
-        # what the executor takes: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
+        # X, straight from the operand registers: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
         # product (VGATE: f * (h - c) + 128 c, rounded by ts = 7 to the gate's
         # ((f h + (128 - f) c + 64) >> 7)) or the exp table entry
         xnew = Signal(signed(33))
@@ -444,7 +441,13 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.comb += xnew.eq(slot0)
         with m.If(red_d):
             m.d.sync += rsum.eq(rsum + xnew[:16])  # VRMS x * x, VSOFTMAX the exp entry
-        inject = Signal()
+        xop = Mux(is_[Op.VRMS] & ~second, Cat(lo0, lo1, lo1[15]), xnew)
+        ma = Cat(Mux(hx, xop[16:32], xop[:16]), hx & xop[32]).as_signed()
+        mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
+        pp = Signal(signed(34))
+        m.d.comb += pp.eq(ma * mb)
+        # partial products ll, lh, hl, hh: the accumulator shifts right by 16 before lh and hh
+        acc_in = Mux(mstep == 0, 0, Mux(mstep[0], acc >> 16, acc))
 
         # Output stage. ACC words (VADD32, VSCALE, row-end words): the int32 saturation of the
         # product. Bytes: ((p >> (ts - 1)) + 1) >> 1) + zp for the ops that round (ts >= 1),
@@ -494,7 +497,6 @@ class SerialVectorUnit(VectorUnitBase):
         ]
         with m.If(take | inject):
             m.d.sync += [
-                xreg.eq(Mux(inject, rsum[:16], xnew)),
                 e_state.eq(_E_MUL),
                 mstep.eq(0),
                 second.eq(~inject & is_[Op.VRMS]),
