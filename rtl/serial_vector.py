@@ -171,13 +171,15 @@ class SerialVectorUnit(VectorUnitBase):
     cycles with this unit behind the adapters' request FIFOs (reads answering two cycles after
     the request), 165,301 with :class:`VectorUnit` (1.33x; the vector instructions are a
     minority of its cycles); connected directly (reads answer in the next cycle) and with the
-    stop-15 DMA, 218,739; with the 48-cycle isqrt (VRMS rows 48 cycles longer), 219,699.
+    stop-15 DMA, 218,739; with the 48-cycle isqrt (VRMS rows 48 cycles longer), 219,699. Executing
+    straight from the operand registers (no X register) took it from about 229,700 to 234,169
+    in the SoC of that time (``tritium generate --model mmfree --device sim -n 26``).
 
     Multipliers: one 16x16 (17x17 signed) multiplier for the 32x32 products and one 9x9 signed
     (``x*x``, ``x*g``, ``a*b``, VGATE ``f * (h - c)``): 2 SB_MAC16 on iCE40.
 
     Size (yosys ``stat``, ``tritium build --unit vector`` with ``vector_serial``): tiny / iCE40
-    1,470 LUT4, 488 FF, 296 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
+    1,467 LUT4, 455 FF, 296 SB_CARRY, 2 SB_MAC16, no block RAM (VectorUnit: 2,220 LUT4,
     1,413 FF, 402 SB_CARRY, 5 SB_MAC16, 1 EBR). The largest parts: the isqrt / divider (about
     150 LUT4), the 64-bit rounding shift with its saturation (about 130), address generation
     (about 110), the multiplier's accumulator and operand muxes.
