@@ -48,14 +48,21 @@ class SerialTernaryGemm(wiring.Component):
     write is acknowledged. Counters are as wide as the SPAD/ACC ports allow (the controller's
     checker keeps every operand range inside them).
 
+    ``held``: the command's payload stays on ``cmd`` until ``done`` (the
+    :class:`~tritium.rtl.top.ComputeUnit` without queues hands the instruction over at its
+    end), so the fields that stay constant (``k``, ``n``, ``w``, ``a % 4``, ``accumulate``)
+    are read from it instead of being copied at the handshake.
+
     Members: as :class:`tritium.rtl.top.GemmUnit` (``cmd``, ``done``, ``act_port``,
     ``wgt_port``, ``wb_rd``, ``wb_wr``, ``busy``, ``stall``: executing and no step this cycle).
     """
 
-    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int):
+    def __init__(self, cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
+                 held: bool = False):
         from .top import gemm_unit_members  # top imports this module lazily (gemm_unit)
 
         self.cfg = cfg
+        self.held = held
         super().__init__(gemm_unit_members(cfg, spad_bits, acc_bits))
 
     def elaborate(self, platform):
@@ -79,6 +86,10 @@ class SerialTernaryGemm(wiring.Component):
         arow = Signal(sba - 2)  # first quad of the current row of A
         cidx = Signal(ca)  # int32 index in ACC of the current element
         acc = Signal(32)
+        fixed = [kq.eq(f.k >> 2), nn.eq(f.n), accum.eq(f.accumulate), aoff.eq(f.a[:2]),
+                 w0.eq(f.w)]
+        if self.held:
+            m.d.comb += fixed
 
         # ------------------------------------------------------------------ element walkers
         aptr = Signal(sba - 2)  # next quad to request
@@ -178,11 +189,10 @@ class SerialTernaryGemm(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [
-                        kq.eq(f.k >> 2), nn.eq(f.n), rows.eq(f.m), accum.eq(f.accumulate),
-                        aoff.eq(f.a[:2]), arow.eq(f.a >> 2), w0.eq(f.w), cidx.eq(f.c >> 2),
-                        wrst.eq(1),
-                    ]
+                    m.d.sync += [rows.eq(f.m), arow.eq(f.a >> 2), cidx.eq(f.c >> 2),
+                                 wrst.eq(1)]
+                    if not self.held:
+                        m.d.sync += fixed
                     m.next = "ELEM"
             with m.State("ELEM"):  # set up the element; with accumulate read the old value
                 m.d.comb += [busy.eq(1), elem.eq(1), rd.en.eq(accum)]

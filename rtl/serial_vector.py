@@ -214,7 +214,7 @@ class SerialVectorUnit(VectorUnitBase):
         is_ = ctx.is_
 
         state = Signal(range(13))
-        accept, known = ctx.command(m, self.cmd, self.busy)
+        accept, known = ctx.command(m, self.cmd, self.busy, self.held)
         pc = Signal()  # per-channel VREQ
         m.d.comb += pc.eq(ctx.pc & is_[Op.VREQ])
 

@@ -913,23 +913,26 @@ class GemmUnit(wiring.Component):
         return m
 
 
-def gemm_unit(cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int):
+def gemm_unit(cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int,
+              held: bool = False):
     """The GEMM unit of ``engine``: :class:`GemmUnit`, or for ``ternary`` with
-    ``cfg.ternary_serial`` the :class:`~tritium.rtl.serial_gemm.SerialTernaryGemm`."""
+    ``cfg.ternary_serial`` the :class:`~tritium.rtl.serial_gemm.SerialTernaryGemm` (``held``:
+    its command stays on ``cmd`` until ``done``)."""
     if engine == "ternary" and cfg.ternary_serial:
         from .serial_gemm import SerialTernaryGemm
 
-        return SerialTernaryGemm(cfg, spad_bits, acc_bits)
+        return SerialTernaryGemm(cfg, spad_bits, acc_bits, held=held)
     return GemmUnit(cfg, engine, spad_bits, acc_bits)
 
 
-def vector_unit(cfg: AcceleratorConfig, depth: int = 4):
+def vector_unit(cfg: AcceleratorConfig, depth: int = 4, held: bool = False):
     """The vector unit: :class:`~tritium.rtl.vector.VectorUnit`, or with ``cfg.vector_serial``
-    the :class:`~tritium.rtl.serial_vector.SerialVectorUnit` (same ports)."""
+    the :class:`~tritium.rtl.serial_vector.SerialVectorUnit` (same ports; ``held``: its
+    command stays on ``cmd`` until ``done``)."""
     if cfg.vector_serial:
         from .serial_vector import SerialVectorUnit
 
-        return SerialVectorUnit(cfg, depth=depth)
+        return SerialVectorUnit(cfg, depth=depth, held=held)
     from .vector import VectorUnit
 
     return VectorUnit(cfg, depth=depth)
@@ -1041,7 +1044,11 @@ class ComputeUnit(wiring.Component):
     (nothing written). ``cmd`` is accepted (``ready``) in the cycle its unit accepts it (or,
     with bad parameters, the cycle before ``done``), so its payload, which the stream rules
     keep stable until then, is not copied; a ``valid`` dropped before that (an abort)
-    abandons the instruction. ``done`` pulses at the end of every instruction.
+    abandons the instruction. ``done`` pulses at the end of every instruction. Without queues
+    (``cfg.queue_depth == 0``, :attr:`hold`) every instruction is accepted when it has
+    finished, ``done`` in the next cycle: the payload stays on ``cmd`` while it runs, and the
+    serial units read their constant fields from it instead of copying them (the controller
+    fetches the next instruction after the handover).
 
     Members
     -------
@@ -1059,6 +1066,8 @@ class ComputeUnit(wiring.Component):
         self.spad_bits = spad_bits
         self.acc_bits = acc_bits
         self.engines = tuple(cfg.engines)
+        #: no queues: ``cmd`` is accepted when the instruction ends (see the class docstring)
+        self.hold = cfg.queue_depth == 0
         #: port names, in order; the GEMM units share act / wgt / wbr / wbw (one runs at a time)
         self.sp_ports = ["act", "wgt", "vec_rd", "vec_wr"]
         self.ac_ports = ["wbr", "wbw", "vec_rd", "vec_wr", "param"]
@@ -1084,9 +1093,12 @@ class ComputeUnit(wiring.Component):
         sp = dict(zip(self.sp_ports, self.sp))
         ac = dict(zip(self.ac_ports, self.ac))
 
+        # Without queues the instruction is handed over (``cmd.ready``) at its end, so the
+        # units may read its fields from ``cmd`` while they run (no copies of them).
+        hold = self.hold
         gemms = {}
         for e in self.engines:
-            gu = gemm_unit(cfg, e, self.spad_bits, self.acc_bits)
+            gu = gemm_unit(cfg, e, self.spad_bits, self.acc_bits, held=hold)
             m.submodules[f"gemm_{e}"] = gu
             gemms[e] = gu
         for name, mem, attr in (("act", sp, "act_port"), ("wgt", sp, "wgt_port"),
@@ -1097,7 +1109,8 @@ class ComputeUnit(wiring.Component):
         # the serial vector unit (small, slow-clocked configurations) talks to the ports
         # without the adapters' timing FIFOs
         direct = cfg.vector_serial
-        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.latency(direct))
+        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.latency(direct),
+                                               held=hold)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp", direct)
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac", direct)
         wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw", direct)
@@ -1148,7 +1161,7 @@ class ComputeUnit(wiring.Component):
                     with m.If(opc == ENGINE_GEMM[e]):
                         m.d.comb += gu.cmd.valid.eq(self.cmd.valid)
                         with m.If(gu.cmd.valid & gu.cmd.ready):
-                            m.d.comb += self.cmd.ready.eq(1)
+                            m.d.comb += self.cmd.ready.eq(~hold)
                             m.next = f"WAIT_{e}"
                 is_param = Cat(opc == int(o) for o in SERIAL_OPS).any()
                 is_vec = Cat(opc == int(o) for o in VEC_OPS).any()
@@ -1189,16 +1202,23 @@ class ComputeUnit(wiring.Component):
             with m.State("VEC"):
                 m.d.comb += vu.cmd.valid.eq(self.cmd.valid)
                 with m.If(vu.cmd.valid & vu.cmd.ready):
-                    m.d.comb += self.cmd.ready.eq(1)
+                    m.d.comb += self.cmd.ready.eq(~hold)
                     m.next = "WAIT_VEC"
                 withdrawn()
             with m.State("WAIT_VEC"), m.If(vu.done):
                 m.next = "VEC_DRAIN"
+            # hold: the instruction is accepted in the cycle its unit has finished, ``done``
+            # follows in the next one (as after a parameter fault)
+            end = "HANDOVER" if hold else "IDLE"
             with m.State("VEC_DRAIN"), m.If(~wq_sp & ~wq_ac):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                m.d.comb += [self.done.eq(~hold), self.cmd.ready.eq(hold)]
+                m.next = end
             for e, gu in gemms.items():
                 with m.State(f"WAIT_{e}"), m.If(gu.done):
+                    m.d.comb += [self.done.eq(~hold), self.cmd.ready.eq(hold)]
+                    m.next = end
+            if hold:
+                with m.State("HANDOVER"):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         m.d.comb += vbusy.eq(vu.busy | pbusy | wq_sp | wq_ac)

@@ -276,10 +276,12 @@ class _Ctx:
         self.base = {b: Signal(aw, name=f"base_{b}") for b in _BASES}
         self.zp = Signal(signed(8))
 
-    def command(self, m: Module, cmd, busy) -> tuple[Signal, Signal]:
+    def command(self, m: Module, cmd, busy, held: bool = False) -> tuple[Signal, Signal]:
         """Accept ``cmd`` while not ``busy`` and register its fields. Returns ``(accept,
         known)``: the transfer, and whether it is a vector instruction with work to do
-        (``rows``, ``n`` nonzero); ``is_`` flags are set only for known ones."""
+        (``rows``, ``n`` nonzero); ``is_`` flags are set only for known ones. ``held``: the
+        payload stays on ``cmd`` until the instruction is done, so ``n`` and the bases of
+        the operands are read from it (not copied)."""
         p = cmd.payload
         m.d.comb += cmd.ready.eq(~busy)
         accept = Signal()
@@ -289,21 +291,27 @@ class _Ctx:
             (p.op >= int(VECTOR_OPS[0])) & (p.op <= int(VECTOR_OPS[-1])) & (p.rows != 0)
             & (p.n != 0)
         )
+        fixed = [
+            self.n.eq(p.n),
+            self.base["src"].eq(p.src),
+            self.base["src2"].eq(p.src2),
+            self.base["dst"].eq(p.dst),
+            self.base["param"].eq(p.param),
+        ]
+        if held:
+            m.d.comb += fixed
         with m.If(accept):
             m.d.sync += [
                 self.pc.eq(p.per_channel),
                 self.rows.eq(p.rows),
-                self.n.eq(p.n),
                 self.rows_m1.eq(p.rows - 1),
                 self.n_m1.eq(p.n - 1),
                 self.zp.eq(Mux((p.op == int(Op.VREQ)) | (p.op == int(Op.VMUL))
                                | (p.op == int(Op.VRMS)), p.zp, 0)),
-                self.base["src"].eq(p.src),
-                self.base["src2"].eq(p.src2),
-                self.base["dst"].eq(p.dst),
-                self.base["param"].eq(p.param),
                 self.base["param_n"].eq(p.param + (p.n << 2)),
             ]
+            if not held:
+                m.d.sync += fixed
             for op in VECTOR_OPS:
                 m.d.sync += self.is_[op].eq((p.op == int(op)) & known)
         return accept, known
@@ -421,13 +429,15 @@ class _Walker:
 # ------------------------------------------------------------------------------ the unit
 class VectorUnitBase(wiring.Component):
     """What every vector unit shares: the constructor (``cfg``, ``depth`` = reads that may be
-    outstanding, >= 2) and the members of :func:`vector_unit_members`."""
+    outstanding, >= 2; ``held``: the command's payload stays on ``cmd`` until ``done``, see
+    ``_Ctx.command``) and the members of :func:`vector_unit_members`."""
 
-    def __init__(self, cfg: AcceleratorConfig, depth: int = 4):
+    def __init__(self, cfg: AcceleratorConfig, depth: int = 4, held: bool = False):
         if depth < 2:
             raise ValueError(f"depth={depth}; depth must be >= 2")
         self.cfg = cfg
         self.depth = depth
+        self.held = held
         self.spad_aw = ceil_log2(cfg.spad_bytes)
         self.acc_aw = ceil_log2(cfg.acc_bytes)
         super().__init__(vector_unit_members(cfg))

@@ -48,13 +48,16 @@ def _gemm_case(rnd: random.Random, bb: int):
     return fields, A, packed
 
 
+@pytest.mark.parametrize("held", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("bus_width", [32, 64])
-def test_serial_gemm_random(bus_width, seed):
+def test_serial_gemm_random(bus_width, seed, held):
+    """``held``: the payload stays on ``cmd`` until ``done`` (the unit reads fields from it);
+    otherwise it is overwritten with random bits right after the handshake."""
     bb = bus_width // 8
     cfg = preset("tiny").replace(bus_width=bus_width)
     rnd = random.Random(bus_width + 1000 * seed)  # (seed 0: the original cases)
-    dut = SerialTernaryGemm(cfg, spad_bits=7, acc_bits=6)
+    dut = SerialTernaryGemm(cfg, spad_bits=7, acc_bits=6, held=held)
 
     top = Module()
     top.submodules.dut = dut
@@ -117,6 +120,8 @@ def test_serial_gemm_random(bus_width, seed):
             ctx.set(dut.cmd.valid, 1)
             await ctx.tick().until(dut.cmd.ready)
             ctx.set(dut.cmd.valid, 0)
+            if not held:  # the unit must have copied what it needs
+                ctx.set(dut.cmd.payload, rnd.getrandbits(len(dut.cmd.payload)))
             cycles = 0
             while not ctx.get(dut.done):
                 await ctx.tick()
