@@ -305,7 +305,10 @@ BOARDS: dict[str, BoardSpec] = {
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform", family="ice40", preset="tiny",
         clk="clk12", clk_mhz=12.0, reset_button=("button", 0), leds=2,
         nextpnr_device=("--up5k", "--package", "sg48"),
-        loader_args=("-b", "ice40_generic"), bitstream_ext="bin", synth_opts="-dsp",
+        loader_args=("-b", "ice40_generic"), bitstream_ext="bin",
+        # -dff: abc maps with the flip-flops in view (sequential logic optimisation, no
+        # retiming): 35 fewer logic cells for the tiny SoC than without, which decide the fit
+        synth_opts="-dsp -dff",
     ),
 }
 

@@ -174,6 +174,12 @@ class BankedMemory(wiring.Component):
         Write-first in the memory's read port (default); ``False``: a plain read port (no
         bypass registers and multiplexer) where a read of the word written in the same cycle
         is not acknowledged until the next cycle, so clients see the same write-first result.
+    clash_pairs : list of (int, int), optional
+        With ``transparent=False``: the ``(read port, write port)`` pairs that may read and
+        write one word in the same cycle; a read is held back only for its partners' writes
+        (a compare of the two ports' own addresses, not of the granted ones: the other ports'
+        request logic stays out of its ``ack``). The owner guarantees that no other pair of
+        ports meets on a word in one cycle. Default: every pair.
 
     Members
     -------
@@ -182,7 +188,8 @@ class BankedMemory(wiring.Component):
     """
 
     def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
-                 fair: bool = True, transparent: bool = True):
+                 fair: bool = True, transparent: bool = True,
+                 clash_pairs: list[tuple[int, int]] | None = None):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -194,6 +201,7 @@ class BankedMemory(wiring.Component):
         self.mem_name = name
         self.fair = fair
         self.transparent = transparent
+        self.clash_pairs = clash_pairs
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -237,9 +245,14 @@ class BankedMemory(wiring.Component):
             else:
                 # a read of the word being written waits one cycle (then it sees the write)
                 rp = mem.read_port()
-                clash = Signal(name=f"{self.mem_name}_b{b}_clash")
-                m.d.comb += clash.eq(Cat(wg).any() & (raddr == waddr))
-                rg = [g & ~clash for g in rg]
+                if self.clash_pairs is None:
+                    clash = Signal(name=f"{self.mem_name}_b{b}_clash")
+                    m.d.comb += clash.eq(Cat(wg).any() & (raddr == waddr))
+                    rg = [g & ~clash for g in rg]
+                else:
+                    for r, w in self.clash_pairs:
+                        hit = wg[w] & (row_of(ports[r]) == row_of(ports[w]))
+                        rg[r] = rg[r] & ~hit
             rdatas.append(rp.data)
             wdata = _onehot_mux(wg, [p.wdata for p in ports])
             wmask = _onehot_mux(wg, [p.wmask for p in ports])
@@ -265,15 +278,20 @@ class BankedMemory(wiring.Component):
         return m
 
 
-def spad_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
-    """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words."""
+def spad_memory(cfg: AcceleratorConfig, n_ports: int,
+                clash_pairs: list[tuple[int, int]] | None = None) -> BankedMemory:
+    """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words
+    (without queues: fixed priority, plain read port, ``clash_pairs``)."""
     return BankedMemory(
         cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
-        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0,
+        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0, clash_pairs=clash_pairs,
     )
 
 
-def acc_memory(cfg: AcceleratorConfig, n_ports: int) -> BankedMemory:
-    """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words."""
+def acc_memory(cfg: AcceleratorConfig, n_ports: int,
+               clash_pairs: list[tuple[int, int]] | None = None) -> BankedMemory:
+    """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words (without
+    queues: as :func:`spad_memory`)."""
     return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc",
-                        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0)
+                        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0,
+                        clash_pairs=clash_pairs)

@@ -1285,8 +1285,13 @@ class TritiumTop(wiring.Component):
         m.submodules.join = join = AxiJoin(cfg)
         n_sp = 2 + len(comp.sp_ports)
         n_ac = 2 + len(comp.ac_ports)
-        m.submodules.spad = spad = spad_memory(cfg, n_sp)
-        m.submodules.acc = acc = acc_memory(cfg, n_ac)
+        # Without queues one unit runs at a time, so only a unit's own read and write ports
+        # can meet on a word in one cycle (the DMA's load and store never run together).
+        sp_i = {n: 2 + i for i, n in enumerate(comp.sp_ports)}
+        ac_i = {n: 2 + i for i, n in enumerate(comp.ac_ports)}
+        m.submodules.spad = spad = spad_memory(cfg, n_sp, [(sp_i["vec_rd"], sp_i["vec_wr"])])
+        m.submodules.acc = acc = acc_memory(cfg, n_ac, [(ac_i["wbr"], ac_i["wbw"]),
+                                                        (ac_i["vec_rd"], ac_i["vec_wr"])])
 
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
         wiring.connect(m, wiring.flipped(self.m_axi), join.bus)

@@ -23,9 +23,16 @@ WORDS = 16
 CYCLES = 1500
 
 
-def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int) -> dict:
+def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
+         groups: int = 1) -> dict:
+    """``groups`` > 1: the ports form that many groups (port ``i`` in group ``i % groups``)
+    whose hot words differ, and only ports of one group are ``clash_pairs``."""
+    pairs = None
+    if groups > 1:
+        pairs = [(r, w) for r in range(n_ports) for w in range(n_ports)
+                 if r != w and r % groups == w % groups]
     dut = BankedMemory(WORD_BYTES, WORDS, banks, n_ports, "t", fair=fair,
-                       transparent=transparent)
+                       transparent=transparent, clash_pairs=pairs)
     rng = random.Random(seed)
     model = [0] * WORDS
     stats = {"reads": [0] * n_ports, "writes": [0] * n_ports, "held": 0}
@@ -37,7 +44,10 @@ def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int) -> 
             for i, p in enumerate(dut.ports):
                 if pending[i] is None and rng.random() < 0.7:
                     # a few hot words: collisions between ports and between reads and writes
-                    addr = rng.choice((0, 1, 2, 3, rng.randrange(WORDS)))
+                    if groups > 1:  # the group's own hot words, nothing shared
+                        addr = 4 * (i % groups) + rng.randrange(4)
+                    else:
+                        addr = rng.choice((0, 1, 2, 3, rng.randrange(WORDS)))
                     pending[i] = (rng.random() < 0.5, addr, rng.getrandbits(32),
                                   rng.randrange(1, 1 << WORD_BYTES))
                 req = pending[i]
@@ -96,3 +106,12 @@ def test_banked_memory_write_first(banks, fair, transparent):
     assert all(n > 50 for n in stats["writes"]), stats
     if not transparent:
         assert stats["held"] > 20, stats  # the hold-back path was exercised
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_banked_memory_clash_pairs(banks):
+    """``clash_pairs``: reads held back only for their own group's writes (two groups of two
+    ports on different words, as a unit's read and write ports without queues)."""
+    stats = _run(banks, 4, False, False, seed=40 + banks, groups=2)
+    assert all(n > 50 for n in stats["reads"] + stats["writes"]), stats
+    assert stats["held"] > 20, stats
