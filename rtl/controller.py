@@ -640,17 +640,16 @@ class InstrChecker(wiring.Component):
                 with m.If(k == NS + 1):
                     m.next = "FINAL"
                 on_start()
-            with m.State("FINAL"):
-                m.d.sync += [
-                    self.code.eq(code),
-                    self.queue.eq(queue),
-                    self.serial.eq(is_op(*SERIAL_OPS)),
-                    self.hull.eq(hull),
-                    self.done.eq(1),
-                ]
-                m.next = "IDLE"
-                on_start()
+            self._final_state(m, code, queue, is_op(*SERIAL_OPS), hull, on_start)
         return m
+
+    def _final_state(self, m, code, queue, serial, hull, on_start):
+        """The FSM's ``FINAL`` state (both forms): register the outputs, ``done``."""
+        with m.State("FINAL"):
+            m.d.sync += [self.code.eq(code), self.queue.eq(queue), self.serial.eq(serial),
+                         self.hull.eq(hull), self.done.eq(1)]
+            m.next = "IDLE"
+            on_start()
 
     @staticmethod
     def _code_queue(m, opc, fields, range_err, overlap):
@@ -999,16 +998,7 @@ class InstrChecker(wiring.Component):
                 m.d.sync += k.eq(k + 1)
                 m.next = "SLOT"
                 on_start()
-            with m.State("FINAL"):
-                m.d.sync += [
-                    self.code.eq(code),
-                    self.queue.eq(queue),
-                    self.serial.eq(is_op(*SERIAL_OPS)),
-                    self.hull.eq(hull),
-                    self.done.eq(1),
-                ]
-                m.next = "IDLE"
-                on_start()
+            self._final_state(m, code, queue, is_op(*SERIAL_OPS), hull, on_start)
 
 
 class Controller(wiring.Component):

@@ -89,6 +89,21 @@ def test_vec_ranges_match_isa_footprint():
             assert (mine[0], mine[1]) == (reads, writes), (ins, mine, reads, writes)
 
 
+def _golden_code(dev, w: int) -> int:
+    """The error code the golden device's checks give instruction word ``w`` (0: none)."""
+    from tritium.isa import DecodeError, ErrorCode, decode
+
+    try:
+        try:
+            ins = decode(w)
+        except DecodeError:
+            raise golden.DeviceError(ErrorCode.INVALID_OPCODE, 0, "") from None
+        dev.check(ins, 0)
+        return 0
+    except golden.DeviceError as e:
+        return int(e.code)
+
+
 def test_checker_matches_golden_checks():
     """InstrChecker (Amaranth simulator) gives golden's error code and isa.footprint hulls on
     random and corrupted instruction words."""
@@ -97,7 +112,7 @@ def test_checker_matches_golden_checks():
     from amaranth.sim import Simulator
     from tritium.rtl.controller import SPACES, InstrChecker, hull_blocks
 
-    from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode, footprint
+    from tritium.isa import FORMATS, ErrorCode, decode, encode, footprint
 
     for cfg_name in CONFIGS:
         cfg = PRESETS[cfg_name]
@@ -173,18 +188,11 @@ def test_checker_matches_golden_checks():
         seen = {}
         for w, (code, hull) in zip(words, got):
             seen[code] = seen.get(code, 0) + 1
-            try:
-                try:
-                    ins = decode(w)
-                except DecodeError:
-                    raise golden.DeviceError(ErrorCode.INVALID_OPCODE, 0, "") from None
-                dev.check(ins, 0)
-                exp = 0
-            except golden.DeviceError as e:
-                exp = int(e.code)
+            exp = _golden_code(dev, w)
             assert code == exp, (hex(w), code, exp)
             if exp:
                 continue
+            ins = decode(w)
             reads, writes = footprint(ins)
             for d, lst in (("r", reads), ("w", writes)):
                 for s in SPACES:
@@ -214,7 +222,7 @@ def test_checker_range_ends_at_space_end():
     from amaranth.sim import Simulator
     from tritium.rtl.controller import InstrChecker
 
-    from tritium.isa import FORMATS, DecodeError, ErrorCode, decode, encode, footprint
+    from tritium.isa import FORMATS, ErrorCode, decode, encode, footprint
 
     for cfg_name in CONFIGS:
         cfg = PRESETS[cfg_name]
@@ -276,15 +284,7 @@ def test_checker_range_ends_at_space_end():
         dev = golden.GoldenDevice(cfg)
         seen = {}
         for w, code in zip(words, got):
-            try:
-                try:
-                    ins = decode(w)
-                except DecodeError:
-                    raise golden.DeviceError(ErrorCode.INVALID_OPCODE, 0, "") from None
-                dev.check(ins, 0)
-                exp = 0
-            except golden.DeviceError as e:
-                exp = int(e.code)
+            exp = _golden_code(dev, w)
             assert code == exp, (cfg_name, decode(w), code, exp)
             seen[exp] = seen.get(exp, 0) + 1
         assert seen.get(0, 0) >= 100 and seen.get(int(ErrorCode.ADDRESS_RANGE), 0) >= 100, seen
