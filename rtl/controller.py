@@ -129,6 +129,16 @@ def instr_layout(op: Op) -> data.FlexibleLayout:
     return data.FlexibleLayout(INSTR_BITS, fields)
 
 
+def _intern(lst: list, val) -> int:
+    """The index of ``val`` in ``lst`` (compared by ``repr``: Amaranth values have no
+    equality), appending it when absent: the tables of distinct checker sources."""
+    for i, have in enumerate(lst):
+        if repr(have) == repr(val):
+            return i
+    lst.append(val)
+    return len(lst) - 1
+
+
 def _used_mask(op: Op) -> int:
     mask = 0xFF
     for f in FORMATS[op]:
@@ -528,19 +538,12 @@ class InstrChecker(wiring.Component):
         # distinct starts, lengths and conditions (one wide mux each, not one per opcode).
         starts, lengths, conds = [], [], []
 
-        def idx(lst, val):
-            for i, have in enumerate(lst):
-                if repr(have) == repr(val):
-                    return i
-            lst.append(val)
-            return len(lst) - 1
-
         table = {}
         for op in Op:
             for i, (dr, sp, start, length, cond, part) in enumerate(slots_of(op)):
-                table[(int(op), i)] = (idx(starts, Value.cast(start)),
-                                       idx(lengths, Value.cast(length)),
-                                       idx(conds, Value.cast(cond)), dr == "w",
+                table[(int(op), i)] = (_intern(starts, Value.cast(start)),
+                                       _intern(lengths, Value.cast(length)),
+                                       _intern(conds, Value.cast(cond)), dr == "w",
                                        SPACES.index(sp), part)
         st_sel = Signal(range(max(2, len(starts))))
         ln_sel = Signal(range(max(2, len(lengths))))
@@ -776,17 +779,7 @@ class InstrChecker(wiring.Component):
                               for sp, fname, cnt in lst] for lst in vec_ranges(op))
             return [], []
 
-        def key(x):
-            return repr(x)
-
         xs, ys, classes = [ONE, VN], [ONE], []
-
-        def idx(lst, val):
-            for i, have in enumerate(lst):
-                if key(have) == key(val):
-                    return i
-            lst.append(val)
-            return len(lst) - 1
 
         # opcode -> class (the same slots); (class, slot) -> (write, space, partner, cond);
         # (class, slot, term) -> (x source, y source, ps, last)
@@ -805,10 +798,10 @@ class InstrChecker(wiring.Component):
                 terms = [(start, ONE, 0), *terms]
                 NT = max(NT, len(terms))
                 rows.append((dr == "w", SPACES.index(sp), part, cond,
-                             [(None if xv is PCX else idx(xs, xv), idx(ys, yv), ps,
+                             [(None if xv is PCX else _intern(xs, xv), _intern(ys, yv), ps,
                                ti == len(terms) - 1) for ti, (xv, yv, ps) in enumerate(terms)]))
             if rows:
-                op_cls[int(op)] = ci = idx(classes, rows) + 1  # class 0: no ranges
+                op_cls[int(op)] = ci = _intern(classes, rows) + 1  # class 0: no ranges
                 for i, (wr, sp, part, cond, terms) in enumerate(rows):
                     slot_tab[(ci, i)] = (wr, sp, part, cond)
                     for ti, tv in enumerate(terms):
