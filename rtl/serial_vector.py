@@ -152,18 +152,18 @@ class SerialVectorUnit(VectorUnitBase):
     ============ ================================ =============================================
     op           reads per element                cycles
     ============ ================================ =============================================
-    VREQ         1 (per-channel: 3)               ``rows * (5 n + 6) + 6``
-                                                  (per-channel ``rows * (10 n + 3) + 2``)
-    VADD         2                                ``rows * (6 n + 6) + 2``
-    VADD32       2                                ``rows * (6 n + 6) + 2``
-    VMUL         2                                ``rows * (6 n + 6) + 6``
-    VSCALE       1, + 1 scale per row             ``rows * (5 n + 9) + 2``
-    VACT         2 (value, table byte)            ``rows * (7 n + 6) + 2``
-    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 141) + 6``
-    VQUANT       1 (absmax), then 1               ``rows * (6 n + 41) + 2``
-    VGATE        3                                ``rows * (7 n + 6) + 2``
-    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (15 n + 44) + 2``
-    VARGMAX      1                                ``rows * (n + 9) + 2``
+    VREQ         1 (per-channel: 3)               ``rows * (5 n + 8) + 7``
+                                                  (per-channel ``rows * (12 n + 3) + 2``)
+    VADD         2                                ``rows * (6 n + 8) + 2``
+    VADD32       2                                ``rows * (6 n + 8) + 2``
+    VMUL         2                                ``rows * (6 n + 8) + 7``
+    VSCALE       1, + 1 scale per row             ``rows * (5 n + 12) + 2``
+    VACT         2 (value, table byte)            ``rows * (8 n + 8) + 2``
+    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 144) + 7``
+    VQUANT       1 (absmax), then 1               ``rows * (6 n + 44) + 2``
+    VGATE        3                                ``rows * (7 n + 8) + 2``
+    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (19 n + 48) + 2``
+    VARGMAX      1                                ``rows * (n + 11) + 2``
     ============ ================================ =============================================
 
     (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
@@ -185,6 +185,10 @@ class SerialVectorUnit(VectorUnitBase):
     (about 110), the multiplier's accumulator and operand muxes.
     """
 
+    #: The unit never presents a read and a write in the same cycle (a read waits while a
+    #: write is pending), so its read and write ports need no clash hold-back in the memory.
+    READS_APART = True
+
     @staticmethod
     def cycles(instr: isa.Instr) -> int:
         """Cycles from the ``cmd`` transfer to the ``done`` pulse of ``instr`` with no stalls
@@ -193,17 +197,17 @@ class SerialVectorUnit(VectorUnitBase):
         if op not in VECTOR_OPS or rows == 0 or n == 0:
             return 2
         return {
-            Op.VREQ: rows * (10 * n + 3) + 2 if instr.per_channel else rows * (5 * n + 6) + 6,
-            Op.VADD: rows * (6 * n + 6) + 2,
-            Op.VADD32: rows * (6 * n + 6) + 2,
-            Op.VMUL: rows * (6 * n + 6) + 6,
-            Op.VSCALE: rows * (5 * n + 9) + 2,
-            Op.VACT: rows * (7 * n + 6) + 2,
-            Op.VRMS: rows * (10 * n + 141) + 6,
-            Op.VQUANT: rows * (6 * n + 41) + 2,
-            Op.VGATE: rows * (7 * n + 6) + 2,
-            Op.VSOFTMAX: rows * (15 * n + 44) + 2,
-            Op.VARGMAX: rows * (n + 9) + 2,
+            Op.VREQ: rows * (12 * n + 3) + 2 if instr.per_channel else rows * (5 * n + 8) + 7,
+            Op.VADD: rows * (6 * n + 8) + 2,
+            Op.VADD32: rows * (6 * n + 8) + 2,
+            Op.VMUL: rows * (6 * n + 8) + 7,
+            Op.VSCALE: rows * (5 * n + 12) + 2,
+            Op.VACT: rows * (8 * n + 8) + 2,
+            Op.VRMS: rows * (10 * n + 144) + 7,
+            Op.VQUANT: rows * (6 * n + 44) + 2,
+            Op.VGATE: rows * (7 * n + 8) + 2,
+            Op.VSOFTMAX: rows * (19 * n + 48) + 2,
+            Op.VARGMAX: rows * (n + 11) + 2,
         }[op]
 
     def elaborate(self, platform):
@@ -241,6 +245,9 @@ class SerialVectorUnit(VectorUnitBase):
         kc = Signal(2)  # next response's operand
         outst = Signal(range(depth + 1))
         elem_ready = Signal()  # an output element's operands are complete
+        rvalid = Signal()  # a read's answer, registered (collector)
+        wv = Signal()  # the write register holds a result (executor)
+        rdata = Signal(signed(32))
         red_d = Signal()  # a reduction element's sum update is due (one cycle after its data)
         out_acc = Signal()  # output elements go to ACC
         m.d.comb += out_acc.eq(is_[Op.VADD32] | is_[Op.VSCALE])
@@ -329,12 +336,14 @@ class SerialVectorUnit(VectorUnitBase):
         first_ok = Signal()
         m.d.comb += first_ok.eq(
             (k != 0) | (state != _MAIN)
-            | ((outst == 0) & ~elem_ready & (~pc | e_idle)
-               & (e_idle | (e_state == _E_OUT) | ((e_state == _E_MUL) & mstep[1])))
+            | ((outst == 0) & ~rvalid & ~elem_ready & (~pc | e_idle)
+               & (e_idle | (e_state == _E_OUT) | ((e_state == _E_MUL) & (mstep != 0))))
         )
         can_issue = Signal()
-        m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok
-                                 & (~dep | (outst == 0)))
+        # no read while a write waits: the unit never reads and writes in one cycle, so the
+        # memory need not hold back a read of the word being written (READS_APART)
+        m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok & ~wv
+                                 & (~dep | ((outst == 0) & ~rvalid)))
         step = Signal()
         m.d.comb += [
             self.sp_rd.valid.eq(can_issue & (space == _SPAD)),
@@ -353,15 +362,16 @@ class SerialVectorUnit(VectorUnitBase):
 
         # ---------------------------------------------------------------- collector
         # Responses arrive in request order (a pass reads one space) and are used as they come.
+        # A response is registered before it is used (rvalid, rdata): no logic between the
+        # memory's read data and the unit's registers. ``outst`` counts reads the memory has
+        # not answered; an answer still in the register is ``rvalid``.
         m.d.comb += [self.sp_rdata.ready.eq(1), self.ac_rdata.ready.eq(1)]
-        rvalid = Signal()
-        rdata = Signal(signed(32))
-        m.d.comb += [
+        m.d.sync += [
             rvalid.eq(self.sp_rdata.valid | self.ac_rdata.valid),
             rdata.eq(Mux(self.ac_rdata.valid, self.ac_rdata.payload.as_signed(),
                          self.sp_rdata.payload.as_signed())),
+            outst.eq(outst + step - (self.sp_rdata.valid | self.ac_rdata.valid)),
         ]
-        m.d.sync += outst.eq(outst + step - rvalid)
         elem_done = Signal()
         m.d.comb += elem_done.eq(rvalid & (kc == big_k))
         with m.If(rvalid):
@@ -475,26 +485,40 @@ class SerialVectorUnit(VectorUnitBase):
             y.eq(Mux((hi != 0) & (hi != 0b111), Mux(t[-1], 0x80, 0x7F), t[:8])),
             y8.eq(Cat(y[0] | (is_[Op.VQUANT] & (y == 0x80)), y[1:])),  # VQUANT: >= -127
         ]
+        # The result is registered (E_OUT, when the write register is free) and written from
+        # there while the executor goes on: no logic between the product and the memory's
+        # write data, and no write ``ready`` in the executor's control.
+        w_acc = Signal()  # ... for ACC
+        w_re = Signal()  # ... a row-end word (to rptr)
+        w_byte = Signal(8)
+        w_word = Signal(32)
+        load = Signal()
         wr_ok = Signal()
         m.d.comb += [
-            self.sp_wr.valid.eq((e_state == _E_OUT) & ~wr_acc),
-            self.ac_wr.valid.eq((e_state == _E_OUT) & wr_acc),
+            load.eq((e_state == _E_OUT) & ~wv),
+            self.sp_wr.valid.eq(wv & ~w_acc),
+            self.ac_wr.valid.eq(wv & w_acc),
             self.sp_wr.payload.addr.eq(wptr),
-            self.sp_wr.payload.data.eq(y8),  # bytes go to SPAD, words to ACC: no mux
-            self.ac_wr.payload.addr.eq(Mux(re, rptr, wptr)),
-            self.ac_wr.payload.data.eq(sat32),
+            self.sp_wr.payload.data.eq(w_byte),  # bytes go to SPAD, words to ACC: no mux
+            self.ac_wr.payload.addr.eq(Mux(w_re, rptr, wptr)),
+            self.ac_wr.payload.data.eq(w_word),
             wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
         ]
+        with m.If(load):
+            m.d.sync += [wv.eq(1), w_acc.eq(wr_acc), w_re.eq(re), w_byte.eq(y8),
+                         w_word.eq(sat32)]
+        with m.Elif(wr_ok):
+            m.d.sync += wv.eq(0)
         with m.If(rvalid & is_[Op.VARGMAX]):  # VARGMAX: wptr counts the row's responses
             m.d.sync += wptr.eq(wptr + Mux(out_acc, 4, 1))  # (+ 1)
         with m.If(wr_ok):
-            with m.If(re):
+            with m.If(w_re):
                 m.d.sync += rptr.eq(rptr + 4)
             with m.Else():
                 m.d.sync += wptr.eq(wptr + Mux(out_acc, 4, 1))
         free = Signal()
         m.d.comb += [
-            free.eq(e_idle | wr_ok),
+            free.eq(e_idle | load),
             take.eq(elem_ready & free),
         ]
         with m.If(take | inject):
@@ -514,20 +538,23 @@ class SerialVectorUnit(VectorUnitBase):
                     m.d.sync += second.eq(0)
                 with m.Else():
                     m.d.sync += e_state.eq(_E_OUT)
-        with m.Elif(wr_ok):
+        with m.Elif(load):
             m.d.sync += e_state.eq(_E_IDLE)
 
         # ---------------------------------------------------------------- control
         quiet = Signal()  # nothing outstanding, fetched, executing or to write
-        m.d.comb += quiet.eq((outst == 0) & ~elem_ready & e_idle & ~red_d)
+        m.d.comb += quiet.eq((outst == 0) & ~rvalid & ~elem_ready & e_idle & ~red_d & ~wv)
         pass_end = Signal()
         m.d.comb += pass_end.eq(last_elem & quiet)
+        m.d.comb += self.busy.eq(state != _IDLE)
+        # stall is registered (it reports the cycle before): the port's ready depends on the
+        # address (a read held back behind a write of the same word), and the stall counter's
+        # adder should not sit behind the address adders
+        m.d.sync += self.stall.eq(
+            (self.sp_rd.valid & ~self.sp_rd.ready) | (self.ac_rd.valid & ~self.ac_rd.ready)
+            | (self.sp_wr.valid & ~self.sp_wr.ready) | (self.ac_wr.valid & ~self.ac_wr.ready)
+        )
         m.d.comb += [
-            self.busy.eq(state != _IDLE),
-            self.stall.eq(
-                (self.sp_rd.valid & ~self.sp_rd.ready) | (self.ac_rd.valid & ~self.ac_rd.ready)
-                | (self.sp_wr.valid & ~self.sp_wr.ready) | (self.ac_wr.valid & ~self.ac_wr.ready)
-            ),
             # VRMS row end: isqrt(ss << 16) (kept in rsum), isqrt(n << 16), then
             # r = (isqrt(n << 16) << 15) // max(isqrt(ss << 16), 1); VQUANT, VSOFTMAX:
             # R = (127 << 24) // m or // max(sum, 1)

@@ -925,17 +925,23 @@ def gemm_unit(cfg: AcceleratorConfig, engine: str, spad_bits: int, acc_bits: int
     return GemmUnit(cfg, engine, spad_bits, acc_bits)
 
 
-def vector_unit(cfg: AcceleratorConfig, depth: int = 4, held: bool = False):
-    """The vector unit: :class:`~tritium.rtl.vector.VectorUnit`, or with ``cfg.vector_serial``
-    the :class:`~tritium.rtl.serial_vector.SerialVectorUnit` (same ports; ``held``: its
-    command stays on ``cmd`` until ``done``)."""
+def vector_unit_class(cfg: AcceleratorConfig):
+    """The vector unit's class: :class:`~tritium.rtl.vector.VectorUnit`, or with
+    ``cfg.vector_serial`` the :class:`~tritium.rtl.serial_vector.SerialVectorUnit`."""
     if cfg.vector_serial:
         from .serial_vector import SerialVectorUnit
 
-        return SerialVectorUnit(cfg, depth=depth, held=held)
+        return SerialVectorUnit
     from .vector import VectorUnit
 
-    return VectorUnit(cfg, depth=depth)
+    return VectorUnit
+
+
+def vector_unit(cfg: AcceleratorConfig, depth: int = 4, held: bool = False):
+    """The vector unit of ``cfg`` (:func:`vector_unit_class`; same ports; ``held``: its
+    command stays on ``cmd`` until ``done``, serial unit only)."""
+    cls = vector_unit_class(cfg)
+    return cls(cfg, depth=depth, held=held) if cfg.vector_serial else cls(cfg, depth=depth)
 
 
 class _ReadAdapter:
@@ -1289,9 +1295,14 @@ class TritiumTop(wiring.Component):
         # can meet on a word in one cycle (the DMA's load and store never run together).
         sp_i = {n: 2 + i for i, n in enumerate(comp.sp_ports)}
         ac_i = {n: 2 + i for i, n in enumerate(comp.ac_ports)}
-        m.submodules.spad = spad = spad_memory(cfg, n_sp, [(sp_i["vec_rd"], sp_i["vec_wr"])])
-        m.submodules.acc = acc = acc_memory(cfg, n_ac, [(ac_i["wbr"], ac_i["wbw"]),
-                                                        (ac_i["vec_rd"], ac_i["vec_wr"])])
+        # A vector unit that never reads and writes in one cycle needs no hold-back.
+        vec_apart = vector_unit_class(cfg).READS_APART
+        sp_pairs = [] if vec_apart else [(sp_i["vec_rd"], sp_i["vec_wr"])]
+        ac_pairs = [(ac_i["wbr"], ac_i["wbw"])]
+        if not vec_apart:
+            ac_pairs.append((ac_i["vec_rd"], ac_i["vec_wr"]))
+        m.submodules.spad = spad = spad_memory(cfg, n_sp, sp_pairs)
+        m.submodules.acc = acc = acc_memory(cfg, n_ac, ac_pairs)
 
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
         wiring.connect(m, wiring.flipped(self.m_axi), join.bus)

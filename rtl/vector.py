@@ -442,6 +442,10 @@ class VectorUnitBase(wiring.Component):
         self.acc_aw = ceil_log2(cfg.acc_bytes)
         super().__init__(vector_unit_members(cfg))
 
+    #: Whether the unit never presents a read and a write in the same cycle (then the
+    #: scratchpads need not hold back its reads of a word it writes, ``clash_pairs``).
+    READS_APART = False
+
 
 class VectorUnit(VectorUnitBase):
     """Vector unit: executes ``VREQ`` .. ``VARGMAX`` memory-to-memory, bit-exact with

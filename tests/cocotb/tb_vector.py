@@ -346,6 +346,21 @@ async def _setup(dut, cfg, seed: int, stall: float):
     return prng, rng, spad, acc, gold, sp, ac
 
 
+async def _reads_apart(dut, bad: list) -> None:
+    """Record the cycles in which the unit presents a read and a write of one memory (a unit
+    with ``READS_APART`` promises none: the SoC's scratchpads then do not hold back its
+    reads of a word it writes)."""
+    pairs = [(dut.sp_rd__valid, dut.sp_wr__valid, "SPAD"), (dut.ac_rd__valid, dut.ac_wr__valid, "ACC")]
+    cycle = 0
+    while True:
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        cycle += 1
+        for rd, wr, name in pairs:
+            if int(rd.value) and int(wr.value):
+                bad.append((cycle, name))
+
+
 # ------------------------------------------------------------------------------ tests
 @cocotb.test()
 async def vector_random(dut):
@@ -356,6 +371,9 @@ async def vector_random(dut):
     prng, rng, spad, acc, gold, sp, ac = await _setup(dut, cfg, p.seed, 0.3)
     gen = _Gen(cfg, rng, spad, acc, gold)
     drv = StreamDriver(dut, "cmd", rng=prng, idle_prob=0.3)
+    together: list = []
+    if unit.READS_APART:
+        cocotb.start_soon(_reads_apart(dut, together))
     counts = {op.name: 0 for op in VECTOR_OPS}
     tags: set[str] = set()
     checked = 0
@@ -384,6 +402,9 @@ async def vector_random(dut):
         _compare("ACC", acc, gold.acc, instr, 4)
         if sp.outstanding or ac.outstanding:
             raise AssertionError(f"{instr}: read responses left over after done")
+        if together:
+            raise AssertionError(f"{instr}: a read and a write presented together "
+                                 f"(cycle, memory): {together[:5]}")
         checked += _written(instr)
         counts[instr.op.name] += _written(instr)
         dut._log.debug("#%d %s ok", j, instr)
