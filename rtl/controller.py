@@ -811,11 +811,15 @@ class InstrChecker(wiring.Component):
         FW = max([FW, *(len(f[1]) for f in ys if f[0] == "value")])
 
         NS = self.SLOTS
+        # the opcode's class, registered (valid from SLOT on: ``word`` is stable from
+        # ``start``), so the opcode decode is not in front of the slot and term tables
         cls = Signal(range(len(classes) + 1))
+        cls_now = Signal.like(cls)
         with m.Switch(opc):
             for op, ci in op_cls.items():
                 with m.Case(op):
-                    m.d.comb += cls.eq(ci)
+                    m.d.comb += cls_now.eq(ci)
+        m.d.sync += cls.eq(cls_now)
         k = Signal(range(NS + 1))  # slot
         t = Signal(range(NT))  # term of the slot (0: its start)
         p = Signal(range(INSTR_BITS))  # bit pointer into the word

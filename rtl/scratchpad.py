@@ -109,20 +109,26 @@ def _onehot_mux(sel: list, vals: list):
     return terms[0]
 
 
-def rr_arbiter(m: Module, reqs: list, name: str, fair: bool = True) -> list[Signal]:
+def rr_arbiter(m: Module, reqs: list, name: str, fair: bool = True,
+               groups: list | None = None) -> list[Signal]:
     """Round-robin arbiter: one-hot grants for the request bits ``reqs`` (Amaranth values).
 
     The requester granted last has the lowest priority in the next cycle. With
     ``fair=False`` the priority is fixed (the lowest index first): smaller, and enough where
     the requesters that can meet are bounded streams of one unit that need each other.
+    ``groups`` (with ``fair=False``): a group label per requester; a requester yields only to
+    the lower-index requesters of its own group (the caller guarantees that requesters of
+    different groups never request in the same cycle), so no grant depends on another
+    group's request logic.
     """
     n = len(reqs)
     grants = [Signal(name=f"{name}_gnt{i}") for i in range(n)]
     req = [Signal(name=f"{name}_req{i}") for i in range(n)]
     m.d.comb += [r.eq(v) for r, v in zip(req, reqs)]
     if n == 1 or not fair:
-        m.d.comb += [g.eq(req[i] & ~Cat(req[:i]).any() if i else req[i])
-                     for i, g in enumerate(grants)]
+        for i, g in enumerate(grants):
+            prior = [req[j] for j in range(i) if groups is None or groups[j] == groups[i]]
+            m.d.comb += g.eq(req[i] & ~Cat(prior).any() if prior else req[i])
         return grants
     last = Signal(range(n), name=f"{name}_last", init=n - 1)
     # grant i when it requests and no requester between last+1 and i-1 (cyclically) does
@@ -170,6 +176,10 @@ class BankedMemory(wiring.Component):
         Round-robin arbitration (default); ``False``: fixed priority, the lowest port
         index first (for one instruction at a time, ``queue_depth == 0``: the ports that
         meet then belong to one unit, whose streams are bounded and wait for each other).
+    groups : list, optional
+        With ``fair=False``: a label per port, the unit it belongs to; a port yields only to
+        the lower-index ports of its group (see :func:`rr_arbiter`). The owner guarantees
+        that ports of different groups never request in the same cycle.
     transparent : bool
         Write-first in the memory's read port (default); ``False``: a plain read port (no
         bypass registers and multiplexer) where a read of the word written in the same cycle
@@ -189,7 +199,8 @@ class BankedMemory(wiring.Component):
 
     def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
                  fair: bool = True, transparent: bool = True,
-                 clash_pairs: list[tuple[int, int]] | None = None):
+                 clash_pairs: list[tuple[int, int]] | None = None,
+                 groups: list | None = None):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -202,6 +213,9 @@ class BankedMemory(wiring.Component):
         self.fair = fair
         self.transparent = transparent
         self.clash_pairs = clash_pairs
+        if groups is not None and len(groups) != n_ports:
+            raise ValueError(f"groups={groups!r}: one label per port ({n_ports})")
+        self.groups = groups
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -235,8 +249,8 @@ class BankedMemory(wiring.Component):
             wp = mem.write_port(granularity=8)
             rreq = [p.en & ~p.we & (pbank[i] == b) for i, p in enumerate(ports)]
             wreq = [p.en & p.we & (pbank[i] == b) for i, p in enumerate(ports)]
-            rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r", self.fair)
-            wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w", self.fair)
+            rg = rr_arbiter(m, rreq, f"{self.mem_name}_b{b}r", self.fair, self.groups)
+            wg = rr_arbiter(m, wreq, f"{self.mem_name}_b{b}w", self.fair, self.groups)
             # grants are one-hot: AND-OR multiplexers (log depth, not a priority chain)
             raddr = _onehot_mux(rg, [row_of(p) for p in ports])
             waddr = _onehot_mux(wg, [row_of(p) for p in ports])
@@ -279,19 +293,24 @@ class BankedMemory(wiring.Component):
 
 
 def spad_memory(cfg: AcceleratorConfig, n_ports: int,
-                clash_pairs: list[tuple[int, int]] | None = None) -> BankedMemory:
+                clash_pairs: list[tuple[int, int]] | None = None,
+                groups: list | None = None) -> BankedMemory:
     """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words
-    (without queues: fixed priority, plain read port, ``clash_pairs``)."""
+    (without queues: fixed priority within ``groups``, plain read port, ``clash_pairs``)."""
+    serial = cfg.queue_depth == 0
     return BankedMemory(
         cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
-        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0, clash_pairs=clash_pairs,
+        fair=not serial, transparent=not serial, clash_pairs=clash_pairs,
+        groups=groups if serial else None,
     )
 
 
 def acc_memory(cfg: AcceleratorConfig, n_ports: int,
-               clash_pairs: list[tuple[int, int]] | None = None) -> BankedMemory:
+               clash_pairs: list[tuple[int, int]] | None = None,
+               groups: list | None = None) -> BankedMemory:
     """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words (without
     queues: as :func:`spad_memory`)."""
+    serial = cfg.queue_depth == 0
     return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc",
-                        fair=cfg.queue_depth > 0, transparent=cfg.queue_depth > 0,
-                        clash_pairs=clash_pairs)
+                        fair=not serial, transparent=not serial, clash_pairs=clash_pairs,
+                        groups=groups if serial else None)

@@ -152,18 +152,18 @@ class SerialVectorUnit(VectorUnitBase):
     ============ ================================ =============================================
     op           reads per element                cycles
     ============ ================================ =============================================
-    VREQ         1 (per-channel: 3)               ``rows * (5 n + 8) + 7``
-                                                  (per-channel ``rows * (12 n + 3) + 2``)
-    VADD         2                                ``rows * (6 n + 8) + 2``
-    VADD32       2                                ``rows * (6 n + 8) + 2``
-    VMUL         2                                ``rows * (6 n + 8) + 7``
-    VSCALE       1, + 1 scale per row             ``rows * (5 n + 12) + 2``
-    VACT         2 (value, table byte)            ``rows * (8 n + 8) + 2``
-    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 144) + 7``
-    VQUANT       1 (absmax), then 1               ``rows * (6 n + 44) + 2``
-    VGATE        3                                ``rows * (7 n + 8) + 2``
-    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (19 n + 48) + 2``
-    VARGMAX      1                                ``rows * (n + 11) + 2``
+    VREQ         1 (per-channel: 3)               ``rows * (5 n + 9) + 8``
+                                                  (per-channel ``rows * (12 n + 4) + 2``)
+    VADD         2                                ``rows * (6 n + 9) + 2``
+    VADD32       2                                ``rows * (6 n + 9) + 2``
+    VMUL         2                                ``rows * (6 n + 9) + 8``
+    VSCALE       1, + 1 scale per row             ``rows * (5 n + 14) + 2``
+    VACT         2 (value, table byte)            ``rows * (9 n + 9) + 2``
+    VRMS         1 (sum of squares), then 2       ``rows * (10 n + 146) + 8``
+    VQUANT       1 (absmax), then 1               ``rows * (6 n + 46) + 2``
+    VGATE        3                                ``rows * (7 n + 9) + 2``
+    VSOFTMAX     1 (max), 3 (exp sum), then 3     ``rows * (23 n + 51) + 2``
+    VARGMAX      1                                ``rows * (n + 12) + 2``
     ============ ================================ =============================================
 
     (:meth:`cycles` is the reference; the table is its summary.) Memory stalls and longer read
@@ -197,17 +197,17 @@ class SerialVectorUnit(VectorUnitBase):
         if op not in VECTOR_OPS or rows == 0 or n == 0:
             return 2
         return {
-            Op.VREQ: rows * (12 * n + 3) + 2 if instr.per_channel else rows * (5 * n + 8) + 7,
-            Op.VADD: rows * (6 * n + 8) + 2,
-            Op.VADD32: rows * (6 * n + 8) + 2,
-            Op.VMUL: rows * (6 * n + 8) + 7,
-            Op.VSCALE: rows * (5 * n + 12) + 2,
-            Op.VACT: rows * (8 * n + 8) + 2,
-            Op.VRMS: rows * (10 * n + 144) + 7,
-            Op.VQUANT: rows * (6 * n + 44) + 2,
-            Op.VGATE: rows * (7 * n + 8) + 2,
-            Op.VSOFTMAX: rows * (19 * n + 48) + 2,
-            Op.VARGMAX: rows * (n + 11) + 2,
+            Op.VREQ: rows * (12 * n + 4) + 2 if instr.per_channel else rows * (5 * n + 9) + 8,
+            Op.VADD: rows * (6 * n + 9) + 2,
+            Op.VADD32: rows * (6 * n + 9) + 2,
+            Op.VMUL: rows * (6 * n + 9) + 8,
+            Op.VSCALE: rows * (5 * n + 14) + 2,
+            Op.VACT: rows * (9 * n + 9) + 2,
+            Op.VRMS: rows * (10 * n + 146) + 8,
+            Op.VQUANT: rows * (6 * n + 46) + 2,
+            Op.VGATE: rows * (7 * n + 9) + 2,
+            Op.VSOFTMAX: rows * (23 * n + 51) + 2,
+            Op.VARGMAX: rows * (n + 12) + 2,
         }[op]
 
     def elaborate(self, platform):
@@ -336,22 +336,35 @@ class SerialVectorUnit(VectorUnitBase):
         first_ok = Signal()
         m.d.comb += first_ok.eq(
             (k != 0) | (state != _MAIN)
-            | ((outst == 0) & ~rvalid & ~elem_ready & (~pc | e_idle)
-               & (e_idle | (e_state == _E_OUT) | ((e_state == _E_MUL) & (mstep != 0))))
+            | ((outst == 0) & ~rvalid & ~elem_ready & (~pc | e_idle))
         )
         can_issue = Signal()
-        # no read while a write waits: the unit never reads and writes in one cycle, so the
-        # memory need not hold back a read of the word being written (READS_APART)
-        m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok & ~wv
+        rq_v = Signal()
+        # A read is issued into a request register (rq), which presents it to the memory: no
+        # logic between the address adders and the memory. A result waiting to be written is
+        # presented only while no read is, and once presented no read is issued until it has
+        # been taken: the unit never reads and writes in one cycle, so the memory need not
+        # hold back a read of the word being written (READS_APART).
+        wr_ok = Signal()
+        m.d.comb += can_issue.eq(in_pass & ~last_elem & (outst != depth) & first_ok
+                                 & (~wv | rq_v | wr_ok)
                                  & (~dep | ((outst == 0) & ~rvalid)))
+        rq_ac = Signal()
+        rq_addr = Signal(aw)
+        rq_ack = Signal()
         step = Signal()
         m.d.comb += [
-            self.sp_rd.valid.eq(can_issue & (space == _SPAD)),
-            self.ac_rd.valid.eq(can_issue & (space == _ACC)),
-            self.sp_rd.payload.eq(addr),
-            self.ac_rd.payload.eq(addr),
-            step.eq((self.sp_rd.valid & self.sp_rd.ready) | (self.ac_rd.valid & self.ac_rd.ready)),
+            self.sp_rd.valid.eq(rq_v & ~rq_ac),
+            self.ac_rd.valid.eq(rq_v & rq_ac),
+            self.sp_rd.payload.eq(rq_addr),
+            self.ac_rd.payload.eq(rq_addr),
+            rq_ack.eq((self.sp_rd.valid & self.sp_rd.ready) | (self.ac_rd.valid & self.ac_rd.ready)),
+            step.eq(can_issue & (~rq_v | rq_ack)),
         ]
+        with m.If(step):
+            m.d.sync += [rq_v.eq(1), rq_ac.eq(space == _ACC), rq_addr.eq(addr)]
+        with m.Elif(rq_ack):
+            m.d.sync += rq_v.eq(0)
         with m.If(step):
             with m.If(k == big_k):
                 m.d.sync += [k.eq(0), c.eq(c + 1)]
@@ -476,12 +489,15 @@ class SerialVectorUnit(VectorUnitBase):
         m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), prod[:32],
                                  Mux(prod[-1], -(2**31), 2**31 - 1)))
         # ((q + 1) >> 1) + zp = (q + 2 zp + 1) >> 1; then the int8 clamp from the high bits
+        # (from the write register's q: the byte's rounding and clamp sit in front of the
+        # memory's write data, not behind the shifter)
+        w_q = Signal(signed(10))
         t = Signal(signed(10))
         y = Signal(8)
         y8 = Signal(8)
         hi = t[7:]
         m.d.comb += [
-            t.eq(Mux(rnd, (q + Cat(Const(1, 1), ctx.zp).as_signed()) >> 1, q)),
+            t.eq(Mux(rnd, (w_q + Cat(Const(1, 1), ctx.zp).as_signed()) >> 1, w_q)),
             y.eq(Mux((hi != 0) & (hi != 0b111), Mux(t[-1], 0x80, 0x7F), t[:8])),
             y8.eq(Cat(y[0] | (is_[Op.VQUANT] & (y == 0x80)), y[1:])),  # VQUANT: >= -127
         ]
@@ -490,22 +506,20 @@ class SerialVectorUnit(VectorUnitBase):
         # write data, and no write ``ready`` in the executor's control.
         w_acc = Signal()  # ... for ACC
         w_re = Signal()  # ... a row-end word (to rptr)
-        w_byte = Signal(8)
         w_word = Signal(32)
         load = Signal()
-        wr_ok = Signal()
         m.d.comb += [
             load.eq((e_state == _E_OUT) & ~wv),
-            self.sp_wr.valid.eq(wv & ~w_acc),
-            self.ac_wr.valid.eq(wv & w_acc),
+            self.sp_wr.valid.eq(wv & ~rq_v & ~w_acc),
+            self.ac_wr.valid.eq(wv & ~rq_v & w_acc),
             self.sp_wr.payload.addr.eq(wptr),
-            self.sp_wr.payload.data.eq(w_byte),  # bytes go to SPAD, words to ACC: no mux
+            self.sp_wr.payload.data.eq(y8),  # bytes go to SPAD, words to ACC: no mux
             self.ac_wr.payload.addr.eq(Mux(w_re, rptr, wptr)),
             self.ac_wr.payload.data.eq(w_word),
             wr_ok.eq((self.sp_wr.valid & self.sp_wr.ready) | (self.ac_wr.valid & self.ac_wr.ready)),
         ]
         with m.If(load):
-            m.d.sync += [wv.eq(1), w_acc.eq(wr_acc), w_re.eq(re), w_byte.eq(y8),
+            m.d.sync += [wv.eq(1), w_acc.eq(wr_acc), w_re.eq(re), w_q.eq(q),
                          w_word.eq(sat32)]
         with m.Elif(wr_ok):
             m.d.sync += wv.eq(0)

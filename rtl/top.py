@@ -1301,8 +1301,17 @@ class TritiumTop(wiring.Component):
         ac_pairs = [(ac_i["wbr"], ac_i["wbw"])]
         if not vec_apart:
             ac_pairs.append((ac_i["vec_rd"], ac_i["vec_wr"]))
-        m.submodules.spad = spad = spad_memory(cfg, n_sp, sp_pairs)
-        m.submodules.acc = acc = acc_memory(cfg, n_ac, ac_pairs)
+        # ... and only one unit's ports request at a time: a port yields to its own unit's
+        # ports only (the DMA's load and store datapaths; the GEMM engines; the vector unit;
+        # the compute unit's parameter reader, which reads before the vector unit starts)
+        def unit_of(name):
+            return "vec" if name.startswith("vec") else "param" if name == "param" else "gemm"
+
+        dma2 = ["dma", "dma"]
+        m.submodules.spad = spad = spad_memory(cfg, n_sp, sp_pairs,
+                                               dma2 + [unit_of(n) for n in comp.sp_ports])
+        m.submodules.acc = acc = acc_memory(cfg, n_ac, ac_pairs,
+                                            dma2 + [unit_of(n) for n in comp.ac_ports])
 
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)
         wiring.connect(m, wiring.flipped(self.m_axi), join.bus)
