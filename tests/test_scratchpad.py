@@ -24,27 +24,36 @@ CYCLES = 1500
 
 
 def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
-         groups: int = 1) -> dict:
+         groups: int = 1, turns: bool = False) -> dict:
     """``groups`` > 1: the ports form that many groups (port ``i`` in group ``i % groups``)
-    whose hot words differ, and only ports of one group are ``clash_pairs``."""
+    whose hot words differ, and only ports of one group are ``clash_pairs``. ``turns``: the
+    groups are also the memory's arbitration ``groups`` and take turns (one group requests at
+    a time, as the units do without queues), on shared hot words."""
     pairs = None
     if groups > 1:
         pairs = [(r, w) for r in range(n_ports) for w in range(n_ports)
-                 if r != w and r % groups == w % groups]
+                 if r != w and (turns or r % groups == w % groups)]
     dut = BankedMemory(WORD_BYTES, WORDS, banks, n_ports, "t", fair=fair,
-                       transparent=transparent, clash_pairs=pairs)
+                       transparent=transparent, clash_pairs=pairs,
+                       groups=[i % groups for i in range(n_ports)] if turns else None)
     rng = random.Random(seed)
     model = [0] * WORDS
-    stats = {"reads": [0] * n_ports, "writes": [0] * n_ports, "held": 0}
+    stats = {"reads": [0] * n_ports, "writes": [0] * n_ports, "held": 0, "turns": 0}
 
     async def bench(ctx):
         pending = [None] * n_ports  # (we, addr, wdata, wmask) held until ack
         expect = [None] * n_ports  # read data due this cycle
+        turn = 0
         for _ in range(CYCLES):
+            if turns and all(r is None for r in pending) and rng.random() < 0.1:
+                turn = (turn + 1) % groups  # the next unit starts when the last is done
+                stats["turns"] += 1
             for i, p in enumerate(dut.ports):
-                if pending[i] is None and rng.random() < 0.7:
+                if turns and i % groups != turn:
+                    pass
+                elif pending[i] is None and rng.random() < 0.7:
                     # a few hot words: collisions between ports and between reads and writes
-                    if groups > 1:  # the group's own hot words, nothing shared
+                    if groups > 1 and not turns:  # the group's own hot words, nothing shared
                         addr = 4 * (i % groups) + rng.randrange(4)
                     else:
                         addr = rng.choice((0, 1, 2, 3, rng.randrange(WORDS)))
@@ -115,3 +124,35 @@ def test_banked_memory_clash_pairs(banks):
     stats = _run(banks, 4, False, False, seed=40 + banks, groups=2)
     assert all(n > 50 for n in stats["reads"] + stats["writes"]), stats
     assert stats["held"] > 20, stats
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_banked_memory_arbitration_groups(banks):
+    """Fixed priority within arbitration ``groups`` (two units of two ports taking turns on
+    the same words, as without queues): write-first results, every port served."""
+    stats = _run(banks, 4, False, False, seed=50 + banks, groups=2, turns=True)
+    assert all(n > 20 for n in stats["reads"] + stats["writes"]), stats
+    assert stats["turns"] > 10 and stats["held"] > 5, stats
+
+
+def test_arbitration_groups_independent():
+    """A port yields to the lower-index ports of its own group only: no grant depends on
+    another group's request (that is what takes the other units' request logic out of a
+    unit's ``ack``); within a group the lowest index wins."""
+    dut = BankedMemory(WORD_BYTES, WORDS, 1, 3, "t", fair=False, transparent=False,
+                       groups=["a", "b", "b"])
+    seen = []
+
+    async def bench(ctx):
+        for reqs in ((1, 1, 1), (1, 0, 1), (0, 1, 1), (1, 1, 0)):
+            for p, r in zip(dut.ports, reqs):
+                ctx.set(p.en, r)
+                ctx.set(p.we, 0)
+            seen.append(tuple(ctx.get(p.ack) for p in dut.ports))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [(1, 1, 0), (1, 0, 1), (0, 1, 0), (1, 1, 0)]
