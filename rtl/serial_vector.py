@@ -379,10 +379,12 @@ class SerialVectorUnit(VectorUnitBase):
         # memory's read data and the unit's registers. ``outst`` counts reads the memory has
         # not answered; an answer still in the register is ``rvalid``.
         m.d.comb += [self.sp_rdata.ready.eq(1), self.ac_rdata.ready.eq(1)]
+        raw = Signal(signed(32))
+        m.d.comb += raw.eq(Mux(self.ac_rdata.valid, self.ac_rdata.payload.as_signed(),
+                               self.sp_rdata.payload.as_signed()))
         m.d.sync += [
             rvalid.eq(self.sp_rdata.valid | self.ac_rdata.valid),
-            rdata.eq(Mux(self.ac_rdata.valid, self.ac_rdata.payload.as_signed(),
-                         self.sp_rdata.payload.as_signed())),
+            rdata.eq(raw),
             outst.eq(outst + step - (self.sp_rdata.valid | self.ac_rdata.valid)),
         ]
         elem_done = Signal()
@@ -421,11 +423,12 @@ class SerialVectorUnit(VectorUnitBase):
         with m.Elif(take):
             m.d.sync += elem_ready.eq(0)
 
-        # reductions: max / absmax / argmax as the value arrives, sums one cycle later
+        # reductions: max / absmax / argmax as the value arrives, sums one cycle later; the
+        # value compared (VQUANT |x|) is registered with the response
         rv = Signal(signed(9))
-        r8 = rdata[:8].as_signed()
+        r8 = raw[:8].as_signed()
         neg = is_[Op.VQUANT] & r8[7]  # |x|: (x ^ -1) + 1
-        m.d.comb += rv.eq((r8.as_signed() ^ neg.replicate(9).as_signed()) + neg)
+        m.d.sync += rv.eq((r8.as_signed() ^ neg.replicate(9).as_signed()) + neg)
         with m.If(rvalid & (state == _RED1) & (rv > rmax)):
             m.d.sync += rmax.eq(rv)
             # VARGMAX: the index; VQUANT: m = max(max |x|, 1) (rmax, rsum start at 1)
@@ -454,7 +457,7 @@ class SerialVectorUnit(VectorUnitBase):
         # one 17x17 signed multiplier: X half mstep[1] times Y half mstep[0] (high halves signed)
         hx, hy = mstep[1], mstep[0]
 
-        # X, straight from the operand registers: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
+        # X, from the operand registers: the first operand (VADD, VADD32: the 33-bit sum), the 9x9
         # product (VGATE: f * (h - c) + 128 c, rounded by ts = 7 to the gate's
         # ((f h + (128 - f) c + 64) >> 7)) or the exp table entry
         xnew = Signal(signed(33))
@@ -466,7 +469,16 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.comb += xnew.eq(slot0)
         with m.If(red_d):
             m.d.sync += rsum.eq(rsum + xnew[:16])  # VRMS x * x, VSOFTMAX the exp entry
-        xop = Mux(is_[Op.VRMS] & ~second, Cat(lo0, lo1, lo1[15]), xnew)
+        # X is registered (the 9x9 product is not in series with the 17x17 multiply): it is
+        # complete in the cycle after the element's last operand arrived, before the executor
+        # can take it, and the next element's operands arrive after its last multiply step;
+        # a row-end word enters with its value
+        xr = Signal(signed(33))
+        with m.If(inject):
+            m.d.sync += xr.eq(rsum[:16])
+        with m.Else():
+            m.d.sync += xr.eq(xnew)
+        xop = Mux(is_[Op.VRMS] & ~second, Cat(lo0, lo1, lo1[15]), xr)
         ma = Cat(Mux(hx, xop[16:32], xop[:16]), hx & xop[32]).as_signed()
         mb = Cat(Mux(hy, y[16:], y[:16]), hy & y[31]).as_signed()
         pp = Signal(signed(34))

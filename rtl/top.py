@@ -1159,18 +1159,25 @@ class ComputeUnit(wiring.Component):
             with m.If(~self.cmd.valid):
                 m.next = "IDLE"
 
+        # the opcode's unit, decoded in IDLE and registered for DISPATCH (the payload is
+        # stable while ``valid``): no opcode decode in front of the dispatch
+        is_gemm = {e: Signal(name=f"is_gemm_{e}") for e in gemms}
+        is_param = Signal()
+        is_vec = Signal()
         with m.FSM(name="comp"):
-            with m.State("IDLE"), m.If(self.cmd.valid):
-                m.next = "DISPATCH"
+            with m.State("IDLE"):
+                m.d.sync += [*(is_gemm[e].eq(opc == ENGINE_GEMM[e]) for e in gemms),
+                             is_param.eq(Cat(opc == int(o) for o in SERIAL_OPS).any()),
+                             is_vec.eq(Cat(opc == int(o) for o in VEC_OPS).any())]
+                with m.If(self.cmd.valid):
+                    m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 for e, gu in gemms.items():
-                    with m.If(opc == ENGINE_GEMM[e]):
+                    with m.If(is_gemm[e]):
                         m.d.comb += gu.cmd.valid.eq(self.cmd.valid)
                         with m.If(gu.cmd.valid & gu.cmd.ready):
                             m.d.comb += self.cmd.ready.eq(~hold)
                             m.next = f"WAIT_{e}"
-                is_param = Cat(opc == int(o) for o in SERIAL_OPS).any()
-                is_vec = Cat(opc == int(o) for o in VEC_OPS).any()
                 with m.If(is_param):
                     count = Mux((opc == Op.VREQ) & v.per_channel, v.n, 1)
                     m.d.sync += [paddr.eq(v.param), pleft.eq(count << 1),
