@@ -28,7 +28,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import AxiLiteSignature
 from tritium.rtl.csr import CSR_ADDR_WIDTH
-from tritium.rtl.scratchpad import MemPortSignature
+from tritium.rtl.scratchpad import COLLISION_FREE, MemPortSignature
 
 from tritium.config import AcceleratorConfig
 from tritium.isa import CSR_ID_VALUE
@@ -100,7 +100,9 @@ class Bridge(wiring.Component):
         aw = (cfg.dev_mem_bytes - 1).bit_length()  # device memory byte-address bits
         rx, tx, axil, mem = self.rx, self.tx, self.csr, self.mem
 
-        buf = memory.Memory(shape=8, depth=MAX_LEN, init=[])
+        # (the read port's data are used only in WM_WRITE, after a cycle without a write: the
+        # collision of PAYLOAD's writes with the read of the same word is don't-care)
+        buf = memory.Memory(shape=8, depth=MAX_LEN, init=[], attrs={COLLISION_FREE: 1})
         m.submodules.buf = buf
         bwr = buf.write_port()
         brd = buf.read_port()

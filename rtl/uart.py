@@ -19,12 +19,14 @@ Example
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
+
+from .scratchpad import COLLISION_FREE
 
 __all__ = ["MAX_BAUD_ERROR", "MIN_DIVISOR", "Uart", "UartError", "UartRx", "UartTx",
            "baud_divisor"]
@@ -290,17 +292,22 @@ class Uart(wiring.Component):
         wiring.connect(m, wiring.flipped(self.tx), utx.data)
         if self.rx_fifo:
             # The receiver's shift register goes straight into the FIFO memory (no byte
-            # register in between); rx.payload is the (write-through) read port's data,
-            # addressed with the read pointer of the next cycle.
+            # register in between); rx.payload is the read port's data, addressed with the
+            # read pointer of the next cycle, or in the cycle after a write of the word that
+            # was read (an empty FIFO) the shift register, which still holds the byte then
+            # (the receiver shifts again only a bit time later): write-through without the
+            # copy of the written byte that a transparent block RAM port needs.
             k = max(1, ceil_log2(self.rx_fifo))
-            mem = Memory(shape=8, depth=1 << k, init=[])
+            mem = Memory(shape=8, depth=1 << k, init=[], attrs={COLLISION_FREE: 1})
             m.submodules.rx_fifo = mem
             wr = mem.write_port()
-            rd = mem.read_port(transparent_for=(wr,))
+            rd = mem.read_port(transparent_for=())
             w = Signal(k + 1)
             r = Signal(k + 1)
             r_next = Signal(k + 1)
             full = Signal()
+            thru = Signal()  # the word read in the previous cycle was written then
+            m.d.sync += thru.eq(wr.en & (wr.addr == rd.addr))
             m.d.comb += [
                 full.eq((w[:k] == r[:k]) & (w[k] != r[k])),
                 urx.data.ready.eq(~full),
@@ -310,7 +317,7 @@ class Uart(wiring.Component):
                 self.rx.valid.eq(w != r),
                 r_next.eq(r + (self.rx.valid & self.rx.ready)),
                 rd.addr.eq(r_next[:k]),
-                self.rx.payload.eq(rd.data),
+                self.rx.payload.eq(Mux(thru, urx.data.payload, rd.data)),
             ]
             m.d.sync += [w.eq(w + wr.en), r.eq(r_next)]
         else:
