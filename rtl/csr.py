@@ -29,9 +29,15 @@ while STATUS.BUSY. The counters of engines absent from the configuration do not 
 registers read 0, as an idle unit's would). ``irq = IRQ_EN & (DONE | ERROR)``.
 
 AXI4-Lite behaviour: a write is taken when AW and W are both valid (then ``bvalid`` until
-``bready``); a read of a register answers the next cycle, a read of a counter within
+``bready``); a read is not accepted in a cycle in which a write is taken; a read of a register
+answers the next cycle (PROG_BASE and WATCHDOG: the cycle after), a read of a counter within
 ``len(counter_slots()) + 2`` cycles (below). Unknown offsets read 0; writes to them and to
 read-only registers are ignored; every response is OKAY.
+
+PROG_BASE and WATCHDOG are two words of a block RAM (``reg_mem``), not registers: they take
+their initial values with the bitstream (or the simulation's start) and keep what was
+written over a reset of the clock domain. The controller sees a WATCHDOG write two cycles
+after its handshake, and PROG_BASE in the ``start`` cycle.
 
 The counters live in a small memory (one 32-bit word each: two EBRs on iCE40, LUT RAM on ECP5)
 with a narrow free-running pre-counter each (the count's low bits); a flush pointer brings one
@@ -84,8 +90,11 @@ class CsrBlock(wiring.Component):
         The register slave port.
     start, reset : Out(1)
         Pulses from CTRL writes.
-    prog_base, watchdog : Out(32)
-        PROG_BASE and WATCHDOG.
+    prog_base : Out(32)
+        PROG_BASE, valid in the ``start`` cycle (only).
+    watchdog : Out(32)
+        WATCHDOG (from the second cycle after power-on; a write shows two cycles after its
+        handshake).
     busy, done, error : In(1)
         STATUS bits (owned by the controller).
     err_code : In(8)
@@ -106,7 +115,7 @@ class CsrBlock(wiring.Component):
                 "start": Out(1),
                 "reset": Out(1),
                 "prog_base": Out(32),
-                "watchdog": Out(32, init=cfg.watchdog_cycles),
+                "watchdog": Out(32),
                 "busy": In(1),
                 "done": In(1),
                 "error": In(1),
@@ -124,6 +133,19 @@ class CsrBlock(wiring.Component):
         #: read/write collision logic is needed around the block RAM (``COLLISION_FREE``).
         self.counter_mem = Memory(shape=32, depth=1 << ceil_log2(len(self.counter_slots()) + 1),
                                   init=[], attrs={COLLISION_FREE: 1})
+        #: PROG_BASE (word ``REG_PROG_BASE``) and WATCHDOG (word ``REG_WATCHDOG``) in block
+        #: RAM instead of 64 flip-flops (whose inputs would be the bus's write data, one logic
+        #: cell each), twice (one read and one write port each, written alike): ``reg_mem``'s
+        #: read port reads PROG_BASE for START (in the cycle a CTRL write is taken, so
+        #: ``prog_base`` holds it in the ``start`` cycle) and both registers for the bus (never
+        #: while a write is taken); ``wd_mem``'s shows WATCHDOG to the controller (not enabled
+        #: in the cycle of a write). No read meets a write of its memory: no collision logic.
+        self.reg_mem, self.wd_mem = (
+            Memory(shape=32, depth=2, init=[0, cfg.watchdog_cycles],
+                   attrs={COLLISION_FREE: 1, "ram_style": "block"}) for _ in range(2))
+
+    #: Words of :attr:`reg_mem`.
+    REG_PROG_BASE, REG_WATCHDOG = 0, 1
 
     def counter_slots(self) -> list[tuple[str, int]]:
         """The counters, in the order of their slots in the counter memory: ``(name, offset)``
@@ -213,15 +235,32 @@ class CsrBlock(wiring.Component):
             CSR.STATUS: Cat(self.busy, self.done, self.error),
             CSR.ERROR: self.err_code,
             CSR.ERROR_PC: self.err_pc,
-            CSR.PROG_BASE: self.prog_base,
-            CSR.WATCHDOG: self.watchdog,
         }
+        # PROG_BASE / WATCHDOG in ``reg_mem`` (see ``__init__``)
+        m.submodules.reg_mem = self.reg_mem
+        m.submodules.wd_mem = self.wd_mem
+        r_wr = self.reg_mem.write_port()
+        r_a = self.reg_mem.read_port(transparent_for=())  # PROG_BASE for START; bus reads
+        wd_wr = self.wd_mem.write_port()
+        r_wd = self.wd_mem.read_port(transparent_for=())  # WATCHDOG, for the controller
+        pb_w, wd_w = int(CSR.PROG_BASE) >> 2, int(CSR.WATCHDOG) >> 2
+        take = Signal()  # (register writes, below) a write is taken this cycle
+        m.d.comb += [
+            r_wd.addr.eq(self.REG_WATCHDOG),
+            r_wd.en.eq(~r_wr.en),
+            wd_wr.addr.eq(r_wr.addr),
+            wd_wr.data.eq(r_wr.data),
+            wd_wr.en.eq(r_wr.en),
+            self.watchdog.eq(r_wd.data),
+            self.prog_base.eq(r_a.data),
+        ]
         rvalid = Signal()
         rdata = Signal(32)
         rwait = Signal()  # a counter read waits for its slot's flush
         rslot = Signal(range(ns))
+        rreg = Signal()  # a read of PROG_BASE / WATCHDOG: r_a has the word
         m.d.comb += [
-            bus.arready.eq(~rvalid & ~rwait),
+            bus.arready.eq(~rvalid & ~rwait & ~rreg & ~take),
             bus.rvalid.eq(rvalid),
             bus.rdata.eq(rdata),
             bus.rresp.eq(0),
@@ -230,11 +269,16 @@ class CsrBlock(wiring.Component):
             for off, val in regs.items():
                 with m.Case(int(off) >> 2):
                     m.d.sync += [rdata.eq(val), rvalid.eq(1)]
+            with m.Case(pb_w, wd_w):
+                m.d.comb += r_a.en.eq(1)
+                m.d.sync += rreg.eq(1)
             for j, (_, off) in enumerate(slots):
                 with m.Case(off >> 2):
                     m.d.sync += [rslot.eq(j), rwait.eq(1)]
             with m.Default():
                 m.d.sync += [rdata.eq(0), rvalid.eq(1)]
+        with m.Elif(rreg):
+            m.d.sync += [rdata.eq(r_a.data), rvalid.eq(1), rreg.eq(0)]
         with m.Elif(rwait & f_v & (f_slot == rslot)):
             m.d.sync += [rdata.eq(f_sum[:32]), rvalid.eq(1), rwait.eq(0)]
         with m.Elif(bus.rvalid & bus.rready):
@@ -242,7 +286,6 @@ class CsrBlock(wiring.Component):
 
         # ------------------------------------------------------------------ register writes
         bvalid = Signal()
-        take = Signal()
         m.d.comb += [
             take.eq(bus.awvalid & bus.wvalid & ~bvalid),
             bus.awready.eq(take),
@@ -263,12 +306,16 @@ class CsrBlock(wiring.Component):
                         reset.eq(bus.wdata[1]),
                         irq_en.eq(bus.wdata[2]),
                     ]
-                with m.Case(int(CSR.PROG_BASE) >> 2):
-                    m.d.sync += self.prog_base.eq(bus.wdata)
-                with m.Case(int(CSR.WATCHDOG) >> 2):
-                    m.d.sync += self.watchdog.eq(bus.wdata)
+                    m.d.comb += r_a.en.eq(1)  # (r_a.addr: PROG_BASE while a write is taken)
+                with m.Case(pb_w, wd_w):
+                    m.d.comb += r_wr.en.eq(1)
         with m.Elif(bvalid & bus.bready):
             m.d.sync += bvalid.eq(0)
+        m.d.comb += [
+            r_wr.addr.eq(bus.awaddr[2:] == wd_w),
+            r_wr.data.eq(bus.wdata),
+            r_a.addr.eq(~take & (bus.araddr[2:] == wd_w)),
+        ]
 
         m.d.comb += self.irq.eq(irq_en & (self.done | self.error))
         return m

@@ -164,3 +164,96 @@ def test_csr_counters(cfg_name):
     sim.run()
     assert state["checked"] > 300 and state["exact"] > 20, state
     assert state["hi"] > 0, "the CYCLES carry into the high word was never seen"
+
+
+@pytest.mark.parametrize("cfg_name", ["tiny", "base"])
+def test_csr_prog_base_watchdog(cfg_name):
+    """PROG_BASE and WATCHDOG (``CsrBlock.reg_mem``): power-on values, random writes and reads
+    (random ``rready`` delays), the ``watchdog`` output (the old value until at most two cycles
+    after the write's address handshake, the new one from then on; never anything else), and
+    ``prog_base`` in every ``start`` cycle (START written at random moments)."""
+    cfg = preset(cfg_name)
+    rnd = random.Random(f"regs-{cfg_name}")
+    dut = CsrBlock(cfg)
+    bus = dut.bus
+    model = {CSR.PROG_BASE: 0, CSR.WATCHDOG: cfg.watchdog_cycles}
+    # (power-on: the watchdog port's first read is in the first cycle, 0 before it)
+    state = {"wd_ok": {0, cfg.watchdog_cycles}, "settle": 1, "starts": 0, "wd_checks": 0,
+             "reads": 0}
+
+    async def monitor(ctx):
+        async for _, _, start, pb, wd in ctx.tick().sample(dut.start, dut.prog_base,
+                                                           dut.watchdog):
+            if start:
+                assert pb == model[CSR.PROG_BASE], (hex(pb), hex(model[CSR.PROG_BASE]))
+                state["starts"] += 1
+            if state["settle"]:
+                state["settle"] -= 1
+                assert wd in state["wd_ok"], (wd, state["wd_ok"])
+            else:
+                assert wd == model[CSR.WATCHDOG], (wd, model[CSR.WATCHDOG])
+                state["wd_ok"] = {wd}
+                state["wd_checks"] += 1
+
+    async def read(ctx, off):
+        ctx.set(bus.araddr, off)
+        ctx.set(bus.arvalid, 1)
+        await ctx.tick().until(bus.arready)
+        ctx.set(bus.arvalid, 0)
+        while not ctx.get(bus.rvalid):
+            await ctx.tick()
+        for _ in range(rnd.choice([0, 0, 1, 3])):
+            await ctx.tick()
+        got = ctx.get(bus.rdata)
+        ctx.set(bus.rready, 1)
+        await ctx.tick()
+        ctx.set(bus.rready, 0)
+        return got
+
+    async def write(ctx, off, val):
+        ctx.set(bus.awaddr, off)
+        ctx.set(bus.wdata, val)
+        ctx.set(bus.awvalid, 1)
+        ctx.set(bus.wvalid, 1)
+        await ctx.tick().until(bus.awready)  # the edge that takes the write
+        if off == CSR.WATCHDOG:
+            state["wd_ok"] = {model[CSR.WATCHDOG], val}
+            state["settle"] = 2
+        if off in model:
+            model[off] = val
+        ctx.set(bus.awvalid, 0)
+        ctx.set(bus.wvalid, 0)
+        ctx.set(bus.bready, rnd.choice([0, 1]))
+        while not ctx.get(bus.bvalid):
+            await ctx.tick()
+        ctx.set(bus.bready, 1)
+        await ctx.tick()
+        ctx.set(bus.bready, 0)
+
+    async def tb(ctx):
+        await ctx.tick().repeat(3)
+        assert await read(ctx, CSR.PROG_BASE) == 0
+        assert await read(ctx, CSR.WATCHDOG) == cfg.watchdog_cycles
+        for _ in range(300):
+            r = rnd.random()
+            off = rnd.choice([CSR.PROG_BASE, CSR.WATCHDOG])
+            if r < 0.35:
+                await write(ctx, off, rnd.getrandbits(32))
+            elif r < 0.5:
+                await write(ctx, CSR.CTRL, rnd.choice([1, 1, 3, 4, 5]))
+            elif r < 0.55:
+                await write(ctx, CSR.ID, rnd.getrandbits(32))  # read-only: ignored
+            else:
+                got = await read(ctx, off)
+                assert got == model[off], (hex(off), hex(got), hex(model[off]))
+                state["reads"] += 1
+            for _ in range(rnd.choice([0, 0, 1, 2, 5])):
+                await ctx.tick()
+        await ctx.tick().repeat(3)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(monitor)
+    sim.add_testbench(tb)
+    sim.run()
+    assert state["starts"] > 25 and state["reads"] > 80 and state["wd_checks"] > 500, state
