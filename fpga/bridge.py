@@ -27,6 +27,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import AxiLiteSignature
+from tritium.rtl.controller import gt_const
 from tritium.rtl.csr import CSR_ADDR_WIDTH
 from tritium.rtl.scratchpad import COLLISION_FREE, MemPortSignature
 
@@ -223,7 +224,7 @@ class Bridge(wiring.Component):
                     m.d.sync += hdr.eq(hdr + 1)
                     with m.Switch(hdr):
                         with m.Case(0):
-                            m.d.sync += [cmd.eq(byte), cmd_bad.eq(byte >= len(Cmd))]
+                            m.d.sync += [cmd.eq(byte), cmd_bad.eq(gt_const(byte, len(Cmd) - 1))]
                         for i in range(4):
                             with m.Case(1 + i):
                                 lo_b, hi_b = 8 * i, 8 * i + 8

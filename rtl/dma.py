@@ -27,7 +27,7 @@ without ``done``, so the AXI slave is never left with half a transaction.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,7 +35,7 @@ from tritium.config import AcceleratorConfig
 from tritium.isa import Op
 
 from .axi import BURST_INCR, MAX_BURST_BEATS, PAGE_BYTES, Axi4Signature
-from .controller import instr_layout
+from .controller import gt_const, instr_layout
 from .scratchpad import MemPortSignature
 
 __all__ = ["ID_FETCH", "ID_LOAD", "AxiJoin", "DmaUnit", "LoadUnit", "StoreUnit", "axi_signature"]
@@ -54,6 +54,15 @@ def axi_signature(cfg: AcceleratorConfig) -> Axi4Signature:
 
 def _log2(v: int) -> int:
     return (v - 1).bit_length()
+
+
+def _ge_narrow(a, b) -> Value:
+    """``a >= b`` (unsigned) for a narrow ``b``, as plain logic: yosys makes any comparison a
+    carry chain (a logic cell per bit of ``a``, which cannot pack with a LUT)."""
+    a, b = Value.cast(a), Value.cast(b)
+    n = len(b)
+    hi = a[n:].any() if len(a) > n else Const(0)
+    return hi | Cat(*((b == v) & gt_const(a[:n], v - 1) for v in range(1 << n))).any()
 
 
 def dev_addr_bits(cfg: AcceleratorConfig) -> int:
@@ -446,7 +455,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     if lean:
         # (a read may replace the word popped in this cycle; ``held`` never exceeds the
         # beats left, which a pop lowers as well)
-        m.d.comb += rd.eq(active & ~stop & w_act & (w_left >= held) & ((held < 2) | pop))
+        m.d.comb += rd.eq(active & ~stop & w_act & _ge_narrow(w_left, held) & ((held < 2) | pop))
     else:
         m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < fifo_depth))
     for port, sel in ((u.spad, ~space), (u.acc, space)):
