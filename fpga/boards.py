@@ -530,7 +530,7 @@ class AxiSram(wiring.Component):
         lb = _log2(self.data_width // 8)
         aw = self.mem_addr_bits
         addr = Signal(aw)
-        left = Signal(9)  # beats left to issue
+        left = Signal(8)  # beats left to issue, less one (AXI xLEN: no adder to load it)
         bid = Signal(len(a.awid))
         rid = Signal(len(a.arid))
         bad = Signal()  # the current burst starts outside the memory
@@ -559,7 +559,7 @@ class AxiSram(wiring.Component):
                 take_r = a.arvalid & (prefer_read | ~a.awvalid)
                 with m.If(take_r):
                     m.d.comb += a.arready.eq(1)
-                    m.d.sync += [addr.eq(a.araddr[lb:]), left.eq(a.arlen + 1), rid.eq(a.arid),
+                    m.d.sync += [addr.eq(a.araddr[lb:]), left.eq(a.arlen), rid.eq(a.arid),
                                  prefer_read.eq(0), bad.eq(a.araddr >= size)]
                     m.next = "READ"
                 with m.Elif(a.awvalid):
@@ -569,9 +569,9 @@ class AxiSram(wiring.Component):
                     m.next = "WRITE"
             with m.State("READ"), m.If(can_issue):
                 m.d.comb += [mem.en.eq(1), mem.we.eq(0)]
-                m.d.sync += [out_v.eq(1), out_l.eq(left == 1), addr.eq(addr + 1),
+                m.d.sync += [out_v.eq(1), out_l.eq(left == 0), addr.eq(addr + 1),
                              left.eq(left - 1)]
-                with m.If(left == 1):
+                with m.If(left == 0):
                     m.next = "READ_DRAIN"
             # a new burst waits until the last beat of this one has left
             with m.State("READ_DRAIN"), m.If(can_issue):
