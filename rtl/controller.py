@@ -1158,6 +1158,7 @@ class Controller(wiring.Component):
 
         # ------------------------------------------------------------------ main FSM
         opc = ir[:8]
+        is_halt, is_fence, is_jump = Signal(), Signal(), Signal()
         target = data.View(instr_layout(Op.JUMP), ir).target
         pc_mis = pc[:4] != 0
         pc_range = gt_const(pc, dev - INSTR_BYTES)
@@ -1241,6 +1242,10 @@ class Controller(wiring.Component):
                 m.next = "CHECK"
                 run_guard()
             with m.State("CHECK"):
+                # the controller's own opcodes, decoded while the checker runs (``ir`` is
+                # stable) and registered for DISPATCH: no opcode decode in front of its pc
+                m.d.sync += [is_halt.eq(opc == Op.HALT), is_fence.eq(opc == Op.FENCE),
+                             is_jump.eq(opc == Op.JUMP)]
                 with m.If(chk.done):
                     m.next = "DISPATCH"
                 run_guard()
@@ -1252,14 +1257,14 @@ class Controller(wiring.Component):
                 with m.Elif(chk.code != 0):
                     fault(chk.code)
                     m.next = "DRAIN"
-                with m.Elif(opc == Op.HALT), m.If(all_empty):
+                with m.Elif(is_halt), m.If(all_empty):
                     m.d.comb += self.retire.eq(1)
                     m.next = "DONE"
-                with m.Elif(opc == Op.FENCE), m.If(all_empty):
+                with m.Elif(is_fence), m.If(all_empty):
                     m.d.comb += self.retire.eq(1)
                     m.d.sync += pc.eq(pc_next)
                     m.next = "FETCH"
-                with m.Elif(opc == Op.JUMP):
+                with m.Elif(is_jump):
                     m.d.comb += self.retire.eq(1)
                     m.d.sync += pc.eq(target)
                     m.next = "FETCH"
