@@ -508,6 +508,9 @@ class AxiSram(wiring.Component):
         The RAM: read data one cycle after a read, then unchanged until the next read.
     holding : Out(1)
         The RAM's read data is a beat R has not taken yet.
+    writing : Out(1)
+        A write burst is in progress (from AW to B): whoever shares the RAM keeps off it, so
+        that only W's own ``wvalid`` decides the RAM's enable.
     """
 
     def __init__(self, *, addr_width: int, data_width: int, id_width: int, mem_addr_bits: int,
@@ -522,6 +525,7 @@ class AxiSram(wiring.Component):
                                     id_width=id_width)),
             "mem": Out(SinglePortSignature(mem_addr_bits, data_width)),
             "holding": Out(1),
+            "writing": Out(1),
         })
 
     def elaborate(self, platform):
@@ -577,7 +581,7 @@ class AxiSram(wiring.Component):
             with m.State("READ_DRAIN"), m.If(can_issue):
                 m.next = "IDLE"
             with m.State("WRITE"):
-                m.d.comb += a.wready.eq(1)
+                m.d.comb += [a.wready.eq(1), self.writing.eq(1)]
                 with m.If(a.wvalid):
                     m.d.comb += [mem.en.eq(~bad), mem.we.eq(1)]
                     m.d.sync += addr.eq(addr + 1)
@@ -597,8 +601,9 @@ class SingleSocRam(wiring.Component):
     its :class:`BlockRam` model elsewhere.
 
     Cycle contract: the AXI side (:class:`AxiSram`) has priority; the bridge port is
-    acknowledged in the cycles in which the AXI side does not access the RAM (reads also not
-    while the RAM's output holds an AXI read beat), its read data arrive the next cycle
+    acknowledged in the cycles in which the AXI side does not access the RAM and no AXI write
+    burst is in progress (reads also not while the RAM's output holds an AXI read beat): the
+    RAM's enable does not wait for the bridge's request logic; its read data arrive the next cycle
     (``rvalid``). Bursts starting beyond ``cfg.dev_mem_bytes`` answer
     DECERR.
 
@@ -640,7 +645,7 @@ class SingleSocRam(wiring.Component):
         p, a, r = self.port, ax.mem, ram.bus
         grant = Signal()
         m.d.comb += [
-            grant.eq(p.en & ~a.en & (p.we | ~ax.holding)),
+            grant.eq(p.en & ~a.en & ~ax.writing & (p.we | ~ax.holding)),
             r.en.eq(a.en | grant),
             r.we.eq(Mux(a.en, a.we, p.we)),
             r.addr.eq(Mux(a.en, a.addr, p.addr)),

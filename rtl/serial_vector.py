@@ -259,7 +259,6 @@ class SerialVectorUnit(VectorUnitBase):
         big_k = Signal(2)  # reads per element - 1
         base_sel = Signal(range(len(_BASES)))
         idx_sel = Signal(range(len(_INDEXES)))
-        one_elem = Signal()  # PARAM, SCALE: one element per pass
         dep = Signal()  # this read's address depends on a response (table entry)
 
         def reads(rd):
@@ -279,10 +278,8 @@ class SerialVectorUnit(VectorUnitBase):
                     idx_sel.eq(Mux(pc, _INDEXES.index("n"), _INDEXES.index("k"))),
                 ]
             with m.Case(_PARAM):
-                m.d.comb += one_elem.eq(1)
                 reads(((_ACC, "param", "k"), (_ACC, "param", "k")))
             with m.Case(_SCALE):
-                m.d.comb += one_elem.eq(1)
                 reads(((_ACC, "rptr", "c"),))
             with m.Case(_RED1):
                 reads(((_SPAD, "src", "i"),))
@@ -299,8 +296,11 @@ class SerialVectorUnit(VectorUnitBase):
                         else:
                             reads(rd)
 
+        # elements of the pass whose reads are still to issue (a down counter: no compare of
+        # ``c`` with the command's ``n`` in front of the issue and pass-end logic)
+        left = Signal(self.spad_aw + 1)
         last_elem = Signal()
-        m.d.comb += last_elem.eq(Mux(one_elem, c == 1, c == ctx.n))
+        m.d.comb += last_elem.eq(left == 0)
         # table index: VACT x + 128, VSOFTMAX 2 * clamp(x - max + 128, 0, 255) + byte
         x8 = slot0[:8].as_signed()
         d_sm = Signal(signed(10))
@@ -367,7 +367,7 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.sync += rq_v.eq(0)
         with m.If(step):
             with m.If(k == big_k):
-                m.d.sync += [k.eq(0), c.eq(c + 1)]
+                m.d.sync += [k.eq(0), c.eq(c + 1), left.eq(left - 1)]
             with m.Else():
                 m.d.sync += k.eq(k + 1)
             with m.If(state == _SCALE):
@@ -590,7 +590,8 @@ class SerialVectorUnit(VectorUnitBase):
         ]
 
         def begin(st):  # enter a pass
-            m.d.sync += [state.eq(st), c.eq(0), k.eq(0)]
+            m.d.sync += [state.eq(st), c.eq(0), k.eq(0),
+                         left.eq(1 if st in (_PARAM, _SCALE) else ctx.n)]
 
         has_red = is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VSOFTMAX] | is_[Op.VARGMAX]
         with m.Switch(state):
