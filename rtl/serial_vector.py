@@ -240,6 +240,7 @@ class SerialVectorUnit(VectorUnitBase):
         # VREQ)
         rptr = Signal(self.acc_aw)
         rowbase = Signal(aw)
+        ri = Signal(aw)  # rowbase + c, kept (no adder in front of the address adder)
         c = Signal(self.spad_aw + 1)  # elements of the pass whose reads have all been issued
         k = Signal(2)  # next read's operand
         kc = Signal(2)  # next response's operand
@@ -317,7 +318,7 @@ class SerialVectorUnit(VectorUnitBase):
                 with m.Case(j):
                     m.d.comb += base.eq(bases[b])
         with m.Switch(idx_sel):
-            for j, (ix, v) in enumerate(zip(_INDEXES, (rowbase + c, c, tidx, k, ctx.n))):
+            for j, (ix, v) in enumerate(zip(_INDEXES, (ri, c, tidx, k, ctx.n))):
                 assert _INDEXES[j] == ix
                 with m.Case(j):
                     m.d.comb += idx.eq(v)
@@ -367,7 +368,7 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.sync += rq_v.eq(0)
         with m.If(step):
             with m.If(k == big_k):
-                m.d.sync += [k.eq(0), c.eq(c + 1), left.eq(left - 1)]
+                m.d.sync += [k.eq(0), c.eq(c + 1), ri.eq(ri + 1), left.eq(left - 1)]
             with m.Else():
                 m.d.sync += k.eq(k + 1)
             with m.If(state == _SCALE):
@@ -590,7 +591,7 @@ class SerialVectorUnit(VectorUnitBase):
         ]
 
         def begin(st):  # enter a pass
-            m.d.sync += [state.eq(st), c.eq(0), k.eq(0),
+            m.d.sync += [state.eq(st), c.eq(0), k.eq(0), ri.eq(rowbase),
                          left.eq(1 if st in (_PARAM, _SCALE) else ctx.n)]
 
         has_red = is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VSOFTMAX] | is_[Op.VARGMAX]
