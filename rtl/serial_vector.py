@@ -270,7 +270,7 @@ class SerialVectorUnit(VectorUnitBase):
             m.d.comb += big_k.eq(max(len(rd) - 1, 0))
 
         with m.Switch(state):
-            with m.Case(_START):  # no read: the address adder gives rptr its start (k == 0)
+            with m.Case(_START):  # no read: base + offset gives rptr its start (k == 0)
                 m.d.comb += [
                     space.eq(_ACC),
                     base_sel.eq(Mux(is_[Op.VQUANT] | pc, _BASES.index("param"),
@@ -322,8 +322,10 @@ class SerialVectorUnit(VectorUnitBase):
                 assert _INDEXES[j] == ix
                 with m.Case(j):
                     m.d.comb += idx.eq(v)
-        addr = Signal(aw)
-        m.d.comb += addr.eq(base + Mux(space == _ACC, idx << 2, idx))
+        # the selected base and (scaled) index are registered with the request and added
+        # behind the register (rq_base + rq_off): no adder between the selection and it
+        off = Signal(aw)
+        m.d.comb += off.eq(Mux(space == _ACC, idx << 2, idx))
 
         e_state = Signal(range(3))
         mstep = Signal(2)
@@ -351,19 +353,22 @@ class SerialVectorUnit(VectorUnitBase):
                                  & (~wv | rq_v | wr_ok)
                                  & (~dep | ((outst == 0) & ~rvalid)))
         rq_ac = Signal()
+        rq_base = Signal(aw)
+        rq_off = Signal(aw)
         rq_addr = Signal(aw)
         rq_ack = Signal()
         step = Signal()
         m.d.comb += [
             self.sp_rd.valid.eq(rq_v & ~rq_ac),
             self.ac_rd.valid.eq(rq_v & rq_ac),
+            rq_addr.eq(rq_base + rq_off),
             self.sp_rd.payload.eq(rq_addr),
             self.ac_rd.payload.eq(rq_addr),
             rq_ack.eq((self.sp_rd.valid & self.sp_rd.ready) | (self.ac_rd.valid & self.ac_rd.ready)),
             step.eq(can_issue & (~rq_v | rq_ack)),
         ]
         with m.If(step):
-            m.d.sync += [rq_v.eq(1), rq_ac.eq(space == _ACC), rq_addr.eq(addr)]
+            m.d.sync += [rq_v.eq(1), rq_ac.eq(space == _ACC), rq_base.eq(base), rq_off.eq(off)]
         with m.Elif(rq_ack):
             m.d.sync += rq_v.eq(0)
         with m.If(step):
@@ -595,13 +600,18 @@ class SerialVectorUnit(VectorUnitBase):
                          left.eq(1 if st in (_PARAM, _SCALE) else ctx.n)]
 
         has_red = is_[Op.VRMS] | is_[Op.VQUANT] | is_[Op.VSOFTMAX] | is_[Op.VARGMAX]
+        start_d = Signal()  # the cycle after START: rq_addr is rptr's start
+        m.d.sync += start_d.eq(state == _START)
+        with m.If(start_d):
+            m.d.sync += rptr.eq(rq_addr)
         with m.Switch(state):
             with m.Case(_IDLE), m.If(accept):
                 m.d.sync += state.eq(Mux(known, _START, _FINISH))
             with m.Case(_START):
                 m.d.sync += [
                     wptr.eq(ctx.base["dst"]),
-                    rptr.eq(addr),
+                    rq_base.eq(base),  # rptr's start, taken from rq_addr next cycle
+                    rq_off.eq(off),
                     preg.eq(1),
                     ts_reg.eq(Mux(is_[Op.VQUANT] | is_[Op.VSOFTMAX], 23,
                                   Mux(is_[Op.VGATE], 6, 0))),
