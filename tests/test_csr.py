@@ -54,6 +54,27 @@ class _Model:
         return self.v[name] & 0xFFFF_FFFF
 
 
+async def _axil_read(ctx, bus, rnd, off, cyc=None):
+    """One AXI4-Lite read of ``off``, ``rready`` raised 0-3 cycles after ``rvalid``: (data,
+    k, j), with ``cyc`` a cycle counter: k edges before the one that took the address, j the
+    edge that raised ``rvalid`` (both None without ``cyc``)."""
+    ctx.set(bus.araddr, off)
+    ctx.set(bus.arvalid, 1)
+    await ctx.tick().until(bus.arready)
+    ctx.set(bus.arvalid, 0)
+    k = ctx.get(cyc) - 1 if cyc is not None else None
+    while not ctx.get(bus.rvalid):
+        await ctx.tick()
+    j = ctx.get(cyc) if cyc is not None else None
+    for _ in range(rnd.choice([0, 0, 1, 3])):
+        await ctx.tick()
+    got = ctx.get(bus.rdata)
+    ctx.set(bus.rready, 1)
+    await ctx.tick()
+    ctx.set(bus.rready, 0)
+    return got, k, j
+
+
 @pytest.mark.parametrize("cfg_name", ["tiny", "base"])
 def test_csr_counters(cfg_name):
     cfg = preset(cfg_name)
@@ -92,21 +113,7 @@ def test_csr_counters(cfg_name):
             ctx.set(dut.unit_stall, 0 if quiet else rnd.getrandbits(len(UNITS)))
 
     async def read(ctx, off):
-        ctx.set(bus.araddr, off)
-        ctx.set(bus.arvalid, 1)
-        await ctx.tick().until(bus.arready)
-        ctx.set(bus.arvalid, 0)
-        k = ctx.get(cyc) - 1  # edges before the one that took the address
-        while not ctx.get(bus.rvalid):
-            await ctx.tick()
-        j = ctx.get(cyc)  # the edge that raised rvalid
-        for _ in range(rnd.choice([0, 0, 1, 3])):
-            await ctx.tick()
-        got = ctx.get(bus.rdata)
-        ctx.set(bus.rready, 1)
-        await ctx.tick()
-        ctx.set(bus.rready, 0)
-        return got, k, j
+        return await _axil_read(ctx, bus, rnd, off, cyc)
 
     async def write(ctx, off, val):
         ctx.set(bus.awaddr, off)
@@ -196,19 +203,7 @@ def test_csr_prog_base_watchdog(cfg_name):
                 state["wd_checks"] += 1
 
     async def read(ctx, off):
-        ctx.set(bus.araddr, off)
-        ctx.set(bus.arvalid, 1)
-        await ctx.tick().until(bus.arready)
-        ctx.set(bus.arvalid, 0)
-        while not ctx.get(bus.rvalid):
-            await ctx.tick()
-        for _ in range(rnd.choice([0, 0, 1, 3])):
-            await ctx.tick()
-        got = ctx.get(bus.rdata)
-        ctx.set(bus.rready, 1)
-        await ctx.tick()
-        ctx.set(bus.rready, 0)
-        return got
+        return (await _axil_read(ctx, bus, rnd, off))[0]
 
     async def write(ctx, off, val):
         ctx.set(bus.awaddr, off)
