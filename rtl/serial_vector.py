@@ -136,14 +136,18 @@ class SerialVectorUnit(VectorUnitBase):
     element per cycle (up to ``depth`` outstanding) and fold each response into the row's sum
     or max as it arrives. Output passes fetch one element at a time (its ``K`` operands back to
     back; a VACT / VSOFTMAX table entry after the element's value has arrived) into operand
-    registers, from which the executor multiplies it (the next element's reads start in the
-    third of its four multiply cycles, when X is no longer needed); the executor
-    multiplies ``X * Y`` (``X``: the operand, the 9x9 product or the sum of two operands; ``Y``:
-    M0, the row scale or reciprocal, or 1) as four 16x16 partial products on one multiplier,
-    summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then the product's low
-    word, straight from the product registers, by M0), and writes the rounded, shifted,
-    clamped result in the next cycle (the output stage of :class:`VectorUnit` with
-    ``p >> (ts - 1)`` saturated to 10 bits). Every pass
+    registers, from which the executor multiplies it (the next element's reads start once it
+    has been taken: their answers land after its last multiply cycle); the executor
+    multiplies ``X * Y`` (``X``: the operand, the 9x9 product or the sum of two operands,
+    registered; ``Y``: M0, the row scale or reciprocal, or 1) as four 16x16 partial products on
+    one multiplier, summed in a shifting accumulator (VRMS multiplies twice: by ``r``, then the
+    product's low word, straight from the product registers, by M0), puts the shifted result
+    into a write register in the next cycle and goes on; the write (the output stage of
+    :class:`VectorUnit` with ``p >> (ts - 1)`` saturated to 10 bits, rounded and clamped in
+    front of the write data) is presented only while no read is, and no read is issued while
+    a presented write waits. Registers sit on every memory boundary: a read is issued into a
+    request register (base and scaled index, added behind it), its answer is registered
+    before use, and ``stall`` reports the cycle before. Every pass
     starts when the previous one has finished (no read outstanding, every element written).
     Nothing depends on data. With every ``ready`` high and a memory answering each read in the
     cycle after its request, an instruction takes, from the cycle its ``cmd`` transfers to its
