@@ -337,9 +337,10 @@ class SerialVectorUnit(VectorUnitBase):
         e_idle = Signal()
         m.d.comb += e_idle.eq(e_state == _E_IDLE)
         take = Signal()  # the executor takes the fetched element this cycle
-        # A new output element is fetched only when the previous one's operands have been taken
-        # (per-channel VREQ: and executed, its M0 and shift land in preg / ts_reg). Taken now:
-        # the executor is idle (not "or writing": no valid may depend on a ready).
+        # A new output element is fetched only when the previous one's operands have all
+        # arrived (nothing outstanding, no answer in the register) and been taken (per-channel
+        # VREQ: and executed, its M0 and shift land in preg / ts_reg). Its answers land after
+        # the taken element's last multiply cycle, so the executor's state does not matter.
         first_ok = Signal()
         m.d.comb += first_ok.eq(
             (k != 0) | (state != _MAIN)
