@@ -61,6 +61,7 @@ __all__ = [
     "format_report",
     "hierarchy_breakdown",
     "parse_fmax",
+    "parse_slack",
     "parse_utilisation",
     "tool",
 ]
@@ -105,6 +106,46 @@ def parse_fmax(log_text: str) -> dict[str, dict[str, Any]]:
         out[m.group(1)] = {"mhz": float(m.group(2)), "target_mhz": float(m.group(4)),
                            "pass": m.group(3) == "PASS"}
     return out
+
+
+_HIST_LEGEND_RE = re.compile(r"\*\s+represents\s+(\d+)\s+endpoint")
+_HIST_BIN_RE = re.compile(r"^Info:\s+\[\s*(-?\d+),\s*(-?\d+)\)\s+\|(\**)(\+?)")
+
+
+def parse_slack(log_text: str) -> dict[str, Any] | None:
+    """The LAST ``Slack histogram`` of a nextpnr log: how far the design is from its target.
+
+    Returns ``{"worst_ns", "failing": [lo, hi], "endpoints": [lo, hi]}`` or ``None``:
+    the worst slack (the lowest bin's lower edge) and bounds on the number of timing
+    endpoints with negative slack and in all (nextpnr draws counts as ``*`` = N endpoints
+    and ``+`` = 1 to N-1 more, so only bounds are known; the bin around 0 counts in
+    ``failing``'s upper bound only).
+    """
+    starts = [m.end() for m in re.finditer(r"Slack histogram:", log_text)]
+    if not starts:
+        return None
+    unit = 1
+    bins = []
+    for line in log_text[starts[-1]:].splitlines()[1:]:
+        lm = _HIST_LEGEND_RE.search(line)
+        if lm:
+            unit = int(lm.group(1))
+            continue
+        bm = _HIST_BIN_RE.match(line)
+        if bm:
+            stars = len(bm.group(3)) * unit
+            plus = bool(bm.group(4))
+            bins.append((int(bm.group(1)), int(bm.group(2)), stars + plus,
+                         stars + (unit - 1) * plus))
+        elif "represents" not in line:
+            break
+    if not bins:
+        return None
+    fail_lo = sum(b[2] for b in bins if b[1] <= 0)
+    fail_hi = sum(b[3] for b in bins if b[0] < 0)
+    return {"worst_ns": round(min(b[0] for b in bins) / 1000, 2),
+            "failing": [fail_lo, fail_hi],
+            "endpoints": [sum(b[2] for b in bins), sum(b[3] for b in bins)]}
 
 
 def critical_paths(report: dict[str, Any], root: str | Path | None = None
@@ -553,7 +594,7 @@ def build_board(
         "uart": {"baud": baud, "divisor": top.divisor},
         "clock": {"target_mhz": target, "config_mhz": float(cfg.clock_mhz), "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
                   "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
-                  "routed": route, "clocks": clocks},
+                  "routed": route, "clocks": clocks, "slack": parse_slack(pnr_text)},
         "resources": resources,
         "critical_paths": paths,
         "fits": fits,
@@ -589,6 +630,12 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"           this bitstream is not reliable at {c['pll_mhz']:g} MHz; "
                          f"for one that is, rebuild with --clock {math.floor(c['fmax_mhz']):d} "
                          "(or lower: same configuration, the PLL at a clock it reaches)")
+    sl = c.get("slack")
+    if sl and sl["failing"][1] > 0:
+        lines.append(f"slack:     worst {sl['worst_ns']:.2f} ns; "
+                     f"{sl['failing'][0]:,}-{sl['failing'][1]:,} of "
+                     f"{sl['endpoints'][0]:,}-{sl['endpoints'][1]:,} timing endpoints "
+                     "below 0 (nextpnr's slack histogram)")
     for cp in r.get("critical_paths", [])[:1]:
         lines.append(f"critical:  {cp['ns']:.2f} ns ({cp['levels']} logic levels, "
                      f"{cp['logic_ns']:.2f} ns logic + {cp['route_ns']:.2f} ns routing) "

@@ -30,7 +30,7 @@ from tritium.fpga.boards import (
     ice40_pll,
     spram_layout,
 )
-from tritium.fpga.build import parse_fmax, parse_utilisation
+from tritium.fpga.build import parse_fmax, parse_slack, parse_utilisation
 
 from tritium.config import preset
 
@@ -121,6 +121,22 @@ Info: Max frequency for clock 'clk': 27.06 MHz (PASS at 24.00 MHz)
 Info: Max frequency for clock 'other': 99.00 MHz (PASS at 12.00 MHz)
 Info: Routing..
 Warning: Max frequency for clock 'clk': 23.57 MHz (FAIL at 24.00 MHz)
+Info: Slack histogram:
+Info:  legend: * represents 1 endpoint(s)
+Info:          + represents [1,1) endpoint(s)
+Info: [ -9000,  -4000) |*
+Info: [ -4000,   1000) |****
+Info: [  1000,   6000) |**
+Info: Slack histogram:
+Info:  legend: * represents 20 endpoint(s)
+Info:          + represents [1,20) endpoint(s)
+Info: [ -1505,   -805) |+
+Info: [  -805,   -105) |**+
+Info: [  -105,    595) |*
+Info: [   595,   1295) |****+
+Info: [  1295,   1995) |
+
+Info: Program finished normally.
 """
 
 
@@ -133,6 +149,10 @@ def test_parse_nextpnr_log():
     assert f["clk"] == {"mhz": 23.57, "target_mhz": 24.0, "pass": False}  # the LAST line
     assert f["other"]["mhz"] == 99.0
     assert parse_utilisation("nothing") == {} and parse_fmax("") == {}
+    # the LAST histogram; '+' is 1..19 more endpoints, the bin around 0 only in the bound above
+    assert parse_slack(NEXTPNR_LOG) == {"worst_ns": -1.5, "failing": [1 + 41, 19 + 59 + 20],
+                                        "endpoints": [1 + 41 + 20 + 81, 19 + 59 + 20 + 99]}
+    assert parse_slack("Info: Program finished normally.") is None
 
 
 # --------------------------------------------------------------------------- elaboration
