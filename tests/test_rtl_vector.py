@@ -93,3 +93,50 @@ def test_vector_synth_multipliers(cfg_name, target, dsp, bram):
     assert r["bram"] == bram
     print(f"vector {cfg_name} {target}: lut4={r['lut4']} ff={r['ff']} dsp={r['dsp']} "
           f"bram={r['bram']} carry={r['carry']}")
+
+
+def test_requant_clamp_every_value():
+    """The output stage's rounding and clamp (``_requant_clamp``: one adder on ``2 off + 1``,
+    bit tests instead of compares) against its definition, for every 11-bit value, the
+    offsets at and around the edges and both int8 classes, with and without rounding."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from tritium.rtl.vector import _CLS_I8, _CLS_I32, _CLS_Q127, _requant_clamp
+
+    m = Module()
+    val = Signal(signed(32))
+    rnd = Signal()
+    off = Signal(signed(9))
+    cls = Signal(2)
+    y = Signal(signed(32))
+    off21 = Signal(signed(11))
+    m.d.comb += [off21.eq(off * 2 + 1), y.eq(_requant_clamp(m, val, rnd, off21, cls))]
+
+    def ref(v, r, o, c):
+        if c == _CLS_I32:
+            return v
+        t = ((v + 1) >> 1) + o if r else v
+        lo = -127 if c == _CLS_Q127 else -128
+        return max(lo, min(127, t))
+
+    checked = []
+
+    async def bench(ctx):
+        for o in (-256, -129, -128, -127, -1, 0, 1, 127, 128, 255):
+            for v in range(-1024, 1024):
+                for r in (0, 1):
+                    if not r and not -300 <= v <= 300:
+                        continue  # unrounded int8-class values are small (a + b, table)
+                    for c in (_CLS_I8, _CLS_Q127, _CLS_I32):
+                        ctx.set(val, v)
+                        ctx.set(rnd, r)
+                        ctx.set(off, o)
+                        ctx.set(cls, c)
+                        assert ctx.get(y) == ref(v, r, o, c), (v, r, o, c)
+                        checked.append(1)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) > 50_000
