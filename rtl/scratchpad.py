@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 from tritium.config import AcceleratorConfig
 
 __all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
-           "acc_memory", "rr_arbiter", "spad_memory"]
+           "acc_memory", "rr_arbiter", "spad_latency", "spad_memory"]
 
 #: Attribute of a memory whose read port never reads the word its write port writes in the same
 #: cycle (the owner ensures it); synthesis may then leave out the read-first / write-first
@@ -43,8 +43,9 @@ class MemPortSignature(wiring.Signature):
 
     Protocol: the client holds ``en`` (and ``addr``/``we``/``wdata``/``wmask``) until the
     memory answers ``ack`` in the same cycle; a request takes effect in its ``ack`` cycle. The
-    data of an acknowledged read (``we = 0``) is on ``rdata`` in the next cycle, flagged by
-    ``rvalid``. Writes update the bytes whose ``wmask`` bit is set. A read in the same cycle as
+    data of an acknowledged read (``we = 0``) is on ``rdata`` in the next cycle (the memory's
+    ``latency``, 1; 2 where :class:`BankedMemory` registers its read data), flagged by
+    ``rvalid``; reads answer in order. Writes update the bytes whose ``wmask`` bit is set. A read in the same cycle as
     a write to the same word sees the written bytes (write-first).
 
     Parameters
@@ -66,7 +67,7 @@ class MemPortSignature(wiring.Signature):
     ack : In(1)
         The request is accepted this cycle.
     rvalid : In(1)
-        ``rdata`` holds the word of the read acknowledged in the previous cycle.
+        ``rdata`` holds the word of the read acknowledged ``latency`` cycles ago.
     rdata : In(8 * word_bytes)
     """
 
@@ -156,9 +157,10 @@ class BankedMemory(wiring.Component):
 
     Cycle contract: per bank, one read and one write are acknowledged per cycle (round-robin,
     or fixed priority with ``fair=False``, among the ports requesting that bank); a port
-    whose request names a busy bank waits (no ``ack``). Read data arrive one cycle after the ``ack`` (synchronous read port,
-    write-first; with ``transparent=False`` a read of the word being written is acknowledged
-    a cycle later instead). With no conflicts every port moves one word per cycle.
+    whose request names a busy bank waits (no ``ack``). Read data arrive one cycle after the
+    ``ack`` (two with ``read_reg``; synchronous read port, write-first; with
+    ``transparent=False`` a read of the word being written is acknowledged a cycle later
+    instead). With no conflicts every port moves one word per cycle.
 
     Parameters
     ----------
@@ -184,6 +186,10 @@ class BankedMemory(wiring.Component):
         Write-first in the memory's read port (default); ``False``: a plain read port (no
         bypass registers and multiplexer) where a read of the word written in the same cycle
         is not acknowledged until the next cycle, so clients see the same write-first result.
+    read_reg : bool
+        Register each bank's read data next to its block RAM, so the path from the block RAM
+        to the clients (bank multiplexer, their fan-out) has a cycle of its own (timing, for
+        large devices): read data arrive two cycles after the ``ack`` (:attr:`latency` 2).
     clash_pairs : list of (int, int), optional
         With ``transparent=False``: the ``(read port, write port)`` pairs that may read and
         write one word in the same cycle; a read is held back only for its partners' writes
@@ -200,7 +206,7 @@ class BankedMemory(wiring.Component):
     def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
                  fair: bool = True, transparent: bool = True,
                  clash_pairs: list[tuple[int, int]] | None = None,
-                 groups: list | None = None):
+                 groups: list | None = None, read_reg: bool = False):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -216,6 +222,9 @@ class BankedMemory(wiring.Component):
         if groups is not None and len(groups) != n_ports:
             raise ValueError(f"groups={groups!r}: one label per port ({n_ports})")
         self.groups = groups
+        self.read_reg = read_reg
+        #: cycles from a read's ``ack`` to its ``rvalid``
+        self.latency = 2 if read_reg else 1
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -267,7 +276,12 @@ class BankedMemory(wiring.Component):
                     for r, w in self.clash_pairs:
                         hit = wg[w] & (row_of(ports[r]) == row_of(ports[w]))
                         rg[r] = rg[r] & ~hit
-            rdatas.append(rp.data)
+            if self.read_reg:
+                rq = Signal(8 * wb, name=f"{self.mem_name}_b{b}_rdata")
+                m.d.sync += rq.eq(rp.data)
+                rdatas.append(rq)
+            else:
+                rdatas.append(rp.data)
             wdata = _onehot_mux(wg, [p.wdata for p in ports])
             wmask = _onehot_mux(wg, [p.wmask for p in ports])
             m.d.comb += [
@@ -285,23 +299,38 @@ class BankedMemory(wiring.Component):
             m.d.sync += rv.eq(acks[i] & ~p.we)
             with m.If(acks[i]):
                 m.d.sync += bank_sel[i].eq(bank_of(p))
+            sel = bank_sel[i]
+            if self.read_reg:  # one more stage: the read data's register
+                rv2 = Signal(name=f"rvalid2_{i}")
+                sel = Signal.like(bank_sel[i], name=f"rbank2_{i}")
+                m.d.sync += [rv2.eq(rv), sel.eq(bank_sel[i])]
+                rv = rv2
             data = rdatas[0]
             for b in range(1, nb):
-                data = Mux(bank_sel[i] == b, rdatas[b], data)
+                data = Mux(sel == b, rdatas[b], data)
             m.d.comb += [p.ack.eq(acks[i]), p.rvalid.eq(rv), p.rdata.eq(data)]
         return m
+
+
+def spad_latency(cfg: AcceleratorConfig) -> int:
+    """Read latency of :func:`spad_memory` (cycles from ``ack`` to ``rvalid``): 2 with
+    queues (the large configurations register the read data next to the block RAMs: on
+    the ECP5-85F the SPAD's block RAMs -> the GEMM gathers' cache lines was the critical
+    path), else 1."""
+    return 1 if cfg.queue_depth == 0 else 2
 
 
 def spad_memory(cfg: AcceleratorConfig, n_ports: int,
                 clash_pairs: list[tuple[int, int]] | None = None,
                 groups: list | None = None) -> BankedMemory:
     """The SPAD: ``cfg.spad_bytes`` bytes, ``cfg.spad_banks`` banks, ``cfg.bus_bytes`` words
-    (without queues: fixed priority within ``groups``, plain read port, ``clash_pairs``)."""
+    (without queues: fixed priority within ``groups``, plain read port, ``clash_pairs``;
+    read latency :func:`spad_latency`)."""
     serial = cfg.queue_depth == 0
     return BankedMemory(
         cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
         fair=not serial, transparent=not serial, clash_pairs=clash_pairs,
-        groups=groups if serial else None,
+        groups=groups if serial else None, read_reg=spad_latency(cfg) == 2,
     )
 
 

@@ -33,7 +33,7 @@ from .axi import AxiLiteSignature
 from .controller import SERIAL_OPS, VEC_OPS, Controller, instr_layout
 from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
-from .scratchpad import MemPortSignature, acc_memory, spad_memory
+from .scratchpad import MemPortSignature, acc_memory, spad_latency, spad_memory
 
 __all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits",
            "vector_unit"]
@@ -120,7 +120,9 @@ class Gather(wiring.Component):
     Cycle contract: ``valid`` (with ``req``) when every enabled lane holds its byte; data are
     combinational from the cache, so a beat can be taken every cycle while units hit. ``flush``
     empties the caches and drops the pending request (done at each instruction start, so no
-    stale SPAD data survive).
+    stale SPAD data survive). ``latency``: the port's read latency (1, or 2 where the SPAD
+    registers its read data); with 2, a word read before a flush arrives in the cycle after it
+    and is not taken.
 
     Members
     -------
@@ -134,9 +136,12 @@ class Gather(wiring.Component):
     """
 
     def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int,
-                 var_ostride: bool = False):
+                 var_ostride: bool = False, latency: int = 1):
         if word_bytes < 2 or word_bytes & (word_bytes - 1):
             raise ValueError(f"word_bytes={word_bytes}; must be a power of two >= 2")
+        if latency not in (1, 2):
+            raise ValueError(f"latency={latency}; the SPAD answers after 1 or 2 cycles")
+        self.latency = latency  # the port's read latency (ack -> rvalid)
         self.lanes = lanes
         self.group = group
         self.word_bytes = word_bytes
@@ -183,13 +188,30 @@ class Gather(wiring.Component):
         aw = self.addr_bits
         ab = aw + lb  # byte-address bits that matter (higher ones are cut off by the SPAD)
         port = self.port
-        if_tag = Signal(aw)  # word of the read acknowledged last cycle (arrives now)
+        if_tag = Signal(aw)  # word of the read acknowledged ``latency`` cycles ago (arrives now)
         ret = port.rvalid
         rq_v = Signal()  # registered request
         rq_a = Signal(aw)
+        flushed = Signal()  # the masks were registered from the limits of before the flush
+        m.d.sync += flushed.eq(self.flush)
+        if self.latency == 2:
+            mid_v = Signal()  # a read acknowledged last cycle (arrives next cycle)
+            mid_tag = Signal(aw)
+            m.d.sync += [mid_v.eq(port.ack), if_tag.eq(mid_tag)]
+            with m.If(port.ack):
+                m.d.sync += mid_tag.eq(rq_a)
+            # a read acknowledged in the cycle before a flush arrives after it: not taken
+            stale = self.flush | flushed
+        else:
+            with m.If(port.ack):
+                m.d.sync += if_tag.eq(rq_a)
+            stale = self.flush
 
         def inflight(word):
-            return (ret & (if_tag == word)) | (rq_v & (rq_a == word))
+            busy = (ret & (if_tag == word)) | (rq_v & (rq_a == word))
+            if self.latency == 2:
+                busy = busy | (mid_v & (mid_tag == word))
+            return busy
 
         # registered address terms: per group, per offset, then per unit
         goffs = [Signal(ab, name=f"goff{j}") for j in range(-(-self.lanes // g))]
@@ -263,8 +285,8 @@ class Gather(wiring.Component):
             e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
-            m.d.comb += [fill_a.eq(~self.flush & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
-                         fill_b.eq(~self.flush & Mux(e0, hit_a1, e1 & hit_a0))]
+            m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
+                         fill_b.eq(~stale & Mux(e0, hit_a1, e1 & hit_a0))]
             if reg_hits:
                 # Timing (many units): the hits that make ``valid`` are registers, computed
                 # one cycle ahead from the next tags and the next address (both candidates of
@@ -349,8 +371,6 @@ class Gather(wiring.Component):
 
         any_miss, miss_a = first(*registered(misses, miss_as, "miss"))
         any_pref, pref_a = first(*registered(prefs, pref_as, "pref"))
-        flushed = Signal()  # the masks were registered from the limits of before the flush
-        m.d.sync += flushed.eq(self.flush)
         with m.If(self.flush):
             m.d.sync += rq_v.eq(0)
         with m.Elif(~rq_v | port.ack):
@@ -362,8 +382,6 @@ class Gather(wiring.Component):
             port.addr.eq(rq_a),
             self.valid.eq(self.req & Cat(oks).all() & ~self.flush & ~flushed),
         ]
-        with m.If(port.ack):
-            m.d.sync += if_tag.eq(rq_a)
         return m
 
 
@@ -476,9 +494,11 @@ class GemmUnit(wiring.Component):
         lb = _log2(bb)
         LM, LN = self.lm, self.ln
         m.submodules.engine = eng = _engine_class(eng_name)(cfg)
-        m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr))
+        lat = spad_latency(cfg)
+        m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr),
+                                      latency=lat)
         m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr),
-                                      var_ostride=eng_name == "lut")
+                                      var_ostride=eng_name == "lut", latency=lat)
         wiring.connect(m, wiring.flipped(self.act_port), ag.port)
         wiring.connect(m, wiring.flipped(self.wgt_port), wg.port)
 
@@ -952,19 +972,20 @@ class _ReadAdapter:
     cycles after the unit's request (the unit's ``depth`` covers it). ``direct``: no FIFO (the
     request goes straight to the port, ``ready`` is the port's ``ack``; reads answer in the
     next cycle), for the serial vector unit of the small, slow-clocked configurations.
+    ``mem_latency``: the port's own read latency (``ack`` -> ``rvalid``), added to those.
     """
 
     LATENCY = 2
 
     @staticmethod
-    def latency(direct: bool) -> int:
-        return 1 if direct else _ReadAdapter.LATENCY
+    def latency(direct: bool, mem_latency: int = 1) -> int:
+        return (1 if direct else _ReadAdapter.LATENCY) + mem_latency - 1
 
     def __init__(self, m, req, resp, port, elem_bytes: int, word_bytes: int, name: str,
-                 direct: bool = False):
+                 direct: bool = False, mem_latency: int = 1):
         lb = _log2(word_bytes)
         le = _log2(elem_bytes)
-        off = Signal(max(1, lb - le), name=f"{name}_off")
+        off = Signal(max(1, lb - le), name=f"{name}_off")  # element offset of the word arriving
         if direct:
             valid, addr, ready = req.valid, req.payload, req.ready
         else:
@@ -980,8 +1001,17 @@ class _ReadAdapter:
             resp.valid.eq(port.rvalid),
         ]
         if lb > le:
-            with m.If(port.ack):
-                m.d.sync += off.eq(addr[le:lb])
+            # the offsets of acknowledged reads, in a shift register as long as the latency
+            stage = addr[le:lb]
+            for k in range(mem_latency - 1):
+                nxt = Signal.like(off, name=f"{name}_off{k}")
+                m.d.sync += nxt.eq(stage)
+                stage = nxt
+            if mem_latency == 1:
+                with m.If(port.ack):
+                    m.d.sync += off.eq(stage)
+            else:
+                m.d.sync += off.eq(stage)
             m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
         else:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
@@ -1019,20 +1049,24 @@ def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str,
     return pending
 
 
-def _share_port(m: Module, port, clients: dict, name: str) -> None:
+def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> None:
     """Connect several :class:`MemPortSignature` clients to one ``port`` (client view).
 
     ``clients`` maps a name to ``(client port, select)``; at most one ``select`` is high at a
     time and only the selected client's requests reach ``port``. A read's ``rvalid`` goes back
-    to the client whose request was acknowledged, also when its select has dropped since.
+    to the client whose request was acknowledged (``latency`` cycles before), also when its
+    select has dropped since.
     """
     if len(clients) == 1:
         (c, _), = clients.values()
         wiring.connect(m, wiring.flipped(port), c)
         return
     for k, (c, sel) in clients.items():
-        owner = Signal(name=f"{name}_{k}_owner")  # acknowledged last cycle for this client
-        m.d.sync += owner.eq(port.ack & sel)
+        owner = port.ack & sel
+        for d in range(latency):  # acknowledged ``latency`` cycles ago for this client
+            nxt = Signal(name=f"{name}_{k}_owner" + (f"{d}" if d < latency - 1 else ""))
+            m.d.sync += nxt.eq(owner)
+            owner = nxt
         with m.If(sel):
             m.d.comb += [port.en.eq(c.en), port.addr.eq(c.addr), port.we.eq(c.we),
                          port.wdata.eq(c.wdata), port.wmask.eq(c.wmask)]
@@ -1107,17 +1141,19 @@ class ComputeUnit(wiring.Component):
             gu = gemm_unit(cfg, e, self.spad_bits, self.acc_bits, held=hold)
             m.submodules[f"gemm_{e}"] = gu
             gemms[e] = gu
-        for name, mem, attr in (("act", sp, "act_port"), ("wgt", sp, "wgt_port"),
-                                ("wbr", ac, "wb_rd"), ("wbw", ac, "wb_wr")):
+        sp_lat = spad_latency(cfg)
+        for name, mem, attr, lat in (("act", sp, "act_port", sp_lat),
+                                     ("wgt", sp, "wgt_port", sp_lat),
+                                     ("wbr", ac, "wb_rd", 1), ("wbw", ac, "wb_wr", 1)):
             _share_port(m, mem[name], {e: (getattr(gu, attr), gu.busy)
-                                       for e, gu in gemms.items()}, name)
+                                       for e, gu in gemms.items()}, name, lat)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
         # the serial vector unit (small, slow-clocked configurations) talks to the ports
         # without the adapters' timing FIFOs
         direct = cfg.vector_serial
-        m.submodules.vector = vu = vector_unit(cfg, depth=2 + _ReadAdapter.latency(direct),
-                                               held=hold)
-        _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp", direct)
+        m.submodules.vector = vu = vector_unit(
+            cfg, depth=2 + _ReadAdapter.latency(direct, sp_lat), held=hold)
+        _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp", direct, sp_lat)
         _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac", direct)
         wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw", direct)
         wq_ac = _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb, "vacw", direct)
