@@ -15,8 +15,9 @@ Presets
     Lattice ECP5-85F (~84k LUT4, 156 MULT18X18D, ~460 KiB of DP16KD block RAM): all three engines.
     The ternary engine has 8 lanes: its weights come through one SPAD port (one 8-byte word per
     cycle, 2 bytes per lane and beat), so 16 lanes wait for weights at least 4 cycles per beat
-    and 8 lanes 2, for about the same throughput (``mmfree``: +8.6 % cycles per token) at
-    10,600 fewer LUTs (docs/fpga.md).
+    and 8 lanes 2, for about the same throughput (``mmfree`` on the simulated SoC: 50,378 ->
+    54,692 cycles per token, +8.6 %) at 10,600 fewer LUTs (the GEMM unit alone: 23,868 ->
+    13,250; docs/fpga.md).
 ``large``
     Simulation only, for scaling studies.
 """
