@@ -198,3 +198,41 @@ def test_unit_timing_csr_on_ecp5(capsys):
     assert main(["build", "--unit", "csr", "--fmax", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["unit"] == "csr" and r["clock"]["fmax_mhz"] > 10 and r.get("cached")
+
+
+def test_kept_register_copies_survive_ecp5_synthesis(tmp_path):
+    """``kept_register``: on ECP5 every copy stays a flip-flop of its own (plain registers
+    with the same input are merged into one by yosys, which defeats the replication)."""
+    import subprocess
+
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, Signal
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    from tritium.fpga.synth import _yosys
+    from tritium.rtl.top import kept_register
+
+    def design(kept: bool):
+        m = Module()
+        src = Signal(5)
+        sel = [Signal(5, name=f"sel{u}") for u in range(4)]
+        hit = Signal(4)
+        for u in range(4):
+            if kept:
+                q = kept_register(m, ULX3S_85F_Platform(), src, f"copy{u}", reset=u == 0)
+            else:
+                q = Signal(5, name=f"copy{u}")
+                m.d.sync += q.eq(src)
+            m.d.comb += hit[u].eq(q == sel[u])
+        return rtlil.convert(m, ports=[src, hit, *sel])
+
+    counts = {}
+    for kept in (False, True):
+        name = f"k{int(kept)}.il"
+        (tmp_path / name).write_text(design(kept))
+        proc = subprocess.run([_yosys(), "-q", "-p", f"read_rtlil {name}; synth_ecp5 -top top; "
+                               "tee -o stat.txt stat"], cwd=tmp_path, capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        counts[kept] = parse_stat((tmp_path / "stat.txt").read_text()).get("TRELLIS_FF", 0)
+    assert counts == {False: 5, True: 4 * 5}, counts
