@@ -45,8 +45,8 @@ class MemPortSignature(wiring.Signature):
     memory answers ``ack`` in the same cycle; a request takes effect in its ``ack`` cycle. The
     data of an acknowledged read (``we = 0``) is on ``rdata`` in the next cycle (the memory's
     ``latency``, 1; 2 where :class:`BankedMemory` registers its read data), flagged by
-    ``rvalid``; reads answer in order. Writes update the bytes whose ``wmask`` bit is set. A read in the same cycle as
-    a write to the same word sees the written bytes (write-first).
+    ``rvalid``; reads answer in order. Writes update the bytes whose ``wmask`` bit is set. A
+    read in the same cycle as a write to the same word sees the written bytes (write-first).
 
     Parameters
     ----------

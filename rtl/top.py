@@ -238,7 +238,9 @@ class Gather(wiring.Component):
                 m.d.sync += if_tag.eq(rq_a)
             stale = self.flush
 
-        def inflight(word, ret=ret, if_tag=if_tag):
+        def inflight(word, ret, if_tag):
+            """``word`` is being read: returning now (``ret``/``if_tag``: the unit's view of
+            the returning word), in the middle stage (latency 2) or requested."""
             busy = (ret & (if_tag == word)) | (rq_v & (rq_a == word))
             if self.latency == 2:
                 busy = busy | (mid_v & (mid_tag == word))
