@@ -22,22 +22,9 @@ rejects their GEMMs with ``ENGINE_ABSENT``).
 
 from __future__ import annotations
 
-from amaranth.hdl import (
-    Cat,
-    ClockSignal,
-    Const,
-    Instance,
-    Module,
-    Mux,
-    ResetInserter,
-    ResetSignal,
-    Signal,
-    signed,
-    unsigned,
-)
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.vendor import LatticePlatform
 
 from tritium.config import ENGINES, AcceleratorConfig
 from tritium.isa import ENGINE_GEMM, INSTR_BITS, UNITS, ErrorCode, Op
@@ -86,24 +73,6 @@ def scratchpad_bits(cfg: AcceleratorConfig) -> tuple[int, int]:
     """Word-address widths ``(spad_bits, acc_bits)`` of the SPAD and ACC scratchpads."""
     return (max(1, _log2(cfg.spad_bytes // cfg.bus_bytes)),
             max(1, _log2(cfg.acc_bytes // cfg.bus_bytes)))
-
-
-def kept_register(m: Module, platform, src, name: str, reset: bool = False) -> Signal:
-    """``src`` one cycle later, in a register of its own: a copy that synthesis does not merge
-    with other copies of ``src`` (on ECP5 instantiated ``TRELLIS_FF`` cells, which yosys'
-    ``opt_merge`` leaves apart; elsewhere, and in simulation, a plain register). For
-    replicating a register with a large fan-out, so each copy can sit next to its readers.
-    ``reset``: cleared by the domain's reset (synchronously), like a plain register."""
-    q = Signal(len(src), name=name)
-    if isinstance(platform, LatticePlatform) and getattr(platform, "family", None) == "ecp5":
-        for b in range(len(src)):
-            m.submodules[f"{name}_ff{b}"] = Instance(
-                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
-                p_REGSET="RESET", p_SRMODE="LSR_OVER_CE", i_CLK=ClockSignal(), i_CE=1,
-                i_LSR=ResetSignal() if reset else 0, i_DI=src[b], o_Q=q[b])
-    else:
-        m.d.sync += q.eq(src)
-    return q
 
 
 class Gather(wiring.Component):
@@ -238,9 +207,9 @@ class Gather(wiring.Component):
                 m.d.sync += if_tag.eq(rq_a)
             stale = self.flush
 
-        def inflight(word, ret, if_tag):
-            """``word`` is being read: returning now (``ret``/``if_tag``: the unit's view of
-            the returning word), in the middle stage (latency 2) or requested."""
+        def inflight(word):
+            """``word`` is being read: returning now, in the middle stage (latency 2) or
+            requested."""
             busy = (ret & (if_tag == word)) | (rq_v & (rq_a == word))
             if self.latency == 2:
                 busy = busy | (mid_v & (mid_tag == word))
@@ -260,24 +229,16 @@ class Gather(wiring.Component):
         units = self.units()
         reg_hits = len(units) > self.REGISTER_UNITS
 
-        def ahead(tag, v, fill, cand_adv, cand_cur, if_tag):
+        def ahead(tag, v, fill, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
-            returned word, ``if_tag``) holds the word the unit addresses next cycle
-            (``cand_adv`` if the beat is taken, else ``cand_cur``)."""
+            returned word) holds the word the unit addresses next cycle (``cand_adv`` if the
+            beat is taken, else ``cand_cur``)."""
             def at(c):
                 return Mux(fill, if_tag == c, v & (tag == c))
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
-            if self.latency == 2 and len(units) > 1:
-                # Timing: each unit has its own copy of the returning word's flag and tag
-                # (from the middle stage, so they arrive with the word), next to its cache
-                # lines: the fill and the in-flight checks do not reach across the gather.
-                u_ret = kept_register(m, platform, mid_v, f"ret{u}", reset=True)
-                u_tag = kept_register(m, platform, mid_tag, f"if_tag{u}")
-            else:
-                u_ret, u_tag = ret, if_tag
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -322,8 +283,8 @@ class Gather(wiring.Component):
                 w0.eq(addr[lb:]),
             ]
             # a returned word fills entry A or B (see below)
-            e0 = u_ret & (u_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
-            e1 = u_ret & (u_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
             m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
@@ -333,13 +294,13 @@ class Gather(wiring.Component):
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w, u_tag)),
-                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w, u_tag))]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
+                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n, u_tag)),
-                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n, u_tag))]
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
@@ -367,19 +328,19 @@ class Gather(wiring.Component):
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
             oks.append((~need0 | have0) & (~need1 | have1))
             # demand misses (w0 first), then the prefetch of the next word
-            misses.append(need0 & ~have0 & ~inflight(w0, u_ret, u_tag))
+            misses.append(need0 & ~have0 & ~inflight(w0))
             miss_as.append(w0)
             if n1:
-                misses.append(need1 & ~have1 & ~inflight(nxt, u_ret, u_tag))
+                misses.append(need1 & ~have1 & ~inflight(nxt))
                 miss_as.append(nxt)
-            prefs.append(need0 & have0 & ~need1 & ~have1 & ~inflight(nxt, u_ret, u_tag))
+            prefs.append(need0 & have0 & ~need1 & ~have1 & ~inflight(nxt))
             pref_as.append(nxt)
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
             with m.If(fill_a):
-                m.d.sync += [tag_a.eq(u_tag), line_a.eq(port.rdata), v_a.eq(1)]
+                m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
             with m.If(fill_b):
-                m.d.sync += [tag_b.eq(u_tag), line_b.eq(port.rdata), v_b.eq(1)]
+                m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
