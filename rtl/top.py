@@ -1003,17 +1003,11 @@ class _ReadAdapter:
             resp.valid.eq(port.rvalid),
         ]
         if lb > le:
-            # the offsets of acknowledged reads, in a shift register as long as the latency
-            stage = addr[le:lb]
-            for k in range(mem_latency - 1):
-                nxt = Signal.like(off, name=f"{name}_off{k}")
-                m.d.sync += nxt.eq(stage)
-                stage = nxt
             if mem_latency == 1:
                 with m.If(port.ack):
-                    m.d.sync += off.eq(stage)
-            else:
-                m.d.sync += off.eq(stage)
+                    m.d.sync += off.eq(addr[le:lb])
+            else:  # the offsets of acknowledged reads, as long as the latency
+                off = _delayed(m, addr[le:lb], mem_latency, f"{name}_off")
             m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
         else:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
@@ -1051,6 +1045,15 @@ def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str,
     return pending
 
 
+def _delayed(m: Module, value, cycles: int, name: str) -> Signal:
+    """``value`` as it was ``cycles`` (>= 1) cycles ago: a chain of registers."""
+    for d in range(cycles):
+        reg = Signal(len(value), name=name if d == cycles - 1 else f"{name}{d}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
 def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> None:
     """Connect several :class:`MemPortSignature` clients to one ``port`` (client view).
 
@@ -1064,11 +1067,8 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
         wiring.connect(m, wiring.flipped(port), c)
         return
     for k, (c, sel) in clients.items():
-        owner = port.ack & sel
-        for d in range(latency):  # acknowledged ``latency`` cycles ago for this client
-            nxt = Signal(name=f"{name}_{k}_owner" + (f"{d}" if d < latency - 1 else ""))
-            m.d.sync += nxt.eq(owner)
-            owner = nxt
+        # acknowledged ``latency`` cycles ago for this client
+        owner = _delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
         with m.If(sel):
             m.d.comb += [port.en.eq(c.en), port.addr.eq(c.addr), port.we.eq(c.we),
                          port.wdata.eq(c.wdata), port.wmask.eq(c.wmask)]
