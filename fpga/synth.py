@@ -314,6 +314,7 @@ def unit_timing(
     target: str,
     *,
     seed: int = 1,
+    placer: str = "heap",
     route: bool = True,
     force: bool = False,
     progress: bool = False,
@@ -338,7 +339,8 @@ def unit_timing(
 
     board_name = {"ecp5": "ulx3s", "ice40": "icebreaker"}[target]
     core = UnitShell.core(factory)
-    r = build_board(board_name, cfg, seed=seed, core=core, route=route, pack=False,
+    r = build_board(board_name, cfg, seed=seed, placer=placer, core=core, route=route,
+                    pack=False,
                     force=force, progress=progress, breakdown=False,
                     out_root=_out_root().parent / "timing" / unit_name)
     r["unit"] = unit_name
@@ -383,7 +385,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``--unit`` | ``--board`` (exactly one), ``--target``, ``--config``, ``--seed``,
-    ``--baud``, ``--core``, ``--breakdown``, ``--json``, ``--force`` to a parser."""
+    ``--placer``, ``--baud``, ``--core``, ``--breakdown``, ``--json``, ``--force`` to a parser."""
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--unit", action="append", metavar="NAME",
@@ -401,6 +403,11 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         "the board's preset for --board: ulx3s base, icebreaker tiny)",
     )
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed of --board (default 1)")
+    from tritium.fpga.build import PLACERS
+
+    p.add_argument("--placer", choices=PLACERS, default=PLACERS[0],
+                   help="nextpnr placer of --board and --unit --fmax (default heap; static: "
+                   "electrostatic, see docs/fpga.md)")
     p.add_argument("--clock", type=float, default=None, metavar="MHZ",
                    help="PLL frequency of --board (default: the config's clock_mhz); a "
                    "design that does not reach its target runs reliably at a clock it reaches")
@@ -478,6 +485,7 @@ def cli_build_unit(args: argparse.Namespace) -> int:
 def _cli_unit_timing(args: argparse.Namespace, cfg: AcceleratorConfig, units: list[str],
                      show_progress: bool) -> int:
     results = [unit_timing(u, cfg, args.target, seed=args.seed,
+                           placer=getattr(args, "placer", "heap"),
                            route=not getattr(args, "place_only", False),
                            force=bool(getattr(args, "force", False)), progress=show_progress)
                for u in units]

@@ -634,3 +634,21 @@ def test_critical_paths_from_nextpnr_report(tmp_path):
     assert second["from"] == "a" and second["to"] == "c'"
     assert second["sources"] == ["rtl/vector.py:822", "rtl/top.py:9"]
     assert critical_paths({}) == []
+
+
+@pytest.mark.slow
+def test_unit_timing_placer(tmp_path, monkeypatch):
+    """``--placer static`` reaches nextpnr (its log names the placer that ran) and the report;
+    an unknown placer is refused before any tool runs."""
+    from pathlib import Path
+
+    from tritium.fpga.build import BuildError, build_board
+    from tritium.fpga.synth import unit_timing
+
+    monkeypatch.setenv("TRITIUM_BUILD_DIR", str(tmp_path))
+    r = unit_timing("csr", preset("base"), "ecp5", placer="static")
+    assert r["placer"] == "static" and r["clock"]["fmax_mhz"] > 0
+    log = (Path(r["dir"]) / "pnr.log").read_text()
+    assert "Running Static placer" in log and "HeAP" not in log
+    with pytest.raises(BuildError, match="placer='sa'"):
+        build_board("ulx3s", placer="sa", out_root=tmp_path)
