@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 NAME = "tritium"  # top module and file stem inside the build directory
-#: nextpnr placers ``build_board`` offers (``--placer``); the first is the default
+#: nextpnr placers ``build_board`` offers (``--placer``; each board has its default)
 PLACERS = ("heap", "static")
 
 
@@ -406,7 +406,7 @@ def build_board(
     cfg: AcceleratorConfig | None = None,
     *,
     seed: int = 1,
-    placer: str = "heap",
+    placer: str | None = None,
     baud: int | None = None,
     core=None,
     out_root: str | Path | None = None,
@@ -432,8 +432,8 @@ def build_board(
         nextpnr placement seed.
     placer
         nextpnr placer (:data:`PLACERS`): ``heap`` (nextpnr's default) or ``static``
-        (electrostatic; docs/fpga.md compares them: better for some units alone, not for the
-        whole ``base`` SoC).
+        (electrostatic; docs/fpga.md compares them); default: the board's
+        (:attr:`~tritium.fpga.boards.BoardSpec.placer`).
     baud
         UART rate (default :data:`tritium.fpga.boards.DEFAULT_BAUD`).
     core
@@ -472,9 +472,10 @@ def build_board(
     """
     from tritium.fpga.boards import DEFAULT_BAUD, BoardTop, board, default_core
 
+    spec = board(board_name)
+    placer = placer or spec.placer
     if placer not in PLACERS:
         raise BuildError(f"placer={placer!r}; must be one of {', '.join(PLACERS)}")
-    spec = board(board_name)
     cfg = cfg or spec.default_config
     baud = baud or DEFAULT_BAUD
     core = core or default_core(spec.family)
@@ -630,7 +631,7 @@ def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of a :func:`build_board` result."""
     head = (f"board:     {r['title']} [{r['device']}], config {r['config']} "
             f"({r['config_hash']}), core {r['core']}, seed {r['seed']}"
-            f"{'' if r.get('placer', 'heap') == 'heap' else ', placer ' + r['placer']}")
+            f", placer {r.get('placer', 'heap')}")
     lines = [head]
     c = r["clock"]
     if c["fmax_mhz"] is not None:
@@ -692,7 +693,7 @@ def cli_build_board(args) -> int:
         from tritium.fpga.boards import EchoCore
 
         core = EchoCore
-    r = build_board(spec.name, cfg, seed=args.seed, placer=getattr(args, "placer", "heap"),
+    r = build_board(spec.name, cfg, seed=args.seed, placer=getattr(args, "placer", None),
                     baud=getattr(args, "baud", None),
                     clock_mhz=getattr(args, "clock", None),
                     core=core, force=bool(getattr(args, "force", False)),

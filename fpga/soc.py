@@ -15,35 +15,51 @@ bridge (served in the cycles the AXI side leaves the memory port free).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
 from tritium.rtl.dma import axi_signature
 from tritium.rtl.scratchpad import MemPortSignature
-from tritium.rtl.top import TritiumTop
+from tritium.rtl.top import TritiumTop, _delayed
 
 from tritium.config import AcceleratorConfig
 
 from .bridge import Bridge
 
-__all__ = ["SocRam", "TritiumSoc"]
+__all__ = ["BANK_BYTES", "SocRam", "TritiumSoc", "ram_banks"]
+
+#: Device memory up to this size is one memory; a larger one is split into banks of this size
+#: (64 KiB: 32 block RAMs of the ECP5, 2 KiB each), at most 16 of them. (16 KiB banks, 16 for
+#: ``base``, made the ECP5-85F's routing congested beyond use: docs/fpga.md.)
+BANK_BYTES = 64 * 1024
+
+
+def ram_banks(cfg: AcceleratorConfig) -> int:
+    """Banks of :class:`SocRam`: ``dev_mem_bytes / BANK_BYTES``, between 1 and 16 (a power of
+    two, as ``dev_mem_bytes``)."""
+    return max(1, min(16, cfg.dev_mem_bytes // BANK_BYTES))
 
 
 class SocRam(wiring.Component):
     """On-chip device memory with an AXI4 slave port and a bridge word port.
 
-    Cycle contract: a read burst returns one beat per cycle (first beat four cycles after
-    AR) while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after
+    Cycle contract: a read burst returns one beat per cycle (the first :attr:`latency` + 1
+    cycles after AR) while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after
     the last beat. One burst of each direction at a time. The bridge port is acknowledged in
     any cycle in which the AXI side does not use the memory's read (resp. write) port; its
-    read data comes :attr:`LATENCY` cycles after the acknowledgement (``rvalid``).
+    read data comes :attr:`latency` cycles after the acknowledgement (``rvalid``).
 
     The memory's address, write data and byte enables are registered right before it, and
-    its read data right after it (:attr:`LATENCY` = 3): on the ECP5 the memory is 128 block
-    RAMs spread over the die, and the logic that chooses a request (AXI or bridge) would
-    otherwise share a clock period with the wires to all of them. Reads and writes pass the
-    same input register, so their order is kept.
+    its read data right after it: on the ECP5 the memory is 128 block RAMs spread over the
+    die, and the logic that chooses a request (AXI or bridge) would otherwise share a clock
+    period with the wires to all of them. Reads and writes pass the same input registers, so
+    their order is kept. A memory of more than :data:`BANK_BYTES` is split into
+    :func:`ram_banks` banks (``base``: 4), each with its own copy of the input registers
+    (loaded only when a request addresses the bank, so synthesis keeps the copies apart and
+    each sits next to its block RAMs) and its own output register, ahead of the registered
+    bank select: no net runs from one register to every block RAM of the die (a 22 ns net on
+    the ECP5-85F with one copy). :attr:`latency` is 3 cycles with one bank, 5 with several.
 
     Members
     -------
@@ -52,13 +68,13 @@ class SocRam(wiring.Component):
         Bridge access (word address, byte mask).
     """
 
-    #: Cycles from a request's acknowledgement to its read data.
-    LATENCY = 3
-
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
         self.words = cfg.dev_mem_bytes // cfg.bus_bytes
         self.abits = max(1, (self.words - 1).bit_length())
+        self.banks = ram_banks(cfg)
+        #: cycles from a request's acknowledgement to its read data
+        self.latency = 3 if self.banks == 1 else 5
         super().__init__(
             {
                 "axi": In(axi_signature(cfg)),
@@ -72,11 +88,6 @@ class SocRam(wiring.Component):
         bb = cfg.bus_bytes
         lb = (bb - 1).bit_length()
         axi, port = self.axi, self.port
-        mem = memory.Memory(shape=8 * bb, depth=self.words, init=[])
-        m.submodules.mem = mem
-        wp = mem.write_port(granularity=8)
-        rp = mem.read_port(transparent_for=(wp,))
-
         # ------------------------------------------------------------------ reads
         r_active = Signal()
         r_addr = Signal(self.abits)
@@ -85,7 +96,7 @@ class SocRam(wiring.Component):
         r_bad = Signal()
         idw = len(axi.arid)
         # entries: data, last, bad, id (per beat: the next AR may arrive before they leave)
-        L = self.LATENCY
+        L = self.latency
         m.submodules.rfifo = rfifo = fifo.SyncFIFO(width=8 * bb + 2 + idw, depth=L + 2)
         held = Signal(range(L + 3))
         m.d.comb += axi.arready.eq(~r_active)
@@ -114,7 +125,6 @@ class SocRam(wiring.Component):
         r_pend, r_last_pend, r_bad_pend, p_rvalid, r_id_pend = (
             tag[0], tag[1], tag[2], tag[3], tag[4:])
         rdata = Signal(8 * bb)  # the output register
-        m.d.sync += rdata.eq(rp.data)
         pop = Signal()
         m.d.comb += [
             rfifo.w_en.eq(r_pend),
@@ -161,16 +171,54 @@ class SocRam(wiring.Component):
             p_wack.eq(p_wr & ~w_fire),
             port.ack.eq(p_rack | p_wack),
             port.rdata.eq(rdata),
-            rp.en.eq(1),
         ]
-        # the input register
+        # the input registers
+        ra = Signal(self.abits)
+        wa = Signal(self.abits)
+        wd = Signal(8 * bb)
+        we = Signal(bb)
         m.d.sync += [
-            rp.addr.eq(Mux(issue, r_addr, port.addr)),
-            wp.addr.eq(Mux(w_fire, w_addr, port.addr)),
-            wp.data.eq(Mux(w_fire, axi.wdata, port.wdata)),
-            wp.en.eq(Mux(w_fire, Mux(w_bad, 0, axi.wstrb), Mux(p_wack, port.wmask, 0))),
+            ra.eq(Mux(issue, r_addr, port.addr)),
+            wa.eq(Mux(w_fire, w_addr, port.addr)),
+            wd.eq(Mux(w_fire, axi.wdata, port.wdata)),
+            we.eq(Mux(w_fire, Mux(w_bad, 0, axi.wstrb), Mux(p_wack, port.wmask, 0))),
         ]
         m.d.comb += port.rvalid.eq(p_rvalid)
+        nb = self.banks
+        if nb == 1:
+            m.submodules.mem = mem = memory.Memory(shape=8 * bb, depth=self.words, init=[])
+            wp = mem.write_port(granularity=8)
+            rp = mem.read_port(transparent_for=(wp,))
+            m.d.comb += [rp.addr.eq(ra), wp.addr.eq(wa), wp.data.eq(wd), wp.en.eq(we)]
+            m.d.sync += rdata.eq(rp.data)
+            return m
+        bbits = (nb - 1).bit_length()
+        local = self.abits - bbits  # word address bits within a bank
+        outs = []
+        for i in range(nb):
+            mem = memory.Memory(shape=8 * bb, depth=self.words // nb, init=[])
+            m.submodules[f"ram_bank{i}"] = mem  # (the simulated device server's back door)
+            wp = mem.write_port(granularity=8)
+            rp = mem.read_port(transparent_for=(wp,))
+            rsel = ra[local:] == i
+            wsel = wa[local:] == i
+            # the bank's copies of the input registers: loaded only when the bank is addressed
+            # (distinct registers: synthesis does not merge them into one)
+            b_ra = Signal(local, name=f"ra{i}")
+            b_wa = Signal(local, name=f"wa{i}")
+            b_wd = Signal(8 * bb, name=f"wd{i}")
+            b_we = Signal(bb, name=f"we{i}")
+            out = Signal(8 * bb, name=f"out{i}")  # the bank's output register
+            with m.If(rsel):
+                m.d.sync += b_ra.eq(ra[:local])
+            with m.If(wsel):
+                m.d.sync += [b_wa.eq(wa[:local]), b_wd.eq(wd)]
+            m.d.sync += [b_we.eq(Mux(wsel, we, 0)), out.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd), wp.en.eq(b_we)]
+            outs.append(out)
+        # the bank of the read in the banks' output registers: three cycles after ``ra``
+        bank = _delayed(m, ra[local:], 3, "rbank")
+        m.d.sync += rdata.eq(Array(outs)[bank])
         return m
 
 

@@ -314,7 +314,7 @@ def unit_timing(
     target: str,
     *,
     seed: int = 1,
-    placer: str = "heap",
+    placer: str | None = None,
     route: bool = True,
     force: bool = False,
     progress: bool = False,
@@ -405,9 +405,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed of --board (default 1)")
     from tritium.fpga.build import PLACERS
 
-    p.add_argument("--placer", choices=PLACERS, default=PLACERS[0],
-                   help="nextpnr placer of --board and --unit --fmax (default heap; static: "
-                   "electrostatic, see docs/fpga.md)")
+    p.add_argument("--placer", choices=PLACERS, default=None,
+                   help="nextpnr placer of --board and --unit --fmax (default: the board's, "
+                   "ulx3s static, icebreaker heap; see docs/fpga.md)")
     p.add_argument("--clock", type=float, default=None, metavar="MHZ",
                    help="PLL frequency of --board (default: the config's clock_mhz); a "
                    "design that does not reach its target runs reliably at a clock it reaches")
@@ -485,7 +485,7 @@ def cli_build_unit(args: argparse.Namespace) -> int:
 def _cli_unit_timing(args: argparse.Namespace, cfg: AcceleratorConfig, units: list[str],
                      show_progress: bool) -> int:
     results = [unit_timing(u, cfg, args.target, seed=args.seed,
-                           placer=getattr(args, "placer", "heap"),
+                           placer=getattr(args, "placer", None),
                            route=not getattr(args, "place_only", False),
                            force=bool(getattr(args, "force", False)), progress=show_progress)
                for u in units]

@@ -153,13 +153,14 @@ def start(cfg, *, log=None, timeout: float = 900.0) -> SimServer:
 #: decode step of 10^5 cycles spends its time; the constructor and tables (OPT_SLOW) build in a
 #: fraction of the time at -O0.
 SERVER_OPT = {"OPT_FAST": "-O2", "OPT_SLOW": "-O0", "OPT_GLOBAL": "-O1"}
-#: Verilator configuration: only the top-level ports (driven by cocotb) and the RAM array
-#: (bulk writes) are visible to VPI. cocotb's own build makes *every* signal public
+#: Verilator configuration: only the top-level ports (driven by cocotb) and the RAM array or
+#: banks (bulk writes) are visible to VPI. cocotb's own build makes *every* signal public
 #: (``--public-flat-rw``), which keeps Verilator from optimising: this model simulates about
 #: 5x faster (MMFree on tiny: 0.36 s per decode step instead of 1.7 s) and builds faster.
 PUBLIC_VLT = """`verilator_config
 public_flat_rw -module "tritium_soc" -var "*"
 public_flat_rw -module "*" -var "mem"
+public_flat_rw -module "*" -var "ram_bank*"
 """
 
 
@@ -318,12 +319,23 @@ class _Link:
         return waited
 
 
-def _ram_handle(dut):
+def _ram_words(dut, cfg):
+    """``word -> handle`` of the SoC's RAM words: in ``SocRam``'s one array, or in its banks
+    (``ram_bank<i>``, :func:`tritium.fpga.soc.ram_banks` of them, consecutive address ranges)."""
+    from tritium.fpga.soc import ram_banks
+
     ram = dut.ram
+    nb = ram_banks(cfg)
+    if nb > 1:
+        banks = [getattr(ram, f"ram_bank{i}", None) for i in range(nb)]
+        if any(b is None for b in banks):
+            raise RuntimeError(f"cannot find the {nb} RAM banks of the SoC (dut.ram.ram_bank*)")
+        per = cfg.dev_mem_bytes // cfg.bus_bytes // nb
+        return lambda w: banks[w // per][w % per]
     for name in ("mem", "storage"):
         h = getattr(ram, name, None)
         if h is not None:
-            return h
+            return lambda w: h[w]
     raise RuntimeError("cannot find the RAM array of the SoC (dut.ram.mem)")
 
 
@@ -331,17 +343,17 @@ async def _bulk_write(dut, cfg, addr: int, data: bytes) -> None:
     """Back-door write of whole bus words (partial words at the ends are merged)."""
     from cocotb.triggers import Timer
 
-    mem = _ram_handle(dut)
+    word = _ram_words(dut, cfg)
     bb = cfg.bus_bytes
     lo = addr - addr % bb
     hi = -(-(addr + len(data)) // bb) * bb
     buf = bytearray(hi - lo)
     if lo != addr or hi != addr + len(data):  # read-modify-write of the edge words
         for w in {lo // bb, hi // bb - 1}:
-            buf[w * bb - lo:(w + 1) * bb - lo] = int(mem[w].value).to_bytes(bb, "little")
+            buf[w * bb - lo:(w + 1) * bb - lo] = int(word(w).value).to_bytes(bb, "little")
     buf[addr - lo:addr - lo + len(data)] = data
     for k in range(0, len(buf), bb):
-        mem[(lo + k) // bb].value = int.from_bytes(buf[k:k + bb], "little")
+        word((lo + k) // bb).value = int.from_bytes(buf[k:k + bb], "little")
     await Timer(1, "ns")
 
 

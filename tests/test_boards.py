@@ -302,11 +302,13 @@ def _axi_ram_dut(kind):
         cfg = preset("tiny").replace(dev_mem_bytes=4096)
         dut = SingleSocRam(cfg)
         return dut, dut.words, cfg.bus_bytes
-    if kind == "soc_ram":  # the simulated SoC's (and the ECP5's) device memory, base's size
-        from tritium.fpga.soc import SocRam
+    if kind.startswith("soc_ram"):  # soc_ram<banks>: the simulated SoC's (and the ECP5's) RAM
+        from tritium.fpga.soc import BANK_BYTES, SocRam
 
-        cfg = preset("base")
+        banks = int(kind[len("soc_ram"):])
+        cfg = preset("base").replace(dev_mem_bytes=banks * BANK_BYTES)
         dut = SocRam(cfg)
+        assert dut.banks == banks
         return dut, dut.words, cfg.bus_bytes
 
     class AxiOnBlockRam(wiring.Component):
@@ -325,11 +327,12 @@ def _axi_ram_dut(kind):
     return AxiOnBlockRam(), 256, 4
 
 
-@pytest.mark.parametrize("kind", ["axi_sram", "single_soc_ram", "soc_ram"])
+@pytest.mark.parametrize("kind", ["axi_sram", "single_soc_ram", "soc_ram1", "soc_ram4"])
 def test_axi_ram_bursts(kind):
     """Random AXI4 write and read bursts with random W/R/B stalls against a byte model; for
-    SingleSocRam and SocRam also random bridge-port accesses at the same time (in the upper
-    half, the AXI bursts in the lower half) and DECERR beyond the memory."""
+    SingleSocRam and SocRam (one bank; 4 banks, as ``base``) also random bridge-port accesses
+    at the same time (in the upper half, the AXI bursts in the lower half) and DECERR beyond
+    the memory."""
     dut, depth, nb = _axi_ram_dut(kind)
     width = 8 * nb
     a = dut.axi
@@ -340,7 +343,8 @@ def test_axi_ram_bursts(kind):
 
     def pick(lo, beats):
         """A word address in [lo, lo + half - beats): in a big memory, in one of 8 windows of
-        32 words spread over it, so that reads find words written before."""
+        32 words spread over it (across a bank boundary of a banked SocRam), so that reads
+        find words written before."""
         if half <= 256:
             return lo + rng.randrange(half - beats)
         return lo + max(0, rng.randrange(8) * (half // 8) - 16) + rng.randrange(32 - beats)
@@ -438,7 +442,7 @@ def test_axi_ram_bursts(kind):
                 await ctx.tick()
             await ctx.tick()
             ctx.set(p.en, 0)
-            for _ in range(8):  # the read data: SocRam's LATENCY later
+            for _ in range(8):  # the read data: SocRam's latency later
                 if we or ctx.get(p.rvalid):
                     break
                 await ctx.tick()
@@ -638,15 +642,16 @@ def test_critical_paths_from_nextpnr_report(tmp_path):
 
 @pytest.mark.slow
 def test_unit_timing_placer(tmp_path, monkeypatch):
-    """``--placer static`` reaches nextpnr (its log names the placer that ran) and the report;
-    an unknown placer is refused before any tool runs."""
+    """The ECP5's default placer, ``static``, reaches nextpnr (its log names the placer that
+    ran) and the report; an unknown placer is refused before any tool runs."""
     from pathlib import Path
 
     from tritium.fpga.build import BuildError, build_board
     from tritium.fpga.synth import unit_timing
 
+    assert board("ulx3s").placer == "static" and board("icebreaker").placer == "heap"
     monkeypatch.setenv("TRITIUM_BUILD_DIR", str(tmp_path))
-    r = unit_timing("csr", preset("base"), "ecp5", placer="static")
+    r = unit_timing("csr", preset("base"), "ecp5")
     assert r["placer"] == "static" and r["clock"]["fmax_mhz"] > 0
     log = (Path(r["dir"]) / "pnr.log").read_text()
     assert "Running Static placer" in log and "HeAP" not in log
