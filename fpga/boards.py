@@ -253,10 +253,11 @@ class BoardSpec:
     bitstream_ext : str
         Extension of the file to flash.
     placer : str
-        nextpnr placer of the board's builds unless one is asked for. The ECP5 uses the
-        electrostatic placer (``static``): on the ``base`` SoC it placed in 246 s instead of
-        590-930 s and routed with fewer failing endpoints (docs/fpga.md); on the UP5K the
-        default (``heap``) gives the faster ``tiny`` (26.03 against 24.31 MHz).
+        nextpnr placer of the board's builds unless one is asked for: ``heap`` on both. The
+        electrostatic placer (``static``) places the ``base`` SoC in about half the time
+        with fewer failing endpoints, but its Fmax varied more between seeds (39.3-45.8 MHz
+        against 44.8 with heap) and on the UP5K ``tiny`` is slower with it (24.31 against
+        26.03 MHz): docs/fpga.md.
     """
 
     name: str
@@ -305,7 +306,6 @@ BOARDS: dict[str, BoardSpec] = {
         synth_opts="-run :map_luts",
         synth_after=("techmap -map +/lattice/latches_map.v", "abc -lut 4:7 -dress", "clean",
                      "synth_ecp5 -top tritium -run map_cells:"),
-        placer="static",
     ),
     "icebreaker": BoardSpec(
         name="icebreaker", title="iCEBreaker (Lattice iCE40UP5K-SG48)",

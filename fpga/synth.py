@@ -407,7 +407,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--placer", choices=PLACERS, default=None,
                    help="nextpnr placer of --board and --unit --fmax (default: the board's, "
-                   "ulx3s static, icebreaker heap; see docs/fpga.md)")
+                   "heap; static: electrostatic, see docs/fpga.md)")
     p.add_argument("--clock", type=float, default=None, metavar="MHZ",
                    help="PLL frequency of --board (default: the config's clock_mhz); a "
                    "design that does not reach its target runs reliably at a clock it reaches")
