@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
 from tritium.rtl.dma import axi_signature
 from tritium.rtl.scratchpad import MemPortSignature
-from tritium.rtl.top import TritiumTop, _delayed
+from tritium.rtl.top import TritiumTop, delayed
 
 from tritium.config import AcceleratorConfig
 
@@ -45,10 +45,11 @@ class SocRam(wiring.Component):
     """On-chip device memory with an AXI4 slave port and a bridge word port.
 
     Cycle contract: a read burst returns one beat per cycle (the first :attr:`latency` + 1
-    cycles after AR) while ``rready`` is high; a write burst takes one beat per cycle, B one cycle after
-    the last beat. One burst of each direction at a time. The bridge port is acknowledged in
-    any cycle in which the AXI side does not use the memory's read (resp. write) port; its
-    read data comes :attr:`latency` cycles after the acknowledgement (``rvalid``).
+    cycles after AR) while ``rready`` is high; a write burst takes one beat per cycle, B one
+    cycle after the last beat. One burst of each direction at a time. The bridge port is
+    acknowledged in any cycle in which the AXI side does not use the memory's read (resp.
+    write) port; its read data comes :attr:`latency` cycles after the acknowledgement
+    (``rvalid``).
 
     The memory's address, write data and byte enables are registered right before it, and
     its read data right after it: on the ECP5 the memory is 128 block RAMs spread over the
@@ -217,7 +218,7 @@ class SocRam(wiring.Component):
             m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd), wp.en.eq(b_we)]
             outs.append(out)
         # the bank of the read in the banks' output registers: three cycles after ``ra``
-        bank = _delayed(m, ra[local:], 3, "rbank")
+        bank = delayed(m, ra[local:], 3, "rbank")
         m.d.sync += rdata.eq(Array(outs)[bank])
         return m
 

@@ -340,8 +340,7 @@ def unit_timing(
     board_name = {"ecp5": "ulx3s", "ice40": "icebreaker"}[target]
     core = UnitShell.core(factory)
     r = build_board(board_name, cfg, seed=seed, placer=placer, core=core, route=route,
-                    pack=False,
-                    force=force, progress=progress, breakdown=False,
+                    pack=False, force=force, progress=progress, breakdown=False,
                     out_root=_out_root().parent / "timing" / unit_name)
     r["unit"] = unit_name
     r["target"] = target

@@ -35,8 +35,8 @@ from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import MemPortSignature, acc_memory, spad_latency, spad_memory
 
-__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "gemm_unit", "scratchpad_bits",
-           "vector_unit"]
+__all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "delayed", "gemm_unit",
+           "scratchpad_bits", "vector_unit"]
 
 
 def _log2(v: int) -> int:
@@ -1007,7 +1007,7 @@ class _ReadAdapter:
                 with m.If(port.ack):
                     m.d.sync += off.eq(addr[le:lb])
             else:  # the offsets of acknowledged reads, as long as the latency
-                off = _delayed(m, addr[le:lb], mem_latency, f"{name}_off")
+                off = delayed(m, addr[le:lb], mem_latency, f"{name}_off")
             m.d.comb += resp.payload.eq(port.rdata.word_select(off, 8 * elem_bytes))
         else:
             m.d.comb += resp.payload.eq(port.rdata[: 8 * elem_bytes])
@@ -1045,7 +1045,7 @@ def _write_adapter(m, wr, port, elem_bytes: int, word_bytes: int, name: str,
     return pending
 
 
-def _delayed(m: Module, value, cycles: int, name: str) -> Signal:
+def delayed(m: Module, value, cycles: int, name: str) -> Signal:
     """``value`` as it was ``cycles`` (>= 1) cycles ago: a chain of registers."""
     for d in range(cycles):
         reg = Signal(len(value), name=name if d == cycles - 1 else f"{name}{d}")
@@ -1068,7 +1068,7 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
         return
     for k, (c, sel) in clients.items():
         # acknowledged ``latency`` cycles ago for this client
-        owner = _delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
+        owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
         with m.If(sel):
             m.d.comb += [port.en.eq(c.en), port.addr.eq(c.addr), port.we.eq(c.we),
                          port.wdata.eq(c.wdata), port.wmask.eq(c.wmask)]
