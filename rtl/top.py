@@ -172,6 +172,8 @@ class Gather(wiring.Component):
 
     #: up to this many cache units, the miss/prefetch candidates are not registered
     REGISTER_UNITS = 8
+    #: above this many cache units, the hits that make ``valid`` are registers
+    REGISTER_HIT_UNITS = 4
 
     def units(self) -> list[tuple[int, int, list[int]]]:
         """Cache units as ``(group, offset of the unit's first lane, [lane, ...])``: the lanes
@@ -227,7 +229,7 @@ class Gather(wiring.Component):
             ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
         units = self.units()
-        reg_hits = len(units) > self.REGISTER_UNITS
+        reg_hits = len(units) > self.REGISTER_HIT_UNITS
 
         def ahead(tag, v, fill, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
@@ -871,8 +873,8 @@ class GemmUnit(wiring.Component):
             rd.en.eq(active & accum & er_in & ((ofifo.level + pend) < 2)),
         ]
         rd_ack = Signal()
-        wr_ack = Signal()
-        m.d.comb += [rd_ack.eq(rd.en & rd.ack), wr_ack.eq(wr.en & wr.ack)]
+        wr_ack = Signal()  # an element goes into the write queue
+        m.d.comb += rd_ack.eq(rd.en & rd.ack)
         with m.If(rd_ack):
             m.d.sync += rlane.eq(lane_of(raddr))
         m.d.sync += pend.eq(rd_ack)
@@ -884,12 +886,29 @@ class GemmUnit(wiring.Component):
         val = rbuf.word_select(ew, 32)
         wdata = Signal(32)
         m.d.comb += wdata.eq(Mux(accum, ofifo.r_data + val, val))
+        # The writes go to the ACC port from a two-entry queue (timing: the result select
+        # and the accumulate adder are a register stage apart from the ACC's write
+        # multiplexers and block RAMs, and the writer's flow does not wait on the port's
+        # ``ack`` but on the queue's registered room). Every element of C is written once
+        # per instruction and read (accumulate) before its write: no read meets a queued
+        # write of its word.
+        wq_layout = data.StructLayout({"addr": unsigned(len(wr.addr)), "data": unsigned(32),
+                                       "lane": unsigned(max(1, lb - 2))})
+        m.submodules.wq = wq = fifo.SyncFIFO(width=wq_layout.size, depth=2)
+        wq_head = data.View(wq_layout, wq.r_data)
+        wq_tail = data.View(wq_layout, wq.w_data)
         m.d.comb += [
-            wr.addr.eq(waddr >> lb),
+            wq.w_en.eq(active & ew_in & (~accum | ofifo.r_rdy)),
+            wr_ack.eq(wq.w_en & wq.w_rdy),
+            wq_tail.addr.eq(waddr >> lb),
+            wq_tail.data.eq(wdata),
+            wq_tail.lane.eq(lane_of(waddr)),
+            wr.addr.eq(wq_head.addr),
             wr.we.eq(1),
-            wr.en.eq(active & ew_in & (~accum | ofifo.r_rdy)),
-            wr.wdata.eq(Cat([wdata] * (bb // 4))),
-            wr.wmask.eq(Const(0xF, bb) << (lane_of(waddr) * 4) if lb > 2 else Const(0xF, 4)),
+            wr.en.eq(wq.r_rdy),
+            wr.wdata.eq(Cat([wq_head.data] * (bb // 4))),
+            wr.wmask.eq(Const(0xF, bb) << (wq_head.lane * 4) if lb > 2 else Const(0xF, 4)),
+            wq.r_en.eq(wr.ack),
         ]
         beat_end = Signal()
         start_row = Signal()  # set up the descriptor at the FIFO head
@@ -924,7 +943,7 @@ class GemmUnit(wiring.Component):
         with m.If(setup):
             m.d.sync += [setup.eq(0), run.eq(1), *start_stmts]
         fin = Signal()
-        m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~setup)
+        m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~wq.r_rdy & ~setup)
         with m.If(fin):
             m.d.sync += run.eq(0)
         m.d.comb += [
