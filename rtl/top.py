@@ -319,7 +319,8 @@ class Gather(wiring.Component):
                     byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
                 else:
                     span = Signal(name=f"span{i}")  # lane i's byte is in w0 + 1
-                    m.d.comb += span.eq(lo >= wb - o)
+                    # registered like ``addr`` (timing: no compare in the take loop)
+                    m.d.sync += span.eq(addr_d[:lb] >= wb - o)
                     n0.append(mask & ~span)
                     n1.append(mask & span)
                     idx = Signal(lb, name=f"idx{i}")
