@@ -107,12 +107,15 @@ class Gather(wiring.Component):
     ``gstride``/``ostride`` are per-instruction constants); with more than
     :attr:`REGISTER_UNITS` units the missing and prefetch words are registered before one of
     them is selected, and the request is registered: a word found missing in cycle t is
-    requested in cycle t+2 (t+1 with few units). With that many units the hits (an entry
-    holds the unit's word, or the next one) are registers as well, computed a cycle ahead
-    from the next tags (a returned word's) and both candidate addresses, so the loop
-    ``valid -> take -> address`` holds no compare; the next word's sums come from a second
-    registered offset (``loff + word``), not from ``+ 1``. ``base`` and ``base_adv`` should
-    then be registers (the GEMM walkers run a beat ahead to give them).
+    requested in cycle t+2 (t+1 with few units). With more than :attr:`REGISTER_HIT_UNITS`
+    units the hits (an entry holds the unit's word, or the next one) are registers, computed
+    a cycle ahead from the next tags (a returned word's) and both candidate addresses, and a
+    grouped unit's ``span`` flags (which lanes read ``w0 + 1``) are always registers loaded
+    with the address, so the loop ``valid -> take -> address`` holds no compare; the next
+    word's sums come from a second registered offset (``loff + word``), not from ``+ 1``.
+    ``base`` and ``base_adv`` should then be registers (the GEMM walkers run a beat ahead to
+    give them). Registered hits cost no cycles (they are computed ahead); registered miss
+    candidates cost one cycle per miss, so the small gathers keep those combinational.
     Tags are true word addresses and a returned word fills a unit only when it is a word the
     unit needs (or the next one) at that time, so offsets, addresses or requests that are a few
     cycles stale (after ``flush``) cost time, never correctness.
@@ -455,8 +458,9 @@ class GemmUnit(wiring.Component):
     Cycle contract: the activation and weight gathers each deliver a beat per cycle while their
     lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row, prefetched;
     systolic ``wt=1`` weights need a read per beat); the writer stores one int32 per cycle
-    (also with ``accumulate``: the old value is read through a second port one element
-    ahead). ``done`` pulses when the last result is in ACC.
+    through a two-entry write queue (also with ``accumulate``: the old value is read through
+    a second port one element ahead). ``done`` pulses when the last result is in ACC (the
+    queue is empty).
 
     Members
     -------
