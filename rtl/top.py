@@ -234,18 +234,13 @@ class Gather(wiring.Component):
         units = self.units()
         reg_hits = len(units) > self.REGISTER_HIT_UNITS
 
-        # With registered hits ``valid`` is a register too: the next cycle's ``oks`` are
-        # computed for both outcomes of ``take`` (every term of an ``ok`` is then a register
-        # loaded with one of two candidates), so the loop valid -> take -> valid is one
-        # multiplexer and ``take`` only selects
-        oks_next = {"adv": [], "cur": []}
-
-        def at(tag, v, fill, c, name):
-            """Entry (``tag``, ``v``; ``fill``: it takes the returned word) holds word ``c``
-            in the next cycle."""
-            sig = Signal(name=name)
-            m.d.comb += sig.eq(~self.flush & Mux(fill, if_tag == c, v & (tag == c)))
-            return sig
+        def ahead(tag, v, fill, cand_adv, cand_cur):
+            """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
+            returned word) holds the word the unit addresses next cycle (``cand_adv`` if the
+            beat is taken, else ``cand_cur``)."""
+            def at(c):
+                return Mux(fill, if_tag == c, v & (tag == c))
+            return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
@@ -299,30 +294,18 @@ class Gather(wiring.Component):
             fill_b = Signal(name=f"fill_b{u}")
             m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
                          fill_b.eq(~stale & Mux(e0, hit_a1, e1 & hit_a0))]
-            # the next cycle's hit / mask / span for each outcome of ``take``
-            nx = {"adv": {"h0": [], "h1": [], "n0": [], "n1": []},
-                  "cur": {"h0": [], "h1": [], "n0": [], "n1": []}}
             if reg_hits:
                 # Timing (many units): the hits that make ``valid`` are registers, computed
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
-                for hit, tag, v, fill, e in ((hit_a0, tag_a, v_a, fill_a, "a"),
-                                             (hit_b0, tag_b, v_b, fill_b, "b")):
-                    h_adv = at(tag, v, fill, sum_adv[lb:], f"{e}0_adv{u}")
-                    h_cur = at(tag, v, fill, sum_cur[lb:], f"{e}0_cur{u}")
-                    m.d.sync += hit.eq(Mux(self.take, h_adv, h_cur))
-                    nx["adv"]["h0"].append(h_adv)
-                    nx["cur"]["h0"].append(h_cur)
+                sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
+                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                for hit, tag, v, fill, e in ((hit_a1, tag_a, v_a, fill_a, "a"),
-                                             (hit_b1, tag_b, v_b, fill_b, "b")):
-                    h_adv = at(tag, v, fill, sa_n, f"{e}1_adv{u}")
-                    h_cur = at(tag, v, fill, sc_n, f"{e}1_cur{u}")
-                    m.d.sync += hit.eq(Mux(self.take, h_adv, h_cur))
-                    nx["adv"]["h1"].append(h_adv)
-                    nx["cur"]["h1"].append(h_cur)
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
@@ -330,28 +313,17 @@ class Gather(wiring.Component):
                 off = uoff + o
                 # registered like the address: this beat's mask or, on take, the next one's
                 mask = Signal(name=f"mask{i}")
-                m_adv = Signal(name=f"mask_adv{i}")
-                m_cur = Signal(name=f"mask_cur{i}")
-                m.d.comb += [
-                    m_adv.eq((grp < self.glim_adv) & (off >= self.klo_adv)
-                             & (off < self.khi_adv)),
-                    m_cur.eq((grp < self.glim) & (off >= self.klo) & (off < self.khi)),
-                ]
-                m.d.sync += mask.eq(Mux(self.take, m_adv, m_cur))
+                m.d.sync += mask.eq(Mux(
+                    self.take,
+                    (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv),
+                    (grp < self.glim) & (off >= self.klo) & (off < self.khi)))
                 if o == 0:
                     n0.append(mask)
-                    for c, mc in (("adv", m_adv), ("cur", m_cur)):
-                        nx[c]["n0"].append(mc)
                     byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
                 else:
                     span = Signal(name=f"span{i}")  # lane i's byte is in w0 + 1
                     # registered like ``addr`` (timing: no compare in the take loop)
-                    s_adv = sum_adv[:lb] >= wb - o
-                    s_cur = sum_cur[:lb] >= wb - o
-                    m.d.sync += span.eq(Mux(self.take, s_adv, s_cur))
-                    for c, mc, sc in (("adv", m_adv, s_adv), ("cur", m_cur, s_cur)):
-                        nx[c]["n0"].append(mc & ~sc)
-                        nx[c]["n1"].append(mc & sc)
+                    m.d.sync += span.eq(addr_d[:lb] >= wb - o)
                     n0.append(mask & ~span)
                     n1.append(mask & span)
                     idx = Signal(lb, name=f"idx{i}")
@@ -361,12 +333,6 @@ class Gather(wiring.Component):
                 m.d.comb += self.data[i].eq(Mux(mask, byte, 0))
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
             oks.append((~need0 | have0) & (~need1 | have1))
-            if reg_hits:
-                for c, t in nx.items():
-                    ok_n = ~Cat(t["n0"]).any() | Cat(t["h0"]).any()
-                    if t["n1"]:
-                        ok_n = ok_n & (~Cat(t["n1"]).any() | Cat(t["h1"]).any())
-                    oks_next[c].append(ok_n)
             # demand misses (w0 first), then the prefetch of the next word
             misses.append(need0 & ~have0 & ~inflight(w0))
             miss_as.append(w0)
@@ -422,14 +388,8 @@ class Gather(wiring.Component):
             port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
             port.addr.eq(rq_a),
+            self.valid.eq(self.req & Cat(oks).all() & ~self.flush & ~flushed),
         ]
-        if reg_hits:
-            all_ok = Signal()  # = Cat(oks).all(), as a register
-            m.d.sync += all_ok.eq(Mux(self.take, Cat(oks_next["adv"]).all(),
-                                      Cat(oks_next["cur"]).all()))
-        else:
-            all_ok = Cat(oks).all()
-        m.d.comb += self.valid.eq(self.req & all_ok & ~self.flush & ~flushed)
         return m
 
 
