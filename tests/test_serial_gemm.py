@@ -4,7 +4,9 @@ Random GEMM_TERN instructions (any byte alignment of A and W, row counts, channe
 ``k``, ``accumulate`` over random old values) run on a SPAD whose one read port serves both
 streams and acknowledges at random, and an ACC whose read and write ports acknowledge at
 random. After every instruction the whole ACC must equal ``numerics.gemm_ternary`` (plus the
-old values, int32 wrap-around) written into the old image; nothing else may change.
+old values, int32 wrap-around) written into the old image; nothing else may change. The same
+cases run on ``base``'s parallel ternary :class:`~tritium.rtl.top.GemmUnit` with a SPAD read
+latency of 2 (its ``done`` must wait for the writer's queue: two mutations caught).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
+from tritium.rtl.scratchpad import spad_latency
 from tritium.rtl.serial_gemm import SerialTernaryGemm
+from tritium.rtl.top import GemmUnit
 
 from tritium import isa, numerics
 from tritium.config import preset
@@ -58,7 +62,25 @@ def test_serial_gemm_random(bus_width, seed, held):
     cfg = preset("tiny").replace(bus_width=bus_width)
     rnd = random.Random(bus_width + 1000 * seed)  # (seed 0: the original cases)
     dut = SerialTernaryGemm(cfg, spad_bits=7, acc_bits=6, held=held)
+    _run_and_check(dut, bb, rnd, held, spad_latency=1)
 
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gemm_unit_ternary_random(seed):
+    """The same random GEMM_TERN instructions on ``base``'s parallel ternary GEMM unit
+    (:class:`tritium.rtl.top.GemmUnit`: gathers, walkers, the writer's queue) with the SPAD's
+    read latency of ``base`` (2): ``done`` must come only once every result is in ACC, however
+    the ACC's write port stalls."""
+    cfg = preset("base")
+    bb = cfg.bus_bytes
+    rnd = random.Random(7 + 1000 * seed)
+    dut = GemmUnit(cfg, "ternary", spad_bits=7, acc_bits=6)
+    _run_and_check(dut, bb, rnd, False, spad_latency=spad_latency(cfg))
+
+
+def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: int):
+    """Run 14 random GEMM_TERN cases on ``dut`` (a GEMM unit) between a SPAD and an ACC that
+    acknowledge at random, and compare the ACC after each ``done`` with the golden numerics."""
     top = Module()
     top.submodules.dut = dut
     top.submodules.spad = spad = Memory(shape=8 * bb, depth=SPAD_WORDS, init=[])
@@ -78,8 +100,15 @@ def test_serial_gemm_random(bus_width, seed, held):
         top.d.comb += srd.addr.eq(wp.addr)
     with top.Else():
         top.d.comb += srd.addr.eq(ap.addr)
-    top.d.comb += [srd.en.eq(ap.ack | wp.ack), ap.rdata.eq(srd.data), wp.rdata.eq(srd.data)]
-    top.d.sync += [ap.rvalid.eq(ap.ack), wp.rvalid.eq(wp.ack)]
+    top.d.comb += srd.en.eq(ap.ack | wp.ack)
+    if spad_latency == 1:
+        top.d.comb += [ap.rdata.eq(srd.data), wp.rdata.eq(srd.data)]
+        top.d.sync += [ap.rvalid.eq(ap.ack), wp.rvalid.eq(wp.ack)]
+    else:  # the read data registered once more (BankedMemory(read_reg=True))
+        a_mid, w_mid, data_q = Signal(), Signal(), Signal(8 * bb)
+        top.d.comb += [ap.rdata.eq(data_q), wp.rdata.eq(data_q)]
+        top.d.sync += [a_mid.eq(ap.ack), w_mid.eq(wp.ack), ap.rvalid.eq(a_mid),
+                       wp.rvalid.eq(w_mid), data_q.eq(srd.data)]
     with top.If(ap.ack | wp.ack):
         top.d.sync += turn.eq(~turn)
     # ACC: a read port for old values, a write port for results
