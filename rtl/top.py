@@ -878,7 +878,7 @@ class GemmUnit(wiring.Component):
             rd.en.eq(active & accum & er_in & ((ofifo.level + pend) < 2)),
         ]
         rd_ack = Signal()
-        wr_ack = Signal()  # an element goes into the write queue
+        queued = Signal()  # element ew goes into the write queue
         m.d.comb += rd_ack.eq(rd.en & rd.ack)
         with m.If(rd_ack):
             m.d.sync += rlane.eq(lane_of(raddr))
@@ -904,7 +904,7 @@ class GemmUnit(wiring.Component):
         wq_tail = data.View(wq_layout, wq.w_data)
         m.d.comb += [
             wq.w_en.eq(active & ew_in & (~accum | ofifo.r_rdy)),
-            wr_ack.eq(wq.w_en & wq.w_rdy),
+            queued.eq(wq.w_en & wq.w_rdy),
             wq_tail.addr.eq(waddr >> lb),
             wq_tail.data.eq(wdata),
             wq_tail.lane.eq(lane_of(waddr)),
@@ -918,14 +918,14 @@ class GemmUnit(wiring.Component):
         beat_end = Signal()
         start_row = Signal()  # set up the descriptor at the FIFO head
         m.d.comb += [
-            beat_end.eq((wr_ack & ew_last) | (dfifo.r_rdy & started & rfull & ~row_ok)),
-            ofifo.r_en.eq(wr_ack & accum),
+            beat_end.eq((queued & ew_last) | (dfifo.r_rdy & started & rfull & ~row_ok)),
+            ofifo.r_en.eq(queued & accum),
             start_row.eq(dfifo.r_rdy & ~started),
         ]
         last_beat = rb == beats_per_tile - 1
         # the counters' next values within a beat, and the flags of the next cycle
         er_nb = Mux(rd_ack, er + 1, er)
-        ew_nb = Mux(wr_ack, ew + 1, ew)
+        ew_nb = Mux(queued, ew + 1, ew)
         rb_nb = Mux(last_beat, 0, rb + 1)  # after beat_end
         zero = start_row | beat_end  # er, ew (and rb at start_row) restart from 0
         m.d.sync += [
