@@ -20,7 +20,7 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 from tritium.rtl.scratchpad import spad_latency
 from tritium.rtl.serial_gemm import SerialTernaryGemm
-from tritium.rtl.top import GemmUnit
+from tritium.rtl.top import GemmUnit, delayed
 
 from tritium import isa, numerics
 from tritium.config import preset
@@ -101,14 +101,13 @@ def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: i
     with top.Else():
         top.d.comb += srd.addr.eq(ap.addr)
     top.d.comb += srd.en.eq(ap.ack | wp.ack)
-    if spad_latency == 1:
-        top.d.comb += [ap.rdata.eq(srd.data), wp.rdata.eq(srd.data)]
-        top.d.sync += [ap.rvalid.eq(ap.ack), wp.rvalid.eq(wp.ack)]
-    else:  # the read data registered once more (BankedMemory(read_reg=True))
-        a_mid, w_mid, data_q = Signal(), Signal(), Signal(8 * bb)
-        top.d.comb += [ap.rdata.eq(data_q), wp.rdata.eq(data_q)]
-        top.d.sync += [a_mid.eq(ap.ack), w_mid.eq(wp.ack), ap.rvalid.eq(a_mid),
-                       wp.rvalid.eq(w_mid), data_q.eq(srd.data)]
+    # latency 2: the read data registered once more (BankedMemory(read_reg=True))
+    rdata = srd.data if spad_latency == 1 else delayed(top, srd.data, spad_latency - 1, "rq")
+    top.d.comb += [
+        ap.rdata.eq(rdata), wp.rdata.eq(rdata),
+        ap.rvalid.eq(delayed(top, ap.ack, spad_latency, "a_rv")),
+        wp.rvalid.eq(delayed(top, wp.ack, spad_latency, "w_rv")),
+    ]
     with top.If(ap.ack | wp.ack):
         top.d.sync += turn.eq(~turn)
     # ACC: a read port for old values, a write port for results
