@@ -20,13 +20,13 @@ one instruction's unit uses the memory at a time).
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import memory, wiring
+from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
 __all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
-           "acc_memory", "rr_arbiter", "spad_latency", "spad_memory"]
+           "ReadSlice", "acc_memory", "rr_arbiter", "spad_latency", "spad_memory"]
 
 #: Attribute of a memory whose read port never reads the word its write port writes in the same
 #: cycle (the owner ensures it); synthesis may then leave out the read-first / write-first
@@ -69,36 +69,115 @@ class MemPortSignature(wiring.Signature):
     rvalid : In(1)
         ``rdata`` holds the word of the read acknowledged ``latency`` cycles ago.
     rdata : In(8 * word_bytes)
+    tag : Out(tag_bits)
+    rtag : In(tag_bits)
+        Only with ``tag_bits``: a *tagged* port. ``rtag`` holds, with ``rvalid``, the ``tag``
+        of the read whose data are on ``rdata``. Reads still answer in order, but the time
+        from ``ack`` to ``rvalid`` may vary (at least the port's nominal latency), as behind
+        a :class:`ReadSlice`: the client tells its answers apart by their tags.
     """
 
-    def __init__(self, addr_bits: int, word_bytes: int):
+    def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int = 0):
         self.addr_bits = addr_bits
         self.word_bytes = word_bytes
-        super().__init__(
-            {
-                "addr": Out(addr_bits),
-                "en": Out(1),
-                "we": Out(1),
-                "wdata": Out(8 * word_bytes),
-                "wmask": Out(word_bytes),
-                "ack": In(1),
-                "rvalid": In(1),
-                "rdata": In(8 * word_bytes),
-            }
-        )
+        self.tag_bits = tag_bits
+        members = {
+            "addr": Out(addr_bits),
+            "en": Out(1),
+            "we": Out(1),
+            "wdata": Out(8 * word_bytes),
+            "wmask": Out(word_bytes),
+            "ack": In(1),
+            "rvalid": In(1),
+            "rdata": In(8 * word_bytes),
+        }
+        if tag_bits:
+            members.update({"tag": Out(tag_bits), "rtag": In(tag_bits)})
+        super().__init__(members)
 
     def __eq__(self, other):
         return (
             isinstance(other, MemPortSignature)
             and self.addr_bits == other.addr_bits
             and self.word_bytes == other.word_bytes
+            and self.tag_bits == other.tag_bits
         )
 
     def __hash__(self):
-        return hash((MemPortSignature, self.addr_bits, self.word_bytes))
+        return hash((MemPortSignature, self.addr_bits, self.word_bytes, self.tag_bits))
 
     def __repr__(self):
-        return f"MemPortSignature({self.addr_bits}, {self.word_bytes})"
+        tag = f", tag_bits={self.tag_bits}" if self.tag_bits else ""
+        return f"MemPortSignature({self.addr_bits}, {self.word_bytes}{tag})"
+
+
+class ReadSlice(wiring.Component):
+    """A register slice for read requests between a tagged client port and a memory port.
+
+    Timing: without it, a client's request runs through the bank arbiter to ``ack`` and back
+    into the client's request register in one cycle (on the ECP5-85F the GEMM units' SPAD
+    reads: a unit's control register -> the shared port's select -> the arbiter -> ``ack`` ->
+    another unit's gather, across the die). Here the requests enter a two-entry FIFO; the
+    client's ``ack`` is the FIFO's "not full" (a register compare), and the memory sees the
+    FIFO's head. Two entries keep one read per cycle (a plain request register would take
+    one every other cycle). Each read's ``tag`` travels with it and comes back on ``rtag``
+    with the data, since the wait in the FIFO varies with the memory's arbitration.
+
+    Read-only: ``we`` of the client is ignored (the memory side reads). A request reaches
+    the memory one cycle after its ``ack`` at the earliest, so reads answer ``latency + 1``
+    cycles after ``ack`` or later (:attr:`nominal_latency`).
+
+    Parameters
+    ----------
+    addr_bits, word_bytes : int
+        The memory port's shape.
+    tag_bits : int
+        Tag width of the client port.
+    latency : int
+        The memory port's read latency (``ack`` -> ``rvalid``).
+
+    Members
+    -------
+    client : In(MemPortSignature(addr_bits, word_bytes, tag_bits))
+    mem : Out(MemPortSignature(addr_bits, word_bytes))
+    """
+
+    def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int, latency: int):
+        if tag_bits < 1:
+            raise ValueError(f"tag_bits={tag_bits}; a slice's client port must be tagged")
+        self.tag_bits = tag_bits
+        self.latency = latency
+        #: cycles from the client's ``ack`` to ``rvalid`` when the memory takes it at once
+        self.nominal_latency = latency + 1
+        super().__init__({
+            "client": In(MemPortSignature(addr_bits, word_bytes, tag_bits)),
+            "mem": Out(MemPortSignature(addr_bits, word_bytes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, p = self.client, self.mem
+        aw = len(p.addr)
+        m.submodules.q = q = fifo.SyncFIFO(width=aw + self.tag_bits, depth=2)
+        m.d.comb += [
+            q.w_data.eq(Cat(c.addr, c.tag)),
+            q.w_en.eq(c.en),
+            c.ack.eq(c.en & q.w_rdy),
+            p.en.eq(q.r_rdy),
+            p.we.eq(0),
+            p.addr.eq(q.r_data[:aw]),
+            q.r_en.eq(p.ack),
+            c.rvalid.eq(p.rvalid),
+            c.rdata.eq(p.rdata),
+        ]
+        # the head's tag, as long as the memory's latency: the tag of the read answering now
+        tag = q.r_data[aw:]
+        for d in range(self.latency):
+            reg = Signal(self.tag_bits, name=f"rtag{d}")
+            m.d.sync += reg.eq(tag)
+            tag = reg
+        m.d.comb += c.rtag.eq(tag)
+        return m
 
 
 def _onehot_mux(sel: list, vals: list):

@@ -33,7 +33,7 @@ from .axi import AxiLiteSignature
 from .controller import SERIAL_OPS, VEC_OPS, Controller, instr_layout
 from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
-from .scratchpad import MemPortSignature, acc_memory, spad_latency, spad_memory
+from .scratchpad import MemPortSignature, ReadSlice, acc_memory, spad_latency, spad_memory
 
 __all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "delayed", "gemm_unit",
            "scratchpad_bits", "vector_unit"]
@@ -139,12 +139,15 @@ class Gather(wiring.Component):
     """
 
     def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int,
-                 var_ostride: bool = False, latency: int = 1):
+                 var_ostride: bool = False, latency: int = 1, tagged: bool = False):
         if word_bytes < 2 or word_bytes & (word_bytes - 1):
             raise ValueError(f"word_bytes={word_bytes}; must be a power of two >= 2")
-        if latency not in (1, 2):
+        if not tagged and latency not in (1, 2):
             raise ValueError(f"latency={latency}; the SPAD answers after 1 or 2 cycles")
-        self.latency = latency  # the port's read latency (ack -> rvalid)
+        if tagged and latency < 1:
+            raise ValueError(f"latency={latency}; must be >= 1")
+        self.latency = latency  # the port's read latency (ack -> rvalid; nominal if tagged)
+        self.tagged = tagged
         self.lanes = lanes
         self.group = group
         self.word_bytes = word_bytes
@@ -169,9 +172,15 @@ class Gather(wiring.Component):
                 "flush": In(1),
                 "valid": Out(1),
                 "data": Out(data.ArrayLayout(unsigned(8), lanes)),
-                "port": Out(MemPortSignature(addr_bits, word_bytes)),
+                "port": Out(MemPortSignature(addr_bits, word_bytes,
+                                             self.tag_bits(addr_bits) if tagged else 0)),
             }
         )
+
+    @staticmethod
+    def tag_bits(addr_bits: int) -> int:
+        """Tag width of a tagged gather's port: the word address and the flush epoch."""
+        return addr_bits + 1
 
     #: up to this many cache units, the miss/prefetch candidates are not registered
     REGISTER_UNITS = 8
@@ -193,31 +202,46 @@ class Gather(wiring.Component):
         aw = self.addr_bits
         ab = aw + lb  # byte-address bits that matter (higher ones are cut off by the SPAD)
         port = self.port
-        if_tag = Signal(aw)  # word of the read acknowledged ``latency`` cycles ago (arrives now)
-        ret = port.rvalid
+        if_tag = Signal(aw)  # word of the read arriving now
         rq_v = Signal()  # registered request
         rq_a = Signal(aw)
         flushed = Signal()  # the masks were registered from the limits of before the flush
         m.d.sync += flushed.eq(self.flush)
-        if self.latency == 2:
-            mid_v = Signal()  # a read acknowledged last cycle (arrives next cycle)
-            mid_tag = Signal(aw)
-            m.d.sync += [mid_v.eq(port.ack), if_tag.eq(mid_tag)]
-            with m.If(port.ack):
-                m.d.sync += mid_tag.eq(rq_a)
-            # a read acknowledged in the cycle before a flush arrives after it: not taken
-            stale = self.flush | flushed
-        else:
-            with m.If(port.ack):
-                m.d.sync += if_tag.eq(rq_a)
+        # reads acknowledged 1 .. latency-1 cycles ago (in flight; tagged: at least that long)
+        acked = []
+        prev_v, prev_a = port.ack, rq_a
+        for d in range(self.latency - 1):
+            dv = Signal(name=f"acked_v{d}")
+            da = Signal(aw, name=f"acked_a{d}")
+            m.d.sync += [dv.eq(prev_v & ~self.flush), da.eq(prev_a)]
+            acked.append((dv, da))
+            prev_v, prev_a = dv, da
+        if self.tagged:
+            # the answer names its word and the flush epoch it was asked in: words read
+            # before a flush (however late they answer) are not taken
+            epoch = Signal()
+            with m.If(self.flush):
+                m.d.sync += epoch.eq(~epoch)
+            m.d.comb += [port.tag.eq(Cat(rq_a, epoch)), if_tag.eq(port.rtag[:aw])]
+            ret = port.rvalid & (port.rtag[aw] == epoch)
             stale = self.flush
+        else:
+            ret = port.rvalid
+            # the last stage of the delay line: the read acknowledged ``latency`` cycles ago
+            m.d.sync += if_tag.eq(prev_a)
+            if self.latency == 2:
+                # a read acknowledged in the cycle before a flush arrives after it: not taken
+                stale = self.flush | flushed
+            else:
+                stale = self.flush
 
         def inflight(word):
-            """``word`` is being read: returning now, in the middle stage (latency 2) or
-            requested."""
+            """``word`` is being read: returning now, acknowledged (the nominal latency; a
+            tagged read that waits longer may be asked for twice, which costs a cycle of the
+            port, never a wrong word) or requested."""
             busy = (ret & (if_tag == word)) | (rq_v & (rq_a == word))
-            if self.latency == 2:
-                busy = busy | (mid_v & (mid_tag == word))
+            for dv, da in acked:
+                busy = busy | (dv & (da == word))
             return busy
 
         # registered address terms: per group, per offset, then per unit
@@ -428,15 +452,25 @@ class _TileLoop:
             assign(self.nrem.eq(self.nrem - self.ln))
 
 
-def gemm_unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int) -> dict:
+def gemm_read_slice(cfg: AcceleratorConfig) -> bool:
+    """Whether the parallel GEMM units' SPAD reads go through a :class:`~tritium.rtl.
+    scratchpad.ReadSlice` (tagged ports): with queues, i.e. where the SPAD registers its read
+    data (:func:`~tritium.rtl.scratchpad.spad_latency` 2: the large devices, whose timing
+    the path through the bank arbiter limits)."""
+    return spad_latency(cfg) == 2
+
+
+def gemm_unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
+                      tag_bits: int = 0) -> dict:
     """The members of a GEMM unit (:class:`GemmUnit`, :class:`~tritium.rtl.serial_gemm.
-    SerialTernaryGemm`): see :class:`GemmUnit`."""
+    SerialTernaryGemm`): see :class:`GemmUnit`. ``tag_bits``: the SPAD ports' tag width
+    (tagged ports, see :class:`~tritium.rtl.scratchpad.MemPortSignature`)."""
     bb = cfg.bus_bytes
     return {
         "cmd": In(stream.Signature(unsigned(INSTR_BITS))),
         "done": Out(1),
-        "act_port": Out(MemPortSignature(spad_bits, bb)),
-        "wgt_port": Out(MemPortSignature(spad_bits, bb)),
+        "act_port": Out(MemPortSignature(spad_bits, bb, tag_bits)),
+        "wgt_port": Out(MemPortSignature(spad_bits, bb, tag_bits)),
         "wb_rd": Out(MemPortSignature(acc_bits, bb)),
         "wb_wr": Out(MemPortSignature(acc_bits, bb)),
         "busy": Out(1),
@@ -493,7 +527,10 @@ class GemmUnit(wiring.Component):
             # one lane per (channel, plane): every plane keeps its own cached word
             self.wgt_lanes = cfg.lut_lanes * cfg.lut_max_bits
             self.wgt_group = cfg.lut_max_bits
-        super().__init__(gemm_unit_members(cfg, spad_bits, acc_bits))
+        #: the SPAD ports are tagged and read through a ReadSlice (:func:`gemm_read_slice`)
+        self.tagged = gemm_read_slice(cfg)
+        tag_bits = Gather.tag_bits(spad_bits) if self.tagged else 0
+        super().__init__(gemm_unit_members(cfg, spad_bits, acc_bits, tag_bits))
 
     def elaborate(self, platform):
         m = Module()
@@ -503,11 +540,13 @@ class GemmUnit(wiring.Component):
         lb = _log2(bb)
         LM, LN = self.lm, self.ln
         m.submodules.engine = eng = _engine_class(eng_name)(cfg)
-        lat = spad_latency(cfg)
+        # tagged: the slice's register adds a cycle to the SPAD's latency
+        lat = spad_latency(cfg) + self.tagged
+        tg = self.tagged
         m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr),
-                                      latency=lat)
+                                      latency=lat, tagged=tg)
         m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr),
-                                      var_ostride=eng_name == "lut", latency=lat)
+                                      var_ostride=eng_name == "lut", latency=lat, tagged=tg)
         wiring.connect(m, wiring.flipped(self.act_port), ag.port)
         wiring.connect(m, wiring.flipped(self.wgt_port), wg.port)
 
@@ -1084,18 +1123,30 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
     ``clients`` maps a name to ``(client port, select)``; at most one ``select`` is high at a
     time and only the selected client's requests reach ``port``. A read's ``rvalid`` goes back
     to the client whose request was acknowledged (``latency`` cycles before), also when its
-    select has dropped since.
+    select has dropped since. A tagged ``port`` (a :class:`~tritium.rtl.scratchpad.ReadSlice`'s,
+    whose latency varies) carries the client's tag and the client's index above it
+    (``port.tag_bits`` >= the widest client tag + ``ceil(log2(len(clients)))``): the answer
+    goes to the client its tag names.
     """
     if len(clients) == 1:
         (c, _), = clients.values()
         wiring.connect(m, wiring.flipped(port), c)
         return
-    for k, (c, sel) in clients.items():
-        # acknowledged ``latency`` cycles ago for this client
-        owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
+    tb = port.signature.tag_bits
+    ct = max(c.signature.tag_bits for c, _ in clients.values())  # the clients' tags
+    for idx, (k, (c, sel)) in enumerate(clients.items()):
         with m.If(sel):
             m.d.comb += [port.en.eq(c.en), port.addr.eq(c.addr), port.we.eq(c.we),
                          port.wdata.eq(c.wdata), port.wmask.eq(c.wmask)]
+            if tb:  # the client's tag, then its index: the owner of the answer
+                m.d.comb += port.tag.eq(Cat(c.tag if c.signature.tag_bits else Const(0, ct),
+                                            Const(idx, tb - ct)))
+        if tb:
+            owner = port.rtag[ct:] == idx
+            if c.signature.tag_bits:
+                m.d.comb += c.rtag.eq(port.rtag[:c.signature.tag_bits])
+        else:  # acknowledged ``latency`` cycles ago for this client
+            owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
         m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(port.rvalid & owner),
                      c.rdata.eq(port.rdata)]
 
@@ -1171,8 +1222,16 @@ class ComputeUnit(wiring.Component):
         for name, mem, attr, lat in (("act", sp, "act_port", sp_lat),
                                      ("wgt", sp, "wgt_port", sp_lat),
                                      ("wbr", ac, "wb_rd", 1), ("wbw", ac, "wb_wr", 1)):
-            _share_port(m, mem[name], {e: (getattr(gu, attr), gu.busy)
-                                       for e, gu in gemms.items()}, name, lat)
+            clients = {e: (getattr(gu, attr), gu.busy) for e, gu in gemms.items()}
+            port = mem[name]
+            ct = max(c.signature.tag_bits for c, _ in clients.values())
+            if ct:  # tagged GEMM ports: their reads through a ReadSlice (gemm_read_slice)
+                ob = (len(clients) - 1).bit_length() if len(clients) > 1 else 0
+                rs = ReadSlice(self.spad_bits, bb, ct + ob, lat)
+                m.submodules[f"{name}_slice"] = rs
+                wiring.connect(m, rs.mem, wiring.flipped(port))
+                port = wiring.flipped(rs.client)
+            _share_port(m, port, clients, name, lat)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
         # the serial vector unit (small, slow-clocked configurations) talks to the ports
         # without the adapters' timing FIFOs

@@ -13,8 +13,10 @@ import random
 
 import pytest
 from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
+from tritium.rtl.scratchpad import ReadSlice
 from tritium.rtl.top import Gather
 
 # (lanes, group, word_bytes, var_ostride): the shapes GemmUnit builds, and edge shapes
@@ -43,15 +45,21 @@ def _expect(mem: bytes, lanes, group, p):
     return out
 
 
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, "sliced"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:3])) + "v" * s[3])
 def test_gather_random_beats(shape, latency):
     """Random beats against the model; between instructions (during ``flush``) the words the
-    next one starts on are rewritten, so a word read before the flush must not be used."""
+    next one starts on are rewritten, so a word read before the flush must not be used.
+    ``sliced``: a tagged gather reads through a :class:`ReadSlice` from a SPAD of latency 2,
+    so its answers come 3 or more cycles after the ``ack`` (the random grants of the SPAD
+    hold requests in the slice)."""
     lanes, group, wb, var_ost = shape
-    dut = Gather(lanes, group, wb, ADDR_BITS, var_ostride=var_ost, latency=latency)
+    sliced = latency == "sliced"
+    mem_latency = 2 if sliced else latency
+    dut = Gather(lanes, group, wb, ADDR_BITS, var_ostride=var_ost,
+                 latency=mem_latency + 1 if sliced else latency, tagged=sliced)
     assert dut.grouped == (not var_ost and 1 < group <= wb)
-    rnd = random.Random((hash(shape) + latency) & 0xFFFF)
+    rnd = random.Random((hash(shape) + mem_latency + 7 * sliced) & 0xFFFF)
     mem = bytearray(rnd.randrange(256) for _ in range(wb << ADDR_BITS))
     ngroups = -(-lanes // group)
     instrs = []
@@ -143,15 +151,18 @@ def test_gather_random_beats(shape, latency):
     rd = ram.read_port()
     wp = ram.write_port()
     grant = Signal()
-    top.d.comb += [dut.port.ack.eq(dut.port.en & grant), rd.addr.eq(dut.port.addr),
-                   rd.en.eq(dut.port.ack)]
-    if latency == 1:
-        top.d.comb += dut.port.rdata.eq(rd.data)
-        top.d.sync += dut.port.rvalid.eq(dut.port.ack)
+    port = dut.port
+    if sliced:
+        top.submodules.slice = rs = ReadSlice(ADDR_BITS, wb, len(dut.port.tag), mem_latency)
+        wiring.connect(top, dut.port, rs.client)
+        port = wiring.flipped(rs.mem)
+    top.d.comb += [port.ack.eq(port.en & grant), rd.addr.eq(port.addr), rd.en.eq(port.ack)]
+    if mem_latency == 1:
+        top.d.comb += port.rdata.eq(rd.data)
+        top.d.sync += port.rvalid.eq(port.ack)
     else:  # the SPAD's read data register (BankedMemory read_reg)
         rv1 = Signal()
-        top.d.sync += [rv1.eq(dut.port.ack), dut.port.rvalid.eq(rv1),
-                       dut.port.rdata.eq(rd.data)]
+        top.d.sync += [rv1.eq(port.ack), port.rvalid.eq(rv1), port.rdata.eq(rd.data)]
 
     async def grants(ctx):
         async for _ in ctx.tick():

@@ -5,8 +5,9 @@ Random GEMM_TERN instructions (any byte alignment of A and W, row counts, channe
 streams and acknowledges at random, and an ACC whose read and write ports acknowledge at
 random. After every instruction the whole ACC must equal ``numerics.gemm_ternary`` (plus the
 old values, int32 wrap-around) written into the old image; nothing else may change. The same
-cases run on ``base``'s parallel ternary :class:`~tritium.rtl.top.GemmUnit` with a SPAD read
-latency of 2 (its ``done`` must wait for the writer's queue: two mutations caught).
+cases run on ``base``'s parallel ternary :class:`~tritium.rtl.top.GemmUnit`, whose tagged
+SPAD ports read through :class:`~tritium.rtl.scratchpad.ReadSlice` registers from a SPAD of
+read latency 2 (its ``done`` must wait for the writer's queue: two mutations caught).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
-from tritium.rtl.scratchpad import spad_latency
+from tritium.rtl.scratchpad import ReadSlice, spad_latency
 from tritium.rtl.serial_gemm import SerialTernaryGemm
 from tritium.rtl.top import GemmUnit, delayed
 
@@ -90,6 +92,14 @@ def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: i
     g_spad = Signal()
     turn = Signal()
     ap, wp = dut.act_port, dut.wgt_port
+    if ap.signature.tag_bits:  # tagged ports (base): each through a ReadSlice, as in the SoC
+        ports = []
+        for k, c in (("a", ap), ("w", wp)):
+            rs = ReadSlice(len(c.addr), bb, len(c.tag), spad_latency)
+            top.submodules[f"{k}_slice"] = rs
+            wiring.connect(top, c, rs.client)
+            ports.append(wiring.flipped(rs.mem))
+        ap, wp = ports
     pick_w = Signal()
     top.d.comb += pick_w.eq(wp.en & (~ap.en | turn))
     top.d.comb += [
