@@ -1484,14 +1484,22 @@ class TritiumTop(wiring.Component):
             ctrl.load_err.eq(ld.err),
             ctrl.store_done.eq(st.done),
             ctrl.store_err.eq(st.err),
-            ctrl.comp_done.eq(comp.done),
-            ctrl.comp_err.eq(comp.err),
-            ctrl.comp_code.eq(comp.code),
             ctrl.load_idle.eq(ld.idle),
             ctrl.store_idle.eq(st.idle),
             ld.abort.eq(ctrl.abort),
             st.abort.eq(ctrl.abort),
         ]
+        if cfg.queue_depth:
+            # timing (large devices): the compute unit's end of an instruction reaches the
+            # controller's queues and fault registers a cycle later, so the path from a GEMM
+            # unit's control registers to them is not one cycle across the die (the compute
+            # unit starts its next instruction two cycles after ``done`` at the earliest, so
+            # the controller still sees every ``done`` before the next acceptance)
+            m.d.sync += [ctrl.comp_done.eq(comp.done & ~ctrl.abort), ctrl.comp_err.eq(comp.err),
+                         ctrl.comp_code.eq(comp.code)]
+        else:
+            m.d.comb += [ctrl.comp_done.eq(comp.done), ctrl.comp_err.eq(comp.err),
+                         ctrl.comp_code.eq(comp.code)]
         ub = Signal(len(UNITS))
         us = Signal(len(UNITS))
         m.d.comb += [
