@@ -267,7 +267,6 @@ class Gather(wiring.Component):
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
-            straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -277,7 +276,7 @@ class Gather(wiring.Component):
             nxt_d = Signal(aw, name=f"next_d{u}")
             sa_n = Signal(aw, name=f"sa_n{u}")  # the next word of sum_adv / sum_cur
             sc_n = Signal(aw, name=f"sc_n{u}")
-            if reg_hits and straddle:
+            if reg_hits:
                 # timing: from a second registered offset (loff + one word), not by a + 1
                 loffn = Signal(ab, name=f"loffn{u}")
                 m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
@@ -327,7 +326,7 @@ class Gather(wiring.Component):
                              hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
-            if reg_hits and straddle:
+            if reg_hits:  # also the prefetch hits (timing: the fill's path from v_b / tag_b)
                 m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
                              hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
