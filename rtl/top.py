@@ -311,8 +311,21 @@ class Gather(wiring.Component):
                 w0.eq(addr[lb:]),
             ]
             # a returned word fills entry A or B (see below)
-            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
-            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            if self.tagged:
+                # timing: the arriving word's compares with w0 / w0 + 1 are registers, made a
+                # cycle ahead from the tag of the read answering next (``rtag_next``) and
+                # both candidates of the next address, so the fill's path from the port is
+                # the answer's flags only
+                is_w0 = Signal(name=f"is_w0_{u}")
+                is_nx = Signal(name=f"is_nx_{u}")
+                early = port.rtag_next[:aw]
+                m.d.sync += [is_w0.eq(Mux(self.take, early == sum_adv[lb:],
+                                          early == sum_cur[lb:])),
+                             is_nx.eq(Mux(self.take, early == sa_n, early == sc_n))]
+            else:
+                is_w0, is_nx = if_tag == w0, if_tag == nxt
+            e0 = ret & is_w0 & ~have0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & is_nx & ~have1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
             m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
@@ -1143,7 +1156,8 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
         if tb:
             owner = port.rtag[ct:] == idx
             if c.signature.tag_bits:
-                m.d.comb += c.rtag.eq(port.rtag[:c.signature.tag_bits])
+                m.d.comb += [c.rtag.eq(port.rtag[:c.signature.tag_bits]),
+                             c.rtag_next.eq(port.rtag_next[:c.signature.tag_bits])]
         else:  # acknowledged ``latency`` cycles ago for this client
             owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
         m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(port.rvalid & owner),
