@@ -70,13 +70,11 @@ class MemPortSignature(wiring.Signature):
         ``rdata`` holds the word of the read acknowledged ``latency`` cycles ago.
     rdata : In(8 * word_bytes)
     tag : Out(tag_bits)
-    rtag, rtag_next : In(tag_bits)
+    rtag : In(tag_bits)
         Only with ``tag_bits``: a *tagged* port. ``rtag`` holds, with ``rvalid``, the ``tag``
         of the read whose data are on ``rdata``. Reads still answer in order, but the time
         from ``ack`` to ``rvalid`` may vary (at least the port's nominal latency), as behind
         a :class:`ReadSlice`: the client tells its answers apart by their tags.
-        ``rtag_next`` is, a cycle ahead, the ``rtag`` of the read answering in the next
-        cycle (any value when none does): clients may compare it into registers.
     """
 
     def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int = 0):
@@ -94,8 +92,7 @@ class MemPortSignature(wiring.Signature):
             "rdata": In(8 * word_bytes),
         }
         if tag_bits:
-            members.update({"tag": Out(tag_bits), "rtag": In(tag_bits),
-                            "rtag_next": In(tag_bits)})
+            members.update({"tag": Out(tag_bits), "rtag": In(tag_bits)})
         super().__init__(members)
 
     def __eq__(self, other):
@@ -174,10 +171,8 @@ class ReadSlice(wiring.Component):
             c.rdata.eq(p.rdata),
         ]
         # the head's tag, as long as the memory's latency: the tag of the read answering now
-        # (and, a stage before, of the one answering next)
         tag = q.r_data[aw:]
         for d in range(self.latency):
-            m.d.comb += c.rtag_next.eq(tag)
             reg = Signal(self.tag_bits, name=f"rtag{d}")
             m.d.sync += reg.eq(tag)
             tag = reg

@@ -267,6 +267,7 @@ class Gather(wiring.Component):
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
+            straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             loff = Signal(ab, name=f"loff{u}")
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
@@ -276,7 +277,7 @@ class Gather(wiring.Component):
             nxt_d = Signal(aw, name=f"next_d{u}")
             sa_n = Signal(aw, name=f"sa_n{u}")  # the next word of sum_adv / sum_cur
             sc_n = Signal(aw, name=f"sc_n{u}")
-            if reg_hits:
+            if reg_hits and straddle:
                 # timing: from a second registered offset (loff + one word), not by a + 1
                 loffn = Signal(ab, name=f"loffn{u}")
                 m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
@@ -311,21 +312,8 @@ class Gather(wiring.Component):
                 w0.eq(addr[lb:]),
             ]
             # a returned word fills entry A or B (see below)
-            if self.tagged:
-                # timing: the arriving word's compares with w0 / w0 + 1 are registers, made a
-                # cycle ahead from the tag of the read answering next (``rtag_next``) and
-                # both candidates of the next address, so the fill's path from the port is
-                # the answer's flags only
-                is_w0 = Signal(name=f"is_w0_{u}")
-                is_nx = Signal(name=f"is_nx_{u}")
-                early = port.rtag_next[:aw]
-                m.d.sync += [is_w0.eq(Mux(self.take, early == sum_adv[lb:],
-                                          early == sum_cur[lb:])),
-                             is_nx.eq(Mux(self.take, early == sa_n, early == sc_n))]
-            else:
-                is_w0, is_nx = if_tag == w0, if_tag == nxt
-            e0 = ret & is_w0 & ~have0  # w0 arrives: keep the entry holding w0 + 1
-            e1 = ret & is_nx & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
             m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
@@ -339,7 +327,7 @@ class Gather(wiring.Component):
                              hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
-            if reg_hits:  # also the prefetch hits (timing: the fill's path from v_b / tag_b)
+            if reg_hits and straddle:
                 m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
                              hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
             else:
@@ -1156,8 +1144,7 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
         if tb:
             owner = port.rtag[ct:] == idx
             if c.signature.tag_bits:
-                m.d.comb += [c.rtag.eq(port.rtag[:c.signature.tag_bits]),
-                             c.rtag_next.eq(port.rtag_next[:c.signature.tag_bits])]
+                m.d.comb += c.rtag.eq(port.rtag[:c.signature.tag_bits])
         else:  # acknowledged ``latency`` cycles ago for this client
             owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
         m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(port.rvalid & owner),
