@@ -125,7 +125,11 @@ class Gather(wiring.Component):
     empties the caches and drops the pending request (done at each instruction start, so no
     stale SPAD data survive). ``latency``: the port's read latency (1, or 2 where the SPAD
     registers its read data); with 2, a word read before a flush arrives in the cycle after it
-    and is not taken.
+    and is not taken. ``tagged``: the port is a tagged one behind a
+    :class:`~tritium.rtl.scratchpad.ReadSlice` (``latency`` is then the nominal latency, 3 for
+    ``base``: answers may come later). Each read is tagged with its word address and a flush
+    epoch; an answer fills by its returned tag, and one from before the last flush is not
+    taken however late it comes.
 
     Members
     -------
