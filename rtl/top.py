@@ -1230,7 +1230,7 @@ class ComputeUnit(wiring.Component):
             port = mem[name]
             ct = max(c.signature.tag_bits for c, _ in clients.values())
             if ct:  # tagged GEMM ports: their reads through a ReadSlice (gemm_read_slice)
-                ob = (len(clients) - 1).bit_length() if len(clients) > 1 else 0
+                ob = (len(clients) - 1).bit_length()  # the owner index (0 bits for one)
                 rs = ReadSlice(self.spad_bits, bb, ct + ob, lat)
                 m.submodules[f"{name}_slice"] = rs
                 wiring.connect(m, rs.mem, wiring.flipped(port))
