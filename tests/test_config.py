@@ -54,6 +54,7 @@ def test_hash_is_stable_and_ignores_name():
         ({"sa_rows": 0}, "sa_rows", ">= 1"),
         ({"ternary_k": 6}, "ternary_k", "multiple of 4"),
         ({"ternary_serial": 1}, "ternary_serial", "true or false"),
+        ({"ternary_serial": True}, "ternary_serial", "queue_depth=0"),
         ({"vector_serial": "yes"}, "vector_serial", "true or false"),
         ({"lut_group": 3}, "lut_group", "1, 2, 4 or 8"),
         ({"lut_max_bits": 5}, "lut_max_bits", "<= 4"),

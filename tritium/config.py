@@ -80,7 +80,8 @@ class AcceleratorConfig:
         SerialTernaryGemm`: one output element at a time, four activations per step, no engine,
         gathers or output FIFOs) instead of the ternary engine; ``ternary_lanes`` and
         ``ternary_k`` are then unused. Same results, fewer cycles' worth of hardware: for the
-        smallest FPGAs.
+        smallest FPGAs. Needs ``queue_depth=0`` (the unit takes its SPAD reads a cycle after
+        their acknowledge; with queues the SPAD answers later).
     vector_serial : bool
         Run the ``V*`` instructions on the small serial vector unit (:class:`tritium.rtl.
         serial_vector.SerialVectorUnit`: one element at a time, the 32x32 multiply in four
@@ -216,6 +217,10 @@ class AcceleratorConfig:
             self._fail("clock_mhz", "must be in [1, 1000]")
         check_int("queue_depth", 0, 8)
         check_int("watchdog_cycles", 16, 1 << 31)
+        if self.ternary_serial and self.queue_depth:
+            # with queues the SPAD answers two or more cycles after a request; the serial
+            # GEMM unit takes its activations in the cycle after the acknowledge
+            self._fail("ternary_serial", "needs queue_depth=0 (SPAD read latency 1)")
 
     # ------------------------------------------------------------------ derived values
     @property
