@@ -125,7 +125,7 @@ class ReadSlice(wiring.Component):
 
     Read-only: ``we`` of the client is ignored (the memory side reads). A request reaches
     the memory one cycle after its ``ack`` at the earliest, so reads answer ``latency + 1``
-    cycles after ``ack`` or later (:attr:`nominal_latency`).
+    cycles after ``ack`` or later (:meth:`nominal_latency`).
 
     Parameters
     ----------
@@ -147,12 +147,16 @@ class ReadSlice(wiring.Component):
             raise ValueError(f"tag_bits={tag_bits}; a slice's client port must be tagged")
         self.tag_bits = tag_bits
         self.latency = latency
-        #: cycles from the client's ``ack`` to ``rvalid`` when the memory takes it at once
-        self.nominal_latency = latency + 1
         super().__init__({
             "client": In(MemPortSignature(addr_bits, word_bytes, tag_bits)),
             "mem": Out(MemPortSignature(addr_bits, word_bytes)),
         })
+
+    @staticmethod
+    def nominal_latency(latency: int) -> int:
+        """Cycles from the client's ``ack`` to ``rvalid`` when the memory of read latency
+        ``latency`` takes the request at once (the FIFO's register adds one)."""
+        return latency + 1
 
     def elaborate(self, platform):
         m = Module()

@@ -544,9 +544,9 @@ class GemmUnit(wiring.Component):
         lb = _log2(bb)
         LM, LN = self.lm, self.ln
         m.submodules.engine = eng = _engine_class(eng_name)(cfg)
-        # tagged: the slice's register adds a cycle to the SPAD's latency
-        lat = spad_latency(cfg) + self.tagged
+        # tagged: the reads pass a ReadSlice (its register adds to the SPAD's latency)
         tg = self.tagged
+        lat = ReadSlice.nominal_latency(spad_latency(cfg)) if tg else spad_latency(cfg)
         m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr),
                                       latency=lat, tagged=tg)
         m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr),

@@ -57,7 +57,8 @@ def test_gather_random_beats(shape, latency):
     sliced = latency == "sliced"
     mem_latency = 2 if sliced else latency
     dut = Gather(lanes, group, wb, ADDR_BITS, var_ostride=var_ost,
-                 latency=mem_latency + 1 if sliced else latency, tagged=sliced)
+                 latency=ReadSlice.nominal_latency(mem_latency) if sliced else latency,
+                 tagged=sliced)
     assert dut.grouped == (not var_ost and 1 < group <= wb)
     rnd = random.Random((hash(shape) + mem_latency + 7 * sliced) & 0xFFFF)
     mem = bytearray(rnd.randrange(256) for _ in range(wb << ADDR_BITS))
