@@ -418,6 +418,7 @@ def build_board(
     timeout: float | None = None,
     synth_opts: str | None = None,
     clock_mhz: float | None = None,
+    slack_map: bool = False,
 ) -> dict[str, Any]:
     """Build the bitstream of one board and report resources and Fmax.
 
@@ -459,6 +460,10 @@ def build_board(
     clock_mhz
         PLL (and timing) target instead of ``cfg.clock_mhz``, e.g. a clock the design is
         known to reach; the configuration and its hash stay the same.
+    slack_map
+        Have nextpnr write the routed delays (``routed.sdf``) and count the endpoints below 0
+        by design block and by the blocks their worst paths run between
+        (:func:`tritium.fpga.slack.analyse`): ``slack_map`` in the result.
 
     Returns
     -------
@@ -468,7 +473,8 @@ def build_board(
         ``fmax_mhz``, ``met``, ``clocks``),
         ``resources`` (``{name: {used, total, pct}}``: lut, ff, dsp, bram, spram/lc on iCE40),
         ``fits``, ``overflow``, ``bitstream``, ``dir``, ``times`` (seconds per step, total),
-        ``breakdown`` (when asked or when it does not fit), ``error`` (when P&R failed).
+        ``breakdown`` (when asked or when it does not fit), ``slack_map`` (when asked and
+        routed), ``error`` (when P&R failed).
     """
     from tritium.fpga.boards import DEFAULT_BAUD, BoardTop, board, default_core
 
@@ -493,7 +499,8 @@ def build_board(
         il = il.encode() if isinstance(il, str) else il
         pnr_opts = [*spec.nextpnr_device, "--seed", str(seed), "--timing-allow-fail",
                     *([] if placer == "heap" else ["--placer", placer]),
-                    *([] if route else ["--no-route"])]
+                    *([] if route else ["--no-route"]),
+                    *(["--sdf", "routed.sdf"] if slack_map and route else [])]
         pack = pack and route
         key = _digest(il, plan.files[f"{NAME}.ys"], " ".join(pnr_opts), str(pack))
         bdir = Path(out_root) if out_root else _out_root()
@@ -567,6 +574,13 @@ def build_board(
                 cmd = [tool("yowasp-icepack"), f"{NAME}.asc", bitstream.name]
             _run(cmd, bdir, "pack", bdir / "pack.out", timeout=timeout)
 
+        smap = None
+        sdf = bdir / "routed.sdf"
+        if slack_map and route and error is None and sdf.is_file():
+            prog.start("slack")
+            from tritium.fpga.slack import analyse, parse_sdf
+
+            smap = analyse(parse_sdf(sdf.read_text()), 1000.0 / top.pll_cfg.fout_mhz)
         want_breakdown = (not fits) if breakdown is None else breakdown
         rows = None
         if want_breakdown:
@@ -620,6 +634,8 @@ def build_board(
     }
     if rows is not None:
         result["breakdown"] = rows
+    if smap is not None:
+        result["slack_map"] = smap
     if error is not None:
         result["error"] = error
     result_file.write_text(json.dumps(result, indent=1) + "\n")
@@ -656,6 +672,13 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{cp['logic_ns']:.2f} ns logic + {cp['route_ns']:.2f} ns routing) "
                      f"{cp['from']} -> {cp['to']}")
         lines.append("           through " + (", ".join(cp["sources"]) or "(no source lines)"))
+    sm = r.get("slack_map")
+    if sm and sm["failing"]:
+        lines.append(f"slack map: {sm['failing']:,} of {sm['endpoints']:,} endpoints below 0 "
+                     f"(routed delays, {sm['period_ns']:.3f} ns); by block, and by the blocks "
+                     "their worst paths run between:")
+        lines += [f"  {n:>7,}  {b}" for b, n in sm["failing_by_block"][:8]]
+        lines += [f"  {n:>7,}  {a} -> {b}" for a, b, n in sm["failing_by_path"][:8]]
     lines.append(f"uart:      {r['uart']['baud']} baud (divisor {r['uart']['divisor']})")
     lines.append("resources: " + ("fits" if r["fits"] else "DOES NOT FIT"))
     for k, v in r["resources"].items():
@@ -698,6 +721,7 @@ def cli_build_board(args) -> int:
                     clock_mhz=getattr(args, "clock", None),
                     core=core, force=bool(getattr(args, "force", False)),
                     route=not getattr(args, "place_only", False),
+                    slack_map=bool(getattr(args, "slack_map", False)),
                     progress=True, breakdown=True if getattr(args, "breakdown", False) else None)
     if args.json:
         print(json.dumps(r, indent=2))

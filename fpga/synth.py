@@ -423,6 +423,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--place-only", action="store_true",
                    help="--board or --unit --fmax: stop after placement (fit check, estimated "
                    "Fmax; no routing, no bitstream)")
+    p.add_argument("--slack-map", action="store_true",
+                   help="--board: count the timing endpoints below 0 by design block, and by "
+                   "the blocks their worst paths run between (nextpnr's routed delays, SDF)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--force", action="store_true", help="ignore cached results")
 
