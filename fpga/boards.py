@@ -50,11 +50,12 @@ from amaranth.hdl import (
     Instance,
     Module,
     Mux,
+    ResetSignal,
     Signal,
     Value,
 )
 from amaranth.lib import io, memory, stream, wiring
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import AsyncFFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.uart import Uart, baud_divisor
 
@@ -938,7 +939,15 @@ class BoardTop(wiring.Component):
         spec = self.spec
         locked = self._clock(m, platform)
         m.submodules.btn = btn = io.Buffer("i", platform.request(*spec.reset_button, dir="-"))
-        m.submodules.rst_sync = ResetSynchronizer(~locked | btn.i, domain="sync")
+        if spec.family == "ecp5":
+            # the synchronized reset reaches every flip-flop through a global network (DCCA)
+            # instead of one fabric net across the die (timing, docs/fpga.md)
+            rst, rst_g = Signal(), Signal()
+            m.submodules.rst_sync = AsyncFFSynchronizer(~locked | btn.i, rst, o_domain="sync")
+            m.submodules.rst_buf = Instance("DCCA", i_CLKI=rst, i_CE=1, o_CLKO=rst_g)
+            m.d.comb += ResetSignal("sync").eq(rst_g)
+        else:
+            m.submodules.rst_sync = ResetSynchronizer(~locked | btn.i, domain="sync")
 
         m.submodules.soc = soc = UartSoc(self.cfg, self.divisor, self.core_factory)
         uart = platform.request("uart", 0, dir="-")

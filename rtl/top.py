@@ -22,7 +22,21 @@ rejects their GEMMs with ``ENGINE_ABSENT``).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    Const,
+    DomainRenamer,
+    Instance,
+    Module,
+    Mux,
+    ResetInserter,
+    ResetSignal,
+    Signal,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -206,9 +220,13 @@ class Gather(wiring.Component):
         aw = self.addr_bits
         ab = aw + lb  # byte-address bits that matter (higher ones are cut off by the SPAD)
         port = self.port
-        if_tag = Signal(aw)  # word of the read arriving now
+        # Data registers (addresses, tags, lines, masks) are reset-less: each is loaded before it
+        # is used (``flush`` at every instruction start clears the valid bits, which reset), so
+        # the reset reaches only the control flags (timing: on the ECP5-85F the reset net to the
+        # lines' and tags' sync-reset pins, across the die, was a third of the failing paths).
+        if_tag = Signal(aw, reset_less=True)  # word of the read arriving now
         rq_v = Signal()  # registered request
-        rq_a = Signal(aw)
+        rq_a = Signal(aw, reset_less=True)
         flushed = Signal()  # the masks were registered from the limits of before the flush
         m.d.sync += flushed.eq(self.flush)
         # reads acknowledged 1 .. latency-1 cycles ago (in flight; tagged: at least that long)
@@ -216,7 +234,7 @@ class Gather(wiring.Component):
         prev_v, prev_a = port.ack, rq_a
         for d in range(self.latency - 1):
             dv = Signal(name=f"acked_v{d}")
-            da = Signal(aw, name=f"acked_a{d}")
+            da = Signal(aw, name=f"acked_a{d}", reset_less=True)
             m.d.sync += [dv.eq(prev_v & ~self.flush), da.eq(prev_a)]
             acked.append((dv, da))
             prev_v, prev_a = dv, da
@@ -249,11 +267,13 @@ class Gather(wiring.Component):
             return busy
 
         # registered address terms: per group, per offset, then per unit
-        goffs = [Signal(ab, name=f"goff{j}") for j in range(-(-self.lanes // g))]
+        goffs = [Signal(ab, name=f"goff{j}", reset_less=True)
+                 for j in range(-(-self.lanes // g))]
         for j, sig in enumerate(goffs):
             m.d.sync += sig.eq(j * self.gstride)
         if self.var_ostride:
-            ooffs = [Signal(ab, name=f"ooff{j}") for j in range(min(g, self.lanes))]
+            ooffs = [Signal(ab, name=f"ooff{j}", reset_less=True)
+                     for j in range(min(g, self.lanes))]
             for j, sig in enumerate(ooffs):
                 m.d.sync += sig.eq(j * self.ostride)
         else:
@@ -272,9 +292,9 @@ class Gather(wiring.Component):
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
-            loff = Signal(ab, name=f"loff{u}")
+            loff = Signal(ab, name=f"loff{u}", reset_less=True)
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
-            addr = Signal(ab, name=f"addr{u}")  # registered: base + loff of this cycle
+            addr = Signal(ab, name=f"addr{u}", reset_less=True)  # registered: base + loff of this cycle
             addr_d = Signal(ab, name=f"addr_d{u}")
             sum_cur = Signal(ab, name=f"sum_cur{u}")  # this beat's address, the next beat's
             sum_adv = Signal(ab, name=f"sum_adv{u}")
@@ -283,7 +303,7 @@ class Gather(wiring.Component):
             sc_n = Signal(aw, name=f"sc_n{u}")
             if reg_hits and straddle:
                 # timing: from a second registered offset (loff + one word), not by a + 1
-                loffn = Signal(ab, name=f"loffn{u}")
+                loffn = Signal(ab, name=f"loffn{u}", reset_less=True)
                 m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
                 m.d.comb += [sa_n.eq((self.base_adv + loffn)[lb:]),
                              sc_n.eq((self.base + loffn)[lb:])]
@@ -291,14 +311,14 @@ class Gather(wiring.Component):
                 m.d.comb += [sa_n.eq(sum_adv[lb:] + 1), sc_n.eq(sum_cur[lb:] + 1)]
             lo = Signal(lb, name=f"lo{u}")
             w0 = Signal(aw, name=f"need{u}")
-            nxt = Signal(aw, name=f"next{u}")
+            nxt = Signal(aw, name=f"next{u}", reset_less=True)
             m.d.sync += [addr.eq(addr_d), nxt.eq(nxt_d)]
-            tag_a = Signal(aw, name=f"tag_a{u}")
-            tag_b = Signal(aw, name=f"tag_b{u}")
+            tag_a = Signal(aw, name=f"tag_a{u}", reset_less=True)
+            tag_b = Signal(aw, name=f"tag_b{u}", reset_less=True)
             v_a = Signal(name=f"v_a{u}")
             v_b = Signal(name=f"v_b{u}")
-            line_a = Signal(8 * wb, name=f"line_a{u}")
-            line_b = Signal(8 * wb, name=f"line_b{u}")
+            line_a = Signal(8 * wb, name=f"line_a{u}", reset_less=True)
+            line_b = Signal(8 * wb, name=f"line_b{u}", reset_less=True)
             hit_a0 = Signal(name=f"hit_a{u}")   # entry A holds w0
             hit_b0 = Signal(name=f"hit_b{u}")
             hit_a1 = Signal(name=f"a_next{u}")  # entry A holds w0 + 1
@@ -340,7 +360,7 @@ class Gather(wiring.Component):
             for o, i in enumerate(lanes):
                 off = uoff + o
                 # registered like the address: this beat's mask or, on take, the next one's
-                mask = Signal(name=f"mask{i}")
+                mask = Signal(name=f"mask{i}", reset_less=True)
                 m.d.sync += mask.eq(Mux(
                     self.take,
                     (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv),
@@ -349,7 +369,7 @@ class Gather(wiring.Component):
                     n0.append(mask)
                     byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
                 else:
-                    span = Signal(name=f"span{i}")  # lane i's byte is in w0 + 1
+                    span = Signal(name=f"span{i}", reset_less=True)  # lane i's byte is in w0 + 1
                     # registered like ``addr`` (timing: no compare in the take loop)
                     m.d.sync += span.eq(addr_d[:lb] >= wb - o)
                     n0.append(mask & ~span)
@@ -399,7 +419,7 @@ class Gather(wiring.Component):
             out_f, out_v = [], []
             for k, (f_, v_) in enumerate(zip(flags, vals)):
                 rf = Signal(name=f"{kind}_f{k}")
-                rv = Signal(aw, name=f"{kind}_a{k}")
+                rv = Signal(aw, name=f"{kind}_a{k}", reset_less=True)
                 m.d.sync += [rf.eq(f_ & ~self.flush), rv.eq(v_)]
                 out_f.append(rf & ~(rq_v & (rq_a == rv)))
                 out_v.append(rv)
@@ -1419,7 +1439,21 @@ class TritiumTop(wiring.Component):
             m.submodules.dma = dma = DmaUnit(cfg, sbits, abits, fifo_depth=2)
             ld, st = dma.load, dma.store
         comp = ComputeUnit(cfg, sbits, abits)
-        m.submodules.compute = ResetInserter({"sync": ctrl.abort})(comp)
+        if getattr(platform, "family", None) == "ecp5":
+            # Timing (ECP5 boards): the compute unit's reset (the SoC's, or an abort) reaches
+            # its thousands of flip-flops through a global network (a DCCA buffer) instead of
+            # one fabric net across the die (on the ULX3S that net took 20 ns). The unit runs
+            # in a local domain on the same clock whose reset is the buffer's output: the
+            # ResetInserter below (the simulated form) with a buffer in the reset.
+            m.domains.comp = ClockDomain("comp", local=True)
+            comp_rst = Signal()
+            m.submodules.comp_rst = Instance("DCCA", i_CLKI=ResetSignal("sync") | ctrl.abort,
+                                             i_CE=1, o_CLKO=comp_rst)
+            m.d.comb += [ClockSignal("comp").eq(ClockSignal("sync")),
+                         ResetSignal("comp").eq(comp_rst)]
+            m.submodules.compute = DomainRenamer({"sync": "comp"})(comp)
+        else:
+            m.submodules.compute = ResetInserter({"sync": ctrl.abort})(comp)
         m.submodules.join = join = AxiJoin(cfg)
         n_sp = 2 + len(comp.sp_ports)
         n_ac = 2 + len(comp.ac_ports)
