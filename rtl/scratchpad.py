@@ -19,7 +19,7 @@ one instruction's unit uses the memory at a time).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -127,6 +127,14 @@ class ReadSlice(wiring.Component):
     the memory one cycle after its ``ack`` at the earliest, so reads answer ``latency + 1``
     cycles after ``ack`` or later (:meth:`nominal_latency`).
 
+    With ``owners`` > 1 (clients sharing the port, told apart by the top ``owner_bits`` of
+    the tag) the slice also gives each owner its own registers of the answer: ``owner_rvalid``
+    (``rvalid`` of the owner's reads) and ``owner_rtag`` (``rtag``), the same values as
+    ``client.rvalid & (owner field == k)`` and ``client.rtag``, but in registers of their own
+    (timing: each can sit next to its owner's logic instead of one register feeding every
+    owner across the die; on the ECP5 they are instantiated flip-flops, which synthesis does
+    not merge).
+
     Parameters
     ----------
     addr_bits, word_bytes : int
@@ -135,21 +143,32 @@ class ReadSlice(wiring.Component):
         Tag width of the client port.
     latency : int
         The memory port's read latency (``ack`` -> ``rvalid``).
+    owners, owner_bits : int
+        Clients that share the port and the width of their index at the top of the tag.
 
     Members
     -------
     client : In(MemPortSignature(addr_bits, word_bytes, tag_bits))
     mem : Out(MemPortSignature(addr_bits, word_bytes))
+    owner_rvalid : Out(owners)
+    owner_rtag : Out(tag_bits).array(owners)
     """
 
-    def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int, latency: int):
+    def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int, latency: int,
+                 owners: int = 1, owner_bits: int = 0):
         if tag_bits < 1:
             raise ValueError(f"tag_bits={tag_bits}; a slice's client port must be tagged")
+        if owners > 1 and (1 << owner_bits) < owners:
+            raise ValueError(f"owner_bits={owner_bits} cannot tell {owners} owners apart")
         self.tag_bits = tag_bits
         self.latency = latency
+        self.owners = owners
+        self.owner_bits = owner_bits
         super().__init__({
             "client": In(MemPortSignature(addr_bits, word_bytes, tag_bits)),
             "mem": Out(MemPortSignature(addr_bits, word_bytes)),
+            "owner_rvalid": Out(owners),
+            "owner_rtag": Out(tag_bits).array(owners),
         })
 
     @staticmethod
@@ -176,12 +195,41 @@ class ReadSlice(wiring.Component):
         ]
         # the head's tag, as long as the memory's latency: the tag of the read answering now
         tag = q.r_data[aw:]
+        asked = p.en & p.ack  # and whether the memory took a read (rvalid, for the owners)
+        prev_tag, prev_v = tag, asked
         for d in range(self.latency):
             reg = Signal(self.tag_bits, name=f"rtag{d}")
-            m.d.sync += reg.eq(tag)
-            tag = reg
+            vreg = Signal(name=f"rvalid{d}")
+            m.d.sync += [reg.eq(tag), vreg.eq(asked)]
+            prev_tag, prev_v = tag, asked
+            tag, asked = reg, vreg
         m.d.comb += c.rtag.eq(tag)
+        # each owner's own copy of the last stage (see the class docstring)
+        top = self.tag_bits - self.owner_bits
+        for k in range(self.owners):
+            mine = prev_v & (prev_tag[top:] == k) if self.owners > 1 else prev_v
+            kv = kept_register(m, platform, mine, f"owner{k}_rvalid", reset=True)
+            kt = kept_register(m, platform, prev_tag, f"owner{k}_rtag")
+            m.d.comb += [self.owner_rvalid[k].eq(kv), self.owner_rtag[k].eq(kt)]
         return m
+
+
+def kept_register(m: Module, platform, src, name: str, reset: bool = False) -> Signal:
+    """``src`` one cycle later, in a register of its own: a copy that synthesis does not merge
+    with other copies of ``src`` (on the ECP5 instantiated ``TRELLIS_FF`` cells, which yosys'
+    ``opt_merge`` leaves apart; elsewhere, and in simulation, a plain register). For
+    replicating a register with a large fan-out, so each copy can sit next to its readers.
+    ``reset``: cleared by the domain's reset (synchronously), like a plain register."""
+    q = Signal(len(src), name=name, reset_less=not reset)
+    if getattr(platform, "family", None) == "ecp5":
+        for b in range(len(src)):
+            m.submodules[f"{name}_ff{b}"] = Instance(
+                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
+                p_REGSET="RESET", p_SRMODE="LSR_OVER_CE", i_CLK=ClockSignal(), i_CE=1,
+                i_LSR=ResetSignal() if reset else 0, i_DI=src[b], o_Q=q[b])
+    else:
+        m.d.sync += q.eq(src)
+    return q
 
 
 def _onehot_mux(sel: list, vals: list):

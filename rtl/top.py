@@ -1141,7 +1141,8 @@ def delayed(m: Module, value, cycles: int, name: str) -> Signal:
     return value
 
 
-def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> None:
+def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1,
+                answers: list | None = None) -> None:
     """Connect several :class:`MemPortSignature` clients to one ``port`` (client view).
 
     ``clients`` maps a name to ``(client port, select)``; at most one ``select`` is high at a
@@ -1150,7 +1151,9 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
     select has dropped since. A tagged ``port`` (a :class:`~tritium.rtl.scratchpad.ReadSlice`'s,
     whose latency varies) carries the client's tag and the client's index above it
     (``port.tag_bits`` >= the widest client tag + ``ceil(log2(len(clients)))``): the answer
-    goes to the client its tag names.
+    goes to the client its tag names. ``answers`` (tagged ports): each client's own
+    ``(rvalid, rtag)``, e.g. a :class:`~tritium.rtl.scratchpad.ReadSlice`'s per-owner
+    registers, in place of the port's ``rvalid`` routed by the owner field and its ``rtag``.
     """
     if len(clients) == 1:
         (c, _), = clients.values()
@@ -1165,14 +1168,15 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1) -> 
             if tb:  # the client's tag, then its index: the owner of the answer
                 m.d.comb += port.tag.eq(Cat(c.tag if c.signature.tag_bits else Const(0, ct),
                                             Const(idx, tb - ct)))
+        rvalid, rtag = answers[idx] if answers else (None, port.rtag if tb else None)
         if tb:
-            owner = port.rtag[ct:] == idx
+            if rvalid is None:
+                rvalid = port.rvalid & (port.rtag[ct:] == idx)
             if c.signature.tag_bits:
-                m.d.comb += c.rtag.eq(port.rtag[:c.signature.tag_bits])
+                m.d.comb += c.rtag.eq(rtag[:c.signature.tag_bits])
         else:  # acknowledged ``latency`` cycles ago for this client
-            owner = delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
-        m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(port.rvalid & owner),
-                     c.rdata.eq(port.rdata)]
+            rvalid = port.rvalid & delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
+        m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(rvalid), c.rdata.eq(port.rdata)]
 
 
 class ComputeUnit(wiring.Component):
@@ -1249,13 +1253,17 @@ class ComputeUnit(wiring.Component):
             clients = {e: (getattr(gu, attr), gu.busy) for e, gu in gemms.items()}
             port = mem[name]
             ct = max(c.signature.tag_bits for c, _ in clients.values())
+            answers = None
             if ct:  # tagged GEMM ports: their reads through a ReadSlice (gemm_read_slice)
                 ob = (len(clients) - 1).bit_length()  # the owner index (0 bits for one)
-                rs = ReadSlice(self.spad_bits, bb, ct + ob, lat)
+                rs = ReadSlice(self.spad_bits, bb, ct + ob, lat, owners=len(clients),
+                               owner_bits=ob)
                 m.submodules[f"{name}_slice"] = rs
                 wiring.connect(m, rs.mem, wiring.flipped(port))
                 port = wiring.flipped(rs.client)
-            _share_port(m, port, clients, name, lat)
+                # each GEMM unit's own registers of the answer (timing: next to its gathers)
+                answers = list(zip(rs.owner_rvalid, rs.owner_rtag))
+            _share_port(m, port, clients, name, lat, answers)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
         # the serial vector unit (small, slow-clocked configurations) talks to the ports
         # without the adapters' timing FIFOs

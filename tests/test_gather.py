@@ -154,9 +154,20 @@ def test_gather_random_beats(shape, latency):
     grant = Signal()
     port = dut.port
     if sliced:
+        # the gather takes its answers from the slice's owner registers (as the GEMM units
+        # do), which must equal the client port's
         top.submodules.slice = rs = ReadSlice(ADDR_BITS, wb, len(dut.port.tag), mem_latency)
-        wiring.connect(top, dut.port, rs.client)
+        c, d = rs.client, dut.port
+        top.d.comb += [c.addr.eq(d.addr), c.en.eq(d.en), c.we.eq(d.we), c.tag.eq(d.tag),
+                       d.ack.eq(c.ack), d.rdata.eq(c.rdata),
+                       d.rvalid.eq(rs.owner_rvalid[0]), d.rtag.eq(rs.owner_rtag[0])]
         port = wiring.flipped(rs.mem)
+
+        async def owner_copies(ctx):
+            async for _ in ctx.tick():
+                assert ctx.get(rs.owner_rvalid[0]) == ctx.get(c.rvalid)
+                if ctx.get(c.rvalid):
+                    assert ctx.get(rs.owner_rtag[0]) == ctx.get(c.rtag)
     top.d.comb += [port.ack.eq(port.en & grant), rd.addr.eq(port.addr), rd.en.eq(port.ack)]
     if mem_latency == 1:
         top.d.comb += port.rdata.eq(rd.data)
@@ -172,6 +183,8 @@ def test_gather_random_beats(shape, latency):
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(grants, background=True)
+    if sliced:
+        sim.add_testbench(owner_copies, background=True)
     sim.add_testbench(tb)
     sim.run()
     assert len(got) == sum(len(b) for b in instrs)
