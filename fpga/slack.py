@@ -76,7 +76,7 @@ def parse_sdf(text: str) -> SdfTiming:
                 t.edges[_unescape(src)].append((_unescape(dst), _delay(d)))
             elif kw == "IOPATH":
                 a, b, d = toks[i + 2], toks[i + 3], toks[i + 5]
-                if a == "CLK" or a.startswith("CLK"):
+                if a.startswith("CLK"):  # CLK, CLKA, CLKB...: a clocked output
                     pin = f"{inst}/{b}"
                     t.launch[pin] = max(t.launch.get(pin, 0.0), _delay(d))
                 else:
@@ -142,15 +142,18 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
     by_end = Counter(block_of(p, depth) for _, p, _ in failing)
     by_pair = Counter((block_of(o, depth), block_of(p, depth)) for _, p, o in failing)
     worst = min(ends) if ends else (0.0, "", "")
-    edges_ns = [-8, -6, -4, -2, -1, 0]
+    # how far short: [-1, 0), [-2, -1), [-4, -2), [-6, -4), [-8, -6), below -8 ns
+    bounds = [-1, -2, -4, -6, -8]
     hist = Counter()
     for s, _, _ in failing:
-        for lo in edges_ns:
-            if s < lo:
-                hist[f"< {lo} ns"] += 1
+        hi = 0
+        for lo in bounds:
+            if s >= lo:
+                hist[f"{lo}..{hi} ns"] += 1
                 break
+            hi = lo
         else:
-            hist["< 0 ns"] += 1
+            hist[f"< {bounds[-1]} ns"] += 1
     return {
         "period_ns": period_ns,
         "endpoints": len(ends),

@@ -93,6 +93,8 @@ def test_slack_by_hand():
     assert (r["worst_start"], r["worst_end"]) == ("a.x_FF/Q", "b.c.y_FF/DI")
     assert r["failing_by_block"] == [("b.c", 1)]
     assert r["failing_by_path"] == [["a", "b.c", 1]]
+    assert r["failing_by_slack"] == {"-1..0 ns": 1}
+    assert analyse(t, period_ns=2.0)["failing_by_slack"] == {"-4..-2 ns": 1}  # -3.15 ns
     assert analyse(t, period_ns=5.2)["failing"] == 0
     assert block_of("soc.core.acc.x_FF/Q", 2) == "soc.core"
     assert block_of("rst_FF/Q", 3) == "(top)"
