@@ -196,7 +196,6 @@ class ReadSlice(wiring.Component):
         # the head's tag, as long as the memory's latency: the tag of the read answering now
         tag = q.r_data[aw:]
         asked = p.en & p.ack  # and whether the memory took a read (rvalid, for the owners)
-        prev_tag, prev_v = tag, asked
         for d in range(self.latency):
             reg = Signal(self.tag_bits, name=f"rtag{d}")
             vreg = Signal(name=f"rvalid{d}")
