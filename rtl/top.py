@@ -47,7 +47,14 @@ from .axi import AxiLiteSignature
 from .controller import SERIAL_OPS, VEC_OPS, Controller, instr_layout
 from .csr import CSR_ADDR_WIDTH, CsrBlock
 from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
-from .scratchpad import MemPortSignature, ReadSlice, acc_memory, spad_latency, spad_memory
+from .scratchpad import (
+    MemPortSignature,
+    ReadSlice,
+    acc_memory,
+    kept_register,
+    spad_latency,
+    spad_memory,
+)
 
 __all__ = ["ComputeUnit", "Gather", "GemmUnit", "TritiumTop", "delayed", "gemm_unit",
            "scratchpad_bits", "vector_unit"]
@@ -145,6 +152,17 @@ class Gather(wiring.Component):
     epoch; an answer fills by its returned tag, and one from before the last flush is not
     taken however late it comes.
 
+    ``fill_stage``: a returned word is written into a unit's cache one cycle later. The unit
+    decides which entry the word fills in the cycle it returns (its tag compares) and
+    registers that decision; in the next cycle the decision (a register next to the lines)
+    enables the write of the word and its tag, which the gather holds in registers of its own
+    (:func:`~tritium.rtl.scratchpad.kept_register`: not merged with another gather's copy of
+    the same port). Timing: the compares and the enables of a unit's 2 x ``8 * word_bytes``
+    line flip-flops are separate register stages (on the ECP5-85F the fill was the worst
+    path class). A word is then usable one cycle later than without the stage. Decisions
+    see the pending write (an entry about to be written counts as holding its word), so a
+    word returning right behind another keeps it, and a pending word is not read again.
+
     Members
     -------
     base, base_adv, gstride, ostride : In(24)
@@ -157,7 +175,8 @@ class Gather(wiring.Component):
     """
 
     def __init__(self, lanes: int, group: int, word_bytes: int, addr_bits: int,
-                 var_ostride: bool = False, latency: int = 1, tagged: bool = False):
+                 var_ostride: bool = False, latency: int = 1, tagged: bool = False,
+                 fill_stage: bool = False):
         if word_bytes < 2 or word_bytes & (word_bytes - 1):
             raise ValueError(f"word_bytes={word_bytes}; must be a power of two >= 2")
         if not tagged and latency not in (1, 2):
@@ -166,6 +185,7 @@ class Gather(wiring.Component):
             raise ValueError(f"latency={latency}; must be >= 1")
         self.latency = latency  # the port's read latency (ack -> rvalid; nominal if tagged)
         self.tagged = tagged
+        self.fill_stage = fill_stage  # a returned word is written one cycle later (timing)
         self.lanes = lanes
         self.group = group
         self.word_bytes = word_bytes
@@ -282,12 +302,19 @@ class Gather(wiring.Component):
         units = self.units()
         reg_hits = len(units) > self.REGISTER_HIT_UNITS
 
-        def ahead(tag, v, fill, cand_adv, cand_cur):
-            """A hit register's next value: entry (``tag``, ``v``; ``fill``: it takes the
-            returned word) holds the word the unit addresses next cycle (``cand_adv`` if the
+        if self.fill_stage:
+            # the word and tag written in the cycle after they return (see the docstring)
+            wr_tag = kept_register(m, platform, if_tag, "wr_tag")
+            wr_data = kept_register(m, platform, port.rdata, "wr_data")
+        else:
+            wr_tag, wr_data = if_tag, port.rdata
+
+        def ahead(tag, v, write, cand_adv, cand_cur):
+            """A hit register's next value: entry (``tag``, ``v``; ``write``: it takes
+            ``wr_tag`` now) holds the word the unit addresses next cycle (``cand_adv`` if the
             beat is taken, else ``cand_cur``)."""
             def at(c):
-                return Mux(fill, if_tag == c, v & (tag == c))
+                return Mux(write, wr_tag == c, v & (tag == c))
             return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
@@ -335,25 +362,42 @@ class Gather(wiring.Component):
                 lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
             ]
+            if self.fill_stage:
+                # the decision of the last cycle (pfill) writes now; the entries as they are
+                # after that write decide this cycle's fill and the misses
+                pf_a = Signal(name=f"pfill_a{u}")
+                pf_b = Signal(name=f"pfill_b{u}")
+                wr_a = Signal(name=f"wr_a{u}")
+                wr_b = Signal(name=f"wr_b{u}")
+                m.d.comb += [wr_a.eq(pf_a & ~self.flush), wr_b.eq(pf_b & ~self.flush)]
+                ha0, hb0 = Mux(pf_a, wr_tag == w0, hit_a0), Mux(pf_b, wr_tag == w0, hit_b0)
+                ha1, hb1 = Mux(pf_a, wr_tag == nxt, hit_a1), Mux(pf_b, wr_tag == nxt, hit_b1)
+            else:
+                ha0, hb0, ha1, hb1 = hit_a0, hit_b0, hit_a1, hit_b1
+            hv0, hv1 = ha0 | hb0, ha1 | hb1  # w0, w0 + 1 held (or being written)
             # a returned word fills entry A or B (see below)
-            e0 = ret & (if_tag == w0) & ~have0  # w0 arrives: keep the entry holding w0 + 1
-            e1 = ret & (if_tag == nxt) & ~have1  # w0 + 1 arrives: keep the entry holding w0
+            e0 = ret & (if_tag == w0) & ~hv0  # w0 arrives: keep the entry holding w0 + 1
+            e1 = ret & (if_tag == nxt) & ~hv1  # w0 + 1 arrives: keep the entry holding w0
             fill_a = Signal(name=f"fill_a{u}")
             fill_b = Signal(name=f"fill_b{u}")
-            m.d.comb += [fill_a.eq(~stale & Mux(e0, ~hit_a1, e1 & ~hit_a0)),
-                         fill_b.eq(~stale & Mux(e0, hit_a1, e1 & hit_a0))]
+            m.d.comb += [fill_a.eq(~stale & Mux(e0, ~ha1, e1 & ~ha0)),
+                         fill_b.eq(~stale & Mux(e0, ha1, e1 & ha0))]
+            if self.fill_stage:
+                m.d.sync += [pf_a.eq(fill_a), pf_b.eq(fill_b)]
+            else:
+                wr_a, wr_b = fill_a, fill_b
             if reg_hits:
                 # Timing (many units): the hits that make ``valid`` are registers, computed
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, fill_a, sa_w, sc_w)),
-                             hit_b0.eq(ahead(tag_b, v_b, fill_b, sa_w, sc_w))]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w)),
+                             hit_b0.eq(ahead(tag_b, v_b, wr_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, fill_a, sa_n, sc_n)),
-                             hit_b1.eq(ahead(tag_b, v_b, fill_b, sa_n, sc_n))]
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, sc_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, sc_n))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
@@ -382,19 +426,19 @@ class Gather(wiring.Component):
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
             oks.append((~need0 | have0) & (~need1 | have1))
             # demand misses (w0 first), then the prefetch of the next word
-            misses.append(need0 & ~have0 & ~inflight(w0))
+            misses.append(need0 & ~hv0 & ~inflight(w0))
             miss_as.append(w0)
             if n1:
-                misses.append(need1 & ~have1 & ~inflight(nxt))
+                misses.append(need1 & ~hv1 & ~inflight(nxt))
                 miss_as.append(nxt)
-            prefs.append(need0 & have0 & ~need1 & ~have1 & ~inflight(nxt))
+            prefs.append(need0 & hv0 & ~need1 & ~hv1 & ~inflight(nxt))
             pref_as.append(nxt)
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
-            with m.If(fill_a):
-                m.d.sync += [tag_a.eq(if_tag), line_a.eq(port.rdata), v_a.eq(1)]
-            with m.If(fill_b):
-                m.d.sync += [tag_b.eq(if_tag), line_b.eq(port.rdata), v_b.eq(1)]
+            with m.If(wr_a):
+                m.d.sync += [tag_a.eq(wr_tag), line_a.eq(wr_data), v_a.eq(1)]
+            with m.If(wr_b):
+                m.d.sync += [tag_b.eq(wr_tag), line_b.eq(wr_data), v_b.eq(1)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
@@ -564,13 +608,15 @@ class GemmUnit(wiring.Component):
         lb = _log2(bb)
         LM, LN = self.lm, self.ln
         m.submodules.engine = eng = _engine_class(eng_name)(cfg)
-        # tagged: the reads pass a ReadSlice (its register adds to the SPAD's latency)
+        # tagged: the reads pass a ReadSlice (its register adds to the SPAD's latency); the
+        # gathers then also write their caches in a stage of their own (timing)
         tg = self.tagged
         lat = ReadSlice.nominal_latency(spad_latency(cfg)) if tg else spad_latency(cfg)
         m.submodules.ag = ag = Gather(self.act_lanes, self.act_group, bb, len(self.act_port.addr),
-                                      latency=lat, tagged=tg)
+                                      latency=lat, tagged=tg, fill_stage=tg)
         m.submodules.wg = wg = Gather(self.wgt_lanes, self.wgt_group, bb, len(self.wgt_port.addr),
-                                      var_ostride=eng_name == "lut", latency=lat, tagged=tg)
+                                      var_ostride=eng_name == "lut", latency=lat, tagged=tg,
+                                      fill_stage=tg)
         wiring.connect(m, wiring.flipped(self.act_port), ag.port)
         wiring.connect(m, wiring.flipped(self.wgt_port), wg.port)
 

@@ -45,22 +45,24 @@ def _expect(mem: bytes, lanes, group, p):
     return out
 
 
-@pytest.mark.parametrize("latency", [1, 2, "sliced"])
+@pytest.mark.parametrize("latency", [1, 2, "sliced", "staged"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:3])) + "v" * s[3])
 def test_gather_random_beats(shape, latency):
     """Random beats against the model; between instructions (during ``flush``) the words the
     next one starts on are rewritten, so a word read before the flush must not be used.
     ``sliced``: a tagged gather reads through a :class:`ReadSlice` from a SPAD of latency 2,
     so its answers come 3 or more cycles after the ``ack`` (the random grants of the SPAD
-    hold requests in the slice)."""
+    hold requests in the slice). ``staged``: the same with the cache writes in a stage of
+    their own (``fill_stage``, as the GEMM units build it)."""
     lanes, group, wb, var_ost = shape
-    sliced = latency == "sliced"
+    staged = latency == "staged"
+    sliced = latency == "sliced" or staged
     mem_latency = 2 if sliced else latency
     dut = Gather(lanes, group, wb, ADDR_BITS, var_ostride=var_ost,
                  latency=ReadSlice.nominal_latency(mem_latency) if sliced else latency,
-                 tagged=sliced)
+                 tagged=sliced, fill_stage=staged)
     assert dut.grouped == (not var_ost and 1 < group <= wb)
-    rnd = random.Random((hash(shape) + mem_latency + 7 * sliced) & 0xFFFF)
+    rnd = random.Random((hash(shape) + mem_latency + 7 * sliced + 13 * staged) & 0xFFFF)
     mem = bytearray(rnd.randrange(256) for _ in range(wb << ADDR_BITS))
     ngroups = -(-lanes // group)
     instrs = []
@@ -87,6 +89,8 @@ def test_gather_random_beats(shape, latency):
         instrs.append(beats)
     got, exp = [], []
     waits = []
+    # a beat may need two new words per cache unit, each read at the SPAD's random grants
+    bound = 32 + 8 * len(dut.units())
 
     async def tb(ctx):
         for beats in instrs:
@@ -134,7 +138,7 @@ def test_gather_random_beats(shape, latency):
                 while not ctx.get(dut.valid):
                     await ctx.tick()
                     n += 1
-                    assert n < 64, ("beat never became valid", p)
+                    assert n < bound, ("beat never became valid", p)
                 waits.append(n)
                 got.append([ctx.get(dut.data[i]) for i in range(lanes)])
                 exp.append(_expect(mem, lanes, group, p))
