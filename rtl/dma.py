@@ -428,6 +428,12 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     aborting, space, errflag, rptr = r.aborting, r.space, r.errflag, r.ptr
     if not lean:
         rleft = Signal(len(rptr) + 1, name="st_rleft")  # words still to read from the scratchpad
+        # rleft = rows * words per row, multiplied in the first active cycle from registers
+        # of the command (timing: no multiplier between the controller's queue and rleft);
+        # no read in that cycle
+        st_init = Signal(name="st_init")
+        rows_r = Signal(len(u.cmd.payload.rows), name="st_rows")
+        words_r = Signal(len(u.cmd.payload.row_bytes) - lb, name="st_row_words")
     held = Signal(range(fifo_depth + 1), name="st_held")  # FIFO entries + reads in flight
     b_out = r.count  # AW bursts awaiting B
     aw_hold = Signal(name="st_aw_hold")  # awvalid was up and not accepted: keep it up
@@ -457,7 +463,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         # beats left, which a pop lowers as well)
         m.d.comb += rd.eq(active & ~stop & w_act & _ge_narrow(w_left, held) & ((held < 2) | pop))
     else:
-        m.d.comb += rd.eq(active & ~stop & (rleft != 0) & (held < fifo_depth))
+        m.d.comb += rd.eq(active & ~stop & ~st_init & (rleft != 0) & (held < fifo_depth))
     for port, sel in ((u.spad, ~space), (u.acc, space)):
         m.d.comb += [port.addr.eq(rptr), port.en.eq(rd & sel), port.we.eq(0)]
     acked = Signal(name="st_acked")
@@ -520,12 +526,16 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     m.d.sync += held.eq(held + acked - pop)
 
     # ------------------------------------------------------------------ start / finish
+    if not lean:
+        m.d.sync += st_init.eq(0)
+        with m.If(st_init):
+            m.d.sync += rleft.eq(rows_r * words_r)
     with m.If(u.cmd.valid & u.cmd.ready):
         d = u.cmd.payload
         m.d.sync += [active.eq(1), space.eq(d.space[0]), errflag.eq(0), aborting.eq(0)]
         m.d.comb += r.ptr_load.eq(1)
         if not lean:
-            m.d.sync += rleft.eq(d.rows * (d.row_bytes >> lb))
+            m.d.sync += [st_init.eq(1), rows_r.eq(d.rows), words_r.eq(d.row_bytes >> lb)]
         m.d.comb += sp.start.eq(1)
     with m.If(active & u.abort):
         m.d.sync += aborting.eq(1)
@@ -607,7 +617,7 @@ class StoreUnit(wiring.Component):
     """Executes ``STORE``: SPAD/ACC -> device memory (AXI AW/W/B).
 
     Cycle contract: a prefetcher reads scratchpad words into a ``fifo_depth`` FIFO (one per
-    cycle when the scratchpad port is free); AW bursts are shown as :class:`LoadUnit` shows
+    cycle when the scratchpad port is free, from the second cycle of the instruction on); AW bursts are shown as :class:`LoadUnit` shows
     AR bursts, while fewer than ``max_outstanding`` await their B response; W beats follow
     the AW order (a burst's beats may start before its address handshake), one per cycle
     while data is buffered. ``done`` pulses (with ``err`` on an error response) once every B

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["GEMM_CMD_LAYOUT", "SystolicArray", "fifo_room", "systolic_fifo_rows",
+__all__ = ["GEMM_CMD_LAYOUT", "HeadRegisterFIFO", "SystolicArray", "fifo_room", "systolic_fifo_rows",
            "systolic_latency"]
 
 #: Payload of the ``cmd`` stream shared by the GEMM engines: ``beats`` (bits 15..0) is the
@@ -19,10 +19,10 @@ GEMM_CMD_LAYOUT = data.StructLayout({"beats": unsigned(16), "acc": unsigned(1)})
 
 def systolic_fifo_rows(rows: int, cols: int) -> int:
     """Output FIFO depth, in rows: a tile's rows are reserved from its last beat until ``res``
-    takes them (``rows + cols + 3`` cycles with ``res`` always ready), tiles' last beats are
+    takes them (``rows + cols + 4`` cycles with ``res`` always ready), tiles' last beats are
     at least ``max(rows, cols)`` cycles apart, and the next tile needs ``rows`` more."""
     period = max(rows, cols)
-    return rows * (-(-(rows + cols + 3) // period) + 1)
+    return rows * (-(-(rows + cols + 4) // period) + 1)
 
 
 def fifo_room(m: Module, ofifo: fifo.SyncFIFO, per_tile: int, reserve) -> Signal:
@@ -40,10 +40,42 @@ def fifo_room(m: Module, ofifo: fifo.SyncFIFO, per_tile: int, reserve) -> Signal
 def systolic_latency(rows: int, cols: int, k: int) -> int:
     """Cycles from the first ``act``/``wgt`` transfer of a tile to its last ``res`` transfer.
 
-    ``k`` beats, no idle input cycles, ``res`` always ready: ``max(k, 1) + rows + cols + 1``
-    (the PEs register each product before adding it).
+    ``k`` beats, no idle input cycles, ``res`` always ready: ``max(k, 1) + rows + cols + 2``
+    (the PEs register each product before adding it; the output FIFO's head is a register).
     """
-    return max(k, 1) + rows + cols + 1
+    return max(k, 1) + rows + cols + 2
+
+
+class HeadRegisterFIFO(Elaboratable):
+    """A FIFO of ``depth`` entries whose head (``r_data``) is a register: a
+    :class:`~amaranth.lib.fifo.SyncFIFO` of ``depth - 1`` entries (LUT RAM, read without a
+    clock) in front of it. The members are those of ``SyncFIFO`` (``w_en``, ``w_data``,
+    ``w_rdy``, ``r_en``, ``r_data``, ``r_rdy``, ``depth``); an entry is readable in the second
+    cycle after its write, and one entry per cycle passes through."""
+
+    def __init__(self, width: int, depth: int):
+        if depth < 2:
+            raise ValueError(f"depth={depth}; must be at least 2")
+        self.width, self.depth = width, depth
+        self.w_en, self.w_rdy, self.r_en, self.r_rdy = Signal(), Signal(), Signal(), Signal()
+        self.w_data, self.r_data = Signal(width), Signal(width)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = fifo.SyncFIFO(width=self.width, depth=self.depth - 1)
+        load = Signal()  # the head is empty or leaves now: the next entry moves up
+        m.d.comb += [
+            inner.w_en.eq(self.w_en),
+            inner.w_data.eq(self.w_data),
+            self.w_rdy.eq(inner.w_rdy),
+            load.eq(inner.r_rdy & (~self.r_rdy | self.r_en)),
+            inner.r_en.eq(load),
+        ]
+        with m.If(load):
+            m.d.sync += [self.r_data.eq(inner.r_data), self.r_rdy.eq(1)]
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        return m
 
 
 #: Control travelling with each beat: ``v`` a beat (data or zero beat) is present, ``clr`` first
@@ -69,8 +101,8 @@ class SystolicArray(wiring.Component):
 
     Cycle contract: ``act`` and ``wgt`` transfer together (both valid), one beat per cycle.
     With ``res`` ready and inputs never idle, a tile of ``K`` beats takes
-    ``max(K, 1) + R + C + 1`` cycles (:func:`systolic_latency`) from its first ``act``/``wgt``
-    transfer to its last ``res`` transfer (``K + C + 2`` to the first ``res`` beat), and
+    ``max(K, 1) + R + C + 2`` cycles (:func:`systolic_latency`) from its first ``act``/``wgt``
+    transfer to its last ``res`` transfer (``K + C + 3`` to the first ``res`` beat), and
     back-to-back tiles sustain one beat per cycle when ``K >= max(R, C)``; a shorter tile's last
     beat waits until ``max(R, C)`` cycles after the previous tile's last beat (so that result
     rows never collide). ``K = 0`` injects one zero beat instead of taking inputs. The array
@@ -127,7 +159,10 @@ class SystolicArray(wiring.Component):
         period = max(R, C)  # minimum spacing, in cycles, of two tiles' last beats
 
         depth = systolic_fifo_rows(R, C)
-        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32 * C, depth=depth)
+        # the FIFO's head is a register (timing: on the ECP5-85F the LUT RAM's read address,
+        # fanned out to every row bit, and its read multiplexers sat in front of the GEMM
+        # writer's element select and accumulate adder)
+        m.submodules.ofifo = ofifo = HeadRegisterFIFO(width=32 * C, depth=depth)
         room = Signal()  # registered: room for one more tile's R rows (fifo_room)
 
         # ------------------------------------------------------------------ tile control

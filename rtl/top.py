@@ -1349,7 +1349,12 @@ class ComputeUnit(wiring.Component):
             pword = pport.rdata.word_select(pword_lane, 32)
         else:
             pword = pport.rdata[:32]
-        sval = pword.as_signed()
+        # each returned word is judged from a register of it, one cycle later (timing: no
+        # lane select and range compares between the ACC's block RAM and ``pbad``)
+        pv = Signal()  # a word returned in PREAD last cycle
+        pword_r = Signal(32)
+        m.d.sync += [pv.eq(0), pword_r.eq(pword)]
+        sval = pword_r.as_signed()
         vbusy = Signal()
         pbusy = Signal()
 
@@ -1392,6 +1397,8 @@ class ComputeUnit(wiring.Component):
                     if lb > 2:
                         m.d.sync += pword_lane.eq(paddr[2:lb])
                 with m.If(pport.rvalid):
+                    m.d.sync += pv.eq(1)
+                with m.If(pv):
                     bad = Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30))
                     m.d.sync += [prcv.eq(prcv - 1), pbad.eq(pbad | bad)]
                     with m.If(pm0 != 0):

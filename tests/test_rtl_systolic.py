@@ -41,9 +41,10 @@ def test_systolic_latency(cfg_name):
         TOP, cfg, SystolicArray, "tb_systolic", TB_DIR, seed=7, testcase="systolic_latency_test",
     )
     r, c = cfg.sa_rows, cfg.sa_cols
-    # K beats, R + C cycles of skew and drain, one cycle of the PEs' product registers
-    assert run.report["latency_k1"] == 1 + r + c + 1
-    assert run.report["latency_k32"] == 32 + r + c + 1
+    # K beats, R + C cycles of skew and drain, one cycle of the PEs' product registers, one
+    # of the output FIFO's head register
+    assert run.report["latency_k1"] == 1 + r + c + 2
+    assert run.report["latency_k32"] == 32 + r + c + 2
 
 
 def test_systolic_tiny_has_no_systolic():
