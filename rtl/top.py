@@ -152,7 +152,8 @@ class Gather(wiring.Component):
     epoch; an answer fills by its returned tag, and one from before the last flush is not
     taken however late it comes.
 
-    ``fill_stage``: a returned word is written into a unit's cache one cycle later. The unit
+    ``fill_stage``: the hits are registers whatever the number of units, and a returned
+    word is written into a unit's cache one cycle later. The unit
     decides which entry the word fills in the cycle it returns (its tag compares) and
     registers that decision; in the next cycle the decision (a register next to the lines)
     enables the write of the word and its tag, which the gather holds in registers of its own
@@ -300,7 +301,9 @@ class Gather(wiring.Component):
             ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
         units = self.units()
-        reg_hits = len(units) > self.REGISTER_HIT_UNITS
+        # (the GEMM units' staged gathers always: their one-unit activation gathers' compare
+        # fed ``take`` and the walkers' registers on the ECP5-85F)
+        reg_hits = len(units) > self.REGISTER_HIT_UNITS or self.fill_stage
 
         if self.fill_stage:
             # the word and tag written in the cycle after they return (see the docstring)
@@ -523,9 +526,9 @@ class _TileLoop:
 def gemm_read_slice(cfg: AcceleratorConfig) -> bool:
     """Whether the parallel GEMM units' SPAD reads go through a :class:`~tritium.rtl.
     scratchpad.ReadSlice` (tagged ports): with queues, i.e. where the SPAD registers its read
-    data (:func:`~tritium.rtl.scratchpad.spad_latency` 2: the large devices, whose timing
+    data (:func:`~tritium.rtl.scratchpad.spad_latency` > 1: the large devices, whose timing
     the path through the bank arbiter limits)."""
-    return spad_latency(cfg) == 2
+    return spad_latency(cfg) > 1
 
 
 def gemm_unit_members(cfg: AcceleratorConfig, spad_bits: int, acc_bits: int,
