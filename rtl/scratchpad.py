@@ -319,7 +319,14 @@ class BankedMemory(wiring.Component):
     read_reg : bool
         Register each bank's read data next to its block RAM, so the path from the block RAM
         to the clients (bank multiplexer, their fan-out) has a cycle of its own (timing, for
-        large devices): read data arrive two cycles after the ``ack`` (:attr:`latency` 2).
+        large devices): read data arrive one cycle later (:attr:`latency` + 1).
+    addr_reg : bool
+        Register each bank's granted request (read and write address, write data and mask)
+        next to its block RAM, so the path from the clients' requests through the arbiters
+        and the address multiplexers to the block RAM has a cycle of its own (timing, for
+        large devices): the ``ack`` still comes in the cycle of the request, the block RAM
+        sees it one cycle later, read data arrive one cycle later (:attr:`latency` + 1).
+        Reads and writes move together, so write-first holds as without it.
     clash_pairs : list of (int, int), optional
         With ``transparent=False``: the ``(read port, write port)`` pairs that may read and
         write one word in the same cycle; a read is held back only for its partners' writes
@@ -336,7 +343,8 @@ class BankedMemory(wiring.Component):
     def __init__(self, word_bytes: int, words: int, banks: int, n_ports: int, name: str = "mem",
                  fair: bool = True, transparent: bool = True,
                  clash_pairs: list[tuple[int, int]] | None = None,
-                 groups: list | None = None, read_reg: bool = False):
+                 groups: list | None = None, read_reg: bool = False,
+                 addr_reg: bool = False):
         if words % banks:
             raise ValueError(f"words={words} must be a multiple of banks={banks}")
         if banks & (banks - 1):
@@ -353,8 +361,9 @@ class BankedMemory(wiring.Component):
             raise ValueError(f"groups={groups!r}: one label per port ({n_ports})")
         self.groups = groups
         self.read_reg = read_reg
+        self.addr_reg = addr_reg
         #: cycles from a read's ``ack`` to its ``rvalid``
-        self.latency = 2 if read_reg else 1
+        self.latency = 1 + read_reg + addr_reg
         self.addr_bits = max(1, (words - 1).bit_length())
         super().__init__(
             {"ports": In(MemPortSignature(self.addr_bits, word_bytes)).array(n_ports)}
@@ -414,6 +423,15 @@ class BankedMemory(wiring.Component):
                 rdatas.append(rp.data)
             wdata = _onehot_mux(wg, [p.wdata for p in ports])
             wmask = _onehot_mux(wg, [p.wmask for p in ports])
+            if self.addr_reg:
+                req = [(raddr, "raddr"), (waddr, "waddr"), (wdata, "wdata"), (wmask, "wmask")]
+                regs = []
+                for v, n in req:
+                    r = Signal(len(v), name=f"{self.mem_name}_b{b}_{n}",
+                               reset_less=n != "wmask")
+                    m.d.sync += r.eq(v)
+                    regs.append(r)
+                raddr, waddr, wdata, wmask = regs
             m.d.comb += [
                 rp.addr.eq(raddr),
                 rp.en.eq(1),
@@ -430,11 +448,11 @@ class BankedMemory(wiring.Component):
             with m.If(acks[i]):
                 m.d.sync += bank_sel[i].eq(bank_of(p))
             sel = bank_sel[i]
-            if self.read_reg:  # one more stage: the read data's register
-                rv2 = Signal(name=f"rvalid2_{i}")
-                sel = Signal.like(bank_sel[i], name=f"rbank2_{i}")
-                m.d.sync += [rv2.eq(rv), sel.eq(bank_sel[i])]
-                rv = rv2
+            for k in range(self.latency - 1):  # the request's and the read data's registers
+                rvk = Signal(name=f"rvalid{k + 2}_{i}")
+                selk = Signal.like(bank_sel[i], name=f"rbank{k + 2}_{i}")
+                m.d.sync += [rvk.eq(rv), selk.eq(sel)]
+                rv, sel = rvk, selk
             data = rdatas[0]
             for b in range(1, nb):
                 data = Mux(sel == b, rdatas[b], data)
@@ -443,11 +461,12 @@ class BankedMemory(wiring.Component):
 
 
 def spad_latency(cfg: AcceleratorConfig) -> int:
-    """Read latency of :func:`spad_memory` (cycles from ``ack`` to ``rvalid``): 2 with
-    queues (the large configurations register the read data next to the block RAMs: on
-    the ECP5-85F the SPAD's block RAMs -> the GEMM gathers' cache lines was the critical
-    path), else 1."""
-    return 1 if cfg.queue_depth == 0 else 2
+    """Read latency of :func:`spad_memory` (cycles from ``ack`` to ``rvalid``): 3 with
+    queues (the large configurations register the granted requests and the read data next
+    to the block RAMs: on the ECP5-85F the SPAD's block RAMs -> the GEMM gathers' cache
+    lines, and the clients' requests -> the arbiters -> the block RAMs' addresses, were
+    critical paths), else 1."""
+    return 1 if cfg.queue_depth == 0 else 3
 
 
 def spad_memory(cfg: AcceleratorConfig, n_ports: int,
@@ -460,7 +479,7 @@ def spad_memory(cfg: AcceleratorConfig, n_ports: int,
     return BankedMemory(
         cfg.bus_bytes, cfg.spad_bytes // cfg.bus_bytes, cfg.spad_banks, n_ports, "spad",
         fair=not serial, transparent=not serial, clash_pairs=clash_pairs,
-        groups=groups if serial else None, read_reg=spad_latency(cfg) == 2,
+        groups=groups if serial else None, read_reg=not serial, addr_reg=not serial,
     )
 
 

@@ -24,7 +24,8 @@ CYCLES = 1500
 
 
 def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
-         groups: int = 1, turns: bool = False, read_reg: bool = False) -> dict:
+         groups: int = 1, turns: bool = False, read_reg: bool = False,
+         addr_reg: bool = False) -> dict:
     """``groups`` > 1: the ports form that many groups (port ``i`` in group ``i % groups``)
     whose hot words differ, and only ports of one group are ``clash_pairs``. ``turns``: the
     groups are also the memory's arbitration ``groups`` and take turns (one group requests at
@@ -36,17 +37,16 @@ def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
     dut = BankedMemory(WORD_BYTES, WORDS, banks, n_ports, "t", fair=fair,
                        transparent=transparent, clash_pairs=pairs,
                        groups=[i % groups for i in range(n_ports)] if turns else None,
-                       read_reg=read_reg)
-    assert dut.latency == 1 + read_reg
+                       read_reg=read_reg, addr_reg=addr_reg)
+    assert dut.latency == 1 + read_reg + addr_reg
     rng = random.Random(seed)
     model = [0] * WORDS
     stats = {"reads": [0] * n_ports, "writes": [0] * n_ports, "held": 0, "turns": 0}
 
     async def bench(ctx):
         pending = [None] * n_ports  # (we, addr, wdata, wmask) held until ack
-        # read data due in this cycle, and (read_reg) in the next one
-        expect = [None] * n_ports
-        expect_next = [None] * n_ports
+        # read data due in this cycle, and (read_reg, addr_reg) in the next ones
+        due = [[None] * n_ports for _ in range(dut.latency)]
         turn = 0
         for _ in range(CYCLES):
             if turns and all(r is None for r in pending) and rng.random() < 0.1:
@@ -72,6 +72,7 @@ def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
                     ctx.set(p.wdata, wdata)
                     ctx.set(p.wmask, wmask)
             # read data of the reads acknowledged ``latency`` cycles ago
+            expect = due[0]
             for i, p in enumerate(dut.ports):
                 assert ctx.get(p.rvalid) == (expect[i] is not None), (i, expect[i])
                 if expect[i] is not None:
@@ -90,8 +91,6 @@ def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
             written = {pending[i][1] for i, a in enumerate(acks) if a and pending[i][0]}
             read_banks = {pending[i][1] % banks for i, a in enumerate(acks)
                           if a and not pending[i][0]}
-            if read_reg:
-                expect = expect_next
             expect_next = [None] * n_ports
             for i, a in enumerate(acks):
                 req = pending[i]
@@ -103,8 +102,7 @@ def _run(banks: int, n_ports: int, fair: bool, transparent: bool, seed: int,
                         expect_next[i] = model[req[1]]
                         stats["reads"][i] += 1
                     pending[i] = None
-            if not read_reg:
-                expect = expect_next
+            due = due[1:] + [expect_next]
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -125,11 +123,13 @@ def test_banked_memory_write_first(banks, fair, transparent):
         assert stats["held"] > 20, stats  # the hold-back path was exercised
 
 
+@pytest.mark.parametrize("addr_reg", [False, True])
 @pytest.mark.parametrize("banks", [1, 4])
-def test_banked_memory_read_reg(banks):
-    """``read_reg`` (the SPAD with queues): the same write-first words, two cycles after
-    the ``ack``."""
-    stats = _run(banks, 3, True, True, seed=60 + banks, read_reg=True)
+def test_banked_memory_read_reg(banks, addr_reg):
+    """``read_reg`` (the SPAD with queues), and ``addr_reg`` as well: the same write-first
+    words, two (three) cycles after the ``ack``."""
+    stats = _run(banks, 3, True, True, seed=60 + banks + 8 * addr_reg, read_reg=True,
+                 addr_reg=addr_reg)
     assert all(n > 50 for n in stats["reads"]), stats
     assert all(n > 50 for n in stats["writes"]), stats
 
