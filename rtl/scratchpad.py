@@ -26,7 +26,8 @@ from amaranth.lib.wiring import In, Out
 from tritium.config import AcceleratorConfig
 
 __all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
-           "ReadSlice", "acc_memory", "rr_arbiter", "spad_latency", "spad_memory"]
+           "ReadSlice", "acc_latency", "acc_memory", "rr_arbiter", "spad_latency",
+           "spad_memory"]
 
 #: Attribute of a memory whose read port never reads the word its write port writes in the same
 #: cycle (the owner ensures it); synthesis may then leave out the read-first / write-first
@@ -483,12 +484,19 @@ def spad_memory(cfg: AcceleratorConfig, n_ports: int,
     )
 
 
+def acc_latency(cfg: AcceleratorConfig) -> int:
+    """Read latency of :func:`acc_memory`: 2 with queues (the granted requests registered
+    next to the block RAMs, as the SPAD's: on the ECP5-85F the GEMM writer's read request ->
+    the arbiter -> the ACC block RAMs' address was a critical path), else 1."""
+    return 1 if cfg.queue_depth == 0 else 2
+
+
 def acc_memory(cfg: AcceleratorConfig, n_ports: int,
                clash_pairs: list[tuple[int, int]] | None = None,
                groups: list | None = None) -> BankedMemory:
     """The ACC: ``cfg.acc_bytes`` bytes, one bank of ``cfg.bus_bytes`` words (without
-    queues: as :func:`spad_memory`)."""
+    queues: as :func:`spad_memory`; read latency :func:`acc_latency`)."""
     serial = cfg.queue_depth == 0
     return BankedMemory(cfg.bus_bytes, cfg.acc_bytes // cfg.bus_bytes, 1, n_ports, "acc",
                         fair=not serial, transparent=not serial, clash_pairs=clash_pairs,
-                        groups=groups if serial else None)
+                        groups=groups if serial else None, addr_reg=not serial)

@@ -50,6 +50,7 @@ from .dma import AxiJoin, DmaUnit, LoadUnit, StoreUnit, axi_signature
 from .scratchpad import (
     MemPortSignature,
     ReadSlice,
+    acc_latency,
     acc_memory,
     kept_register,
     spad_latency,
@@ -966,8 +967,12 @@ class GemmUnit(wiring.Component):
         ew = Signal(range(LN + 1))  # next element to write
         row = Signal(24)  # ACC byte address of element 0 of res beat rb
         started = Signal()  # row is set up for the current descriptor
-        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32, depth=2)
-        pend = Signal()  # a read was acknowledged last cycle
+        # the old values: reads answer ``ac_lat`` cycles after their ack; up to ``ac_lat``
+        # in flight and one waiting keep one element per cycle
+        ac_lat = acc_latency(cfg)
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32, depth=1 + ac_lat)
+        pends = [Signal(name=f"pend{k}") for k in range(ac_lat)]  # acknowledged k + 1 ago
+        inflight = sum(pends)
         rlane = Signal(max(1, lb - 2))
         rd, wr = self.wb_rd, self.wb_wr
         raddr = Signal(24)
@@ -987,16 +992,19 @@ class GemmUnit(wiring.Component):
         m.d.comb += [
             rd.addr.eq(raddr >> lb),
             rd.we.eq(0),
-            rd.en.eq(active & accum & er_in & ((ofifo.level + pend) < 2)),
+            rd.en.eq(active & accum & er_in & ((ofifo.level + inflight) < 1 + ac_lat)),
         ]
         rd_ack = Signal()
         queued = Signal()  # element ew goes into the write queue
         m.d.comb += rd_ack.eq(rd.en & rd.ack)
-        with m.If(rd_ack):
-            m.d.sync += rlane.eq(lane_of(raddr))
-        m.d.sync += pend.eq(rd_ack)
+        if ac_lat == 1:
+            with m.If(rd_ack):
+                m.d.sync += rlane.eq(lane_of(raddr))
+        else:  # the lane of the read acknowledged ``ac_lat`` cycles ago
+            rlane = delayed(m, lane_of(raddr), ac_lat, "rlane")
+        m.d.sync += [p_.eq(q_) for p_, q_ in zip(pends, [rd_ack] + pends[:-1])]
         m.d.comb += [
-            ofifo.w_en.eq(pend),
+            ofifo.w_en.eq(pends[-1]),
             ofifo.w_data.eq(rd.rdata.word_select(rlane, 32) if lb > 2 else rd.rdata[:32]),
         ]
         # writes
@@ -1296,9 +1304,10 @@ class ComputeUnit(wiring.Component):
             m.submodules[f"gemm_{e}"] = gu
             gemms[e] = gu
         sp_lat = spad_latency(cfg)
+        ac_lat = acc_latency(cfg)
         for name, mem, attr, lat in (("act", sp, "act_port", sp_lat),
                                      ("wgt", sp, "wgt_port", sp_lat),
-                                     ("wbr", ac, "wb_rd", 1), ("wbw", ac, "wb_wr", 1)):
+                                     ("wbr", ac, "wb_rd", ac_lat), ("wbw", ac, "wb_wr", 1)):
             clients = {e: (getattr(gu, attr), gu.busy) for e, gu in gemms.items()}
             port = mem[name]
             ct = max(c.signature.tag_bits for c, _ in clients.values())
@@ -1318,9 +1327,9 @@ class ComputeUnit(wiring.Component):
         # without the adapters' timing FIFOs
         direct = cfg.vector_serial
         m.submodules.vector = vu = vector_unit(
-            cfg, depth=2 + _ReadAdapter.latency(direct, sp_lat), held=hold)
+            cfg, depth=2 + _ReadAdapter.latency(direct, max(sp_lat, ac_lat)), held=hold)
         _ReadAdapter(m, vu.sp_rd, vu.sp_rdata, sp["vec_rd"], 1, bb, "vsp", direct, sp_lat)
-        _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac", direct)
+        _ReadAdapter(m, vu.ac_rd, vu.ac_rdata, ac["vec_rd"], 4, bb, "vac", direct, ac_lat)
         wq_sp = _write_adapter(m, vu.sp_wr, sp["vec_wr"], 1, bb, "vspw", direct)
         wq_ac = _write_adapter(m, vu.ac_wr, ac["vec_wr"], 4, bb, "vacw", direct)
 
@@ -1348,6 +1357,9 @@ class ComputeUnit(wiring.Component):
         pbad = Signal()  # a word received so far is out of range
         pword_lane = Signal(max(1, lb - 2))  # 32-bit lane of the word acknowledged last cycle
         m.d.comb += [pport.addr.eq(paddr >> lb), pport.we.eq(0)]
+        if lb > 2 and ac_lat > 1:
+            # the lane of the word acknowledged ``ac_lat`` cycles ago (``paddr`` moves on ack)
+            pword_lane = delayed(m, paddr[2:lb], ac_lat, "pword_lane")
         if lb > 2:
             pword = pport.rdata.word_select(pword_lane, 32)
         else:
@@ -1397,7 +1409,7 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [pbusy.eq(1), pport.en.eq(pleft != 0)]
                 with m.If(pport.ack):
                     m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
-                    if lb > 2:
+                    if lb > 2 and ac_lat == 1:
                         m.d.sync += pword_lane.eq(paddr[2:lb])
                 with m.If(pport.rvalid):
                     m.d.sync += pv.eq(1)

@@ -20,7 +20,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
-from tritium.rtl.scratchpad import ReadSlice, spad_latency
+from tritium.rtl.scratchpad import ReadSlice, acc_latency, spad_latency
 from tritium.rtl.serial_gemm import SerialTernaryGemm
 from tritium.rtl.top import GemmUnit, delayed
 
@@ -71,16 +71,18 @@ def test_serial_gemm_random(bus_width, seed, held):
 def test_gemm_unit_ternary_random(seed):
     """The same random GEMM_TERN instructions on ``base``'s parallel ternary GEMM unit
     (:class:`tritium.rtl.top.GemmUnit`: gathers, walkers, the writer's queue) with the SPAD's
-    read latency of ``base`` (2): ``done`` must come only once every result is in ACC, however
-    the ACC's write port stalls."""
+    and the ACC's read latencies of ``base`` (3, 2): ``done`` must come only once every result
+    is in ACC, however the ACC's write port stalls."""
     cfg = preset("base")
     bb = cfg.bus_bytes
     rnd = random.Random(7 + 1000 * seed)
     dut = GemmUnit(cfg, "ternary", spad_bits=7, acc_bits=6)
-    _run_and_check(dut, bb, rnd, False, spad_latency=spad_latency(cfg))
+    _run_and_check(dut, bb, rnd, False, spad_latency=spad_latency(cfg),
+                   acc_latency=acc_latency(cfg))
 
 
-def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: int):
+def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: int,
+                   acc_latency: int = 1):
     """Run 14 random GEMM_TERN cases on ``dut`` (a GEMM unit) between a SPAD and an ACC that
     acknowledge at random, and compare the ACC after each ``done`` with the golden numerics."""
     top = Module()
@@ -111,7 +113,7 @@ def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: i
     with top.Else():
         top.d.comb += srd.addr.eq(ap.addr)
     top.d.comb += srd.en.eq(ap.ack | wp.ack)
-    # latency 2: the read data registered once more (BankedMemory(read_reg=True))
+    # latency > 1: the read data registered more (BankedMemory read_reg, addr_reg)
     rdata = srd.data if spad_latency == 1 else delayed(top, srd.data, spad_latency - 1, "rq")
     top.d.comb += [
         ap.rdata.eq(rdata), wp.rdata.eq(rdata),
@@ -127,11 +129,12 @@ def _run_and_check(dut, bb: int, rnd: random.Random, held: bool, spad_latency: i
     rd, wr = dut.wb_rd, dut.wb_wr
     top.d.comb += [
         rd.ack.eq(rd.en & g_rd), ard.addr.eq(rd.addr), ard.en.eq(rd.ack),
-        rd.rdata.eq(ard.data),
+        rd.rdata.eq(ard.data if acc_latency == 1
+                    else delayed(top, ard.data, acc_latency - 1, "ac_rq")),
         wr.ack.eq(wr.en & g_wr), awr.addr.eq(wr.addr), awr.data.eq(wr.wdata),
         awr.en.eq(wr.wmask.replicate(1) & wr.ack.replicate(bb)),
     ]
-    top.d.sync += rd.rvalid.eq(rd.ack)
+    top.d.comb += rd.rvalid.eq(delayed(top, rd.ack, acc_latency, "ac_rv"))
 
     cases = [_gemm_case(rnd, bb) for _ in range(14)]
     results = []
