@@ -564,8 +564,8 @@ class GemmUnit(wiring.Component):
     Cycle contract: the activation and weight gathers each deliver a beat per cycle while their
     lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row, prefetched;
     systolic ``wt=1`` weights need a read per beat); the writer stores one int32 per cycle
-    through a two-entry write queue (also with ``accumulate``: the old value is read through
-    a second port one element ahead). ``done`` pulses when the last result is in ACC (the
+    through a two-entry write queue (also with ``accumulate``: the old values are read
+    through a second port, as many elements ahead as the ACC's read latency). ``done`` pulses when the last result is in ACC (the
     queue is empty).
 
     Members
