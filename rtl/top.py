@@ -730,13 +730,23 @@ class GemmUnit(wiring.Component):
                 m.d.sync += primed.eq(1)
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
-        # The slice loads whenever it is free, valid or not, so that the gather's valid (an AND
-        # over every lane's tag compare) enables only the valid bit, not the payload registers.
-        for fire, gat, in_, st in ((a_fire, ag, act_in, eng.act), (w_fire, wg, wgt_in, eng.wgt)):
-            free = ~st.valid | st.ready
-            m.d.comb += fire.eq(gat.valid & free & primed)
-            with m.If(free):
-                m.d.sync += [st.valid.eq(gat.valid), st.payload.eq(in_)]
+        # The slice is a skid buffer: the engine's input register and a spare one, which takes
+        # a beat when the engine does not; a beat leaves the gather while the spare is empty,
+        # so ``fire`` (and the walkers' registers it enables) does not wait on the engine's
+        # ``ready`` (timing). Either register loads whenever it may, valid or not, so that the
+        # gather's valid enables only the valid bits, not the payload registers.
+        for fire, gat, in_, st, nm in ((a_fire, ag, act_in, eng.act, "act"),
+                                       (w_fire, wg, wgt_in, eng.wgt, "wgt")):
+            sk_v = Signal(name=f"{nm}_skid_v")
+            sk_p = Signal(st.payload.shape(), name=f"{nm}_skid")
+            m.d.comb += fire.eq(gat.valid & ~sk_v & primed)
+            with m.If(~st.valid | st.ready):  # the engine's register is free after this cycle
+                with m.If(sk_v):
+                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p), sk_v.eq(0)]
+                with m.Else():
+                    m.d.sync += [st.valid.eq(fire), st.payload.eq(in_)]
+            with m.Elif(~sk_v):
+                m.d.sync += [sk_v.eq(fire), sk_p.eq(in_)]
         # a_done / w_done: the walker has moved past the last beat (it is presented);
         # a_taken / w_taken: that beat has been taken too
         a_taken = Signal()
