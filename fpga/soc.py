@@ -27,12 +27,26 @@ from tritium.config import AcceleratorConfig
 
 from .bridge import Bridge
 
-__all__ = ["BANK_BYTES", "SocRam", "TritiumSoc", "ram_banks"]
+__all__ = ["BANK_BYTES", "SLICE_BITS", "SocRam", "TritiumSoc", "ram_banks", "ram_slices"]
 
 #: Device memory up to this size is one memory; a larger one is split into banks of this size
 #: (64 KiB: 32 block RAMs of the ECP5, 2 KiB each), at most 16 of them. (16 KiB banks, 16 for
 #: ``base``, made the ECP5-85F's routing congested beyond use: docs/fpga.md.)
 BANK_BYTES = 64 * 1024
+
+
+#: With a bus of 64 bits or more, each bank is split into slices of this many bits of the word,
+#: each a memory with its own copy of the input registers: on the ECP5-85F one copy of a 64 KiB
+#: bank's address fed 32 block RAMs, an 18 ns net (slices of 16 bits: 8 block RAMs each).
+SLICE_BITS = 16
+
+
+def ram_slices(cfg: AcceleratorConfig) -> int:
+    """Slices of each :class:`SocRam` bank (see :data:`SLICE_BITS`): one with fewer than two
+    banks or a bus narrower than 64 bits (the small devices), else ``bus_width / SLICE_BITS``."""
+    if ram_banks(cfg) < 2 or cfg.bus_width < 64:
+        return 1
+    return cfg.bus_width // SLICE_BITS
 
 
 def ram_banks(cfg: AcceleratorConfig) -> int:
@@ -60,7 +74,9 @@ class SocRam(wiring.Component):
     (loaded only when a request addresses the bank, so synthesis keeps the copies apart and
     each sits next to its block RAMs) and its own output register, ahead of the registered
     bank select: no net runs from one register to every block RAM of the die (a 22 ns net on
-    the ECP5-85F with one copy). :attr:`latency` is 3 cycles with one bank, 5 with several.
+    the ECP5-85F with one copy). With a wide bus each bank is also split into
+    :func:`ram_slices` slices of the word (``ram_bank<i>_s<j>``), each with its own copy of the
+    input registers. :attr:`latency` is 3 cycles with one bank, 5 with several.
 
     Members
     -------
@@ -195,27 +211,34 @@ class SocRam(wiring.Component):
             return m
         bbits = (nb - 1).bit_length()
         local = self.abits - bbits  # word address bits within a bank
+        ns = ram_slices(cfg)
+        sw = 8 * bb // ns  # bits per slice
         outs = []
         for i in range(nb):
-            mem = memory.Memory(shape=8 * bb, depth=self.words // nb, init=[])
-            m.submodules[f"ram_bank{i}"] = mem  # (the simulated device server's back door)
-            wp = mem.write_port(granularity=8)
-            rp = mem.read_port(transparent_for=(wp,))
             rsel = ra[local:] == i
             wsel = wa[local:] == i
-            # the bank's copies of the input registers: loaded only when the bank is addressed
-            # (distinct registers: synthesis does not merge them into one)
-            b_ra = Signal(local, name=f"ra{i}")
-            b_wa = Signal(local, name=f"wa{i}")
-            b_wd = Signal(8 * bb, name=f"wd{i}")
-            b_we = Signal(bb, name=f"we{i}")
             out = Signal(8 * bb, name=f"out{i}")  # the bank's output register
-            with m.If(rsel):
-                m.d.sync += b_ra.eq(ra[:local])
-            with m.If(wsel):
-                m.d.sync += [b_wa.eq(wa[:local]), b_wd.eq(wd)]
-            m.d.sync += [b_we.eq(Mux(wsel, we, 0)), out.eq(rp.data)]
-            m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd), wp.en.eq(b_we)]
+            for j in range(ns):
+                # (the simulated device server's back door: ram_bank<i>, or its slices)
+                mem = memory.Memory(shape=sw, depth=self.words // nb, init=[])
+                sfx = f"{i}_s{j}" if ns > 1 else f"{i}"
+                m.submodules[f"ram_bank{sfx}"] = mem
+                wp = mem.write_port(granularity=8)
+                rp = mem.read_port(transparent_for=(wp,))
+                # the slice's copies of the input registers: loaded only when the bank is
+                # addressed (distinct registers: synthesis does not merge them into one)
+                b_ra = Signal(local, name=f"ra{sfx}")
+                b_wa = Signal(local, name=f"wa{sfx}")
+                b_wd = Signal(sw, name=f"wd{sfx}")
+                b_we = Signal(sw // 8, name=f"we{sfx}")
+                with m.If(rsel):
+                    m.d.sync += b_ra.eq(ra[:local])
+                with m.If(wsel):
+                    m.d.sync += [b_wa.eq(wa[:local]), b_wd.eq(wd[j * sw:(j + 1) * sw])]
+                m.d.sync += [b_we.eq(Mux(wsel, we[j * sw // 8:(j + 1) * sw // 8], 0)),
+                             out[j * sw:(j + 1) * sw].eq(rp.data)]
+                m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd),
+                             wp.en.eq(b_we)]
             outs.append(out)
         # the bank of the read in the banks' output registers: three cycles after ``ra``
         bank = delayed(m, ra[local:], 3, "rbank")

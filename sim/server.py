@@ -319,19 +319,42 @@ class _Link:
         return waited
 
 
+class _SlicedWord:
+    """A RAM word held in several slice arrays (low slice first): ``value`` as one integer."""
+
+    def __init__(self, handles: list, bits: int):
+        self.handles, self.bits = handles, bits
+
+    @property
+    def value(self) -> int:
+        return sum(int(h.value) << (k * self.bits) for k, h in enumerate(self.handles))
+
+    @value.setter
+    def value(self, v: int) -> None:
+        for k, h in enumerate(self.handles):
+            h.value = (v >> (k * self.bits)) & ((1 << self.bits) - 1)
+
+
 def _ram_words(dut, cfg):
     """``word -> handle`` of the SoC's RAM words: in ``SocRam``'s one array, or in its banks
-    (``ram_bank<i>``, :func:`tritium.fpga.soc.ram_banks` of them, consecutive address ranges)."""
-    from tritium.fpga.soc import ram_banks
+    (``ram_bank<i>``, :func:`tritium.fpga.soc.ram_banks` of them, consecutive address ranges),
+    each possibly in :func:`tritium.fpga.soc.ram_slices` slices (``ram_bank<i>_s<j>``)."""
+    from tritium.fpga.soc import ram_banks, ram_slices
 
     ram = dut.ram
-    nb = ram_banks(cfg)
+    nb, ns = ram_banks(cfg), ram_slices(cfg)
     if nb > 1:
-        banks = [getattr(ram, f"ram_bank{i}", None) for i in range(nb)]
-        if any(b is None for b in banks):
-            raise RuntimeError(f"cannot find the {nb} RAM banks of the SoC (dut.ram.ram_bank*)")
+        names = [[f"ram_bank{i}_s{j}" if ns > 1 else f"ram_bank{i}" for j in range(ns)]
+                 for i in range(nb)]
+        banks = [[getattr(ram, n, None) for n in row] for row in names]
+        if any(h is None for row in banks for h in row):
+            raise RuntimeError(f"cannot find the {nb} x {ns} RAM arrays of the SoC "
+                               "(dut.ram.ram_bank*)")
         per = cfg.dev_mem_bytes // cfg.bus_bytes // nb
-        return lambda w: banks[w // per][w % per]
+        if ns == 1:
+            return lambda w: banks[w // per][0][w % per]
+        bits = 8 * cfg.bus_bytes // ns
+        return lambda w: _SlicedWord([h[w % per] for h in banks[w // per]], bits)
     for name in ("mem", "storage"):
         h = getattr(ram, name, None)
         if h is not None:
