@@ -1413,9 +1413,21 @@ class Controller(wiring.Component):
                             hpc.eq(s_pc[q][i]),
                         ]
             c = cmds[q]
+            # The head is offered from registers, a cycle after it qualifies (timing: no path
+            # head -> slot multiplexers -> the unit's handshake -> the slot's issued bit, and
+            # the unit loads the instruction from a register): ``offer`` is the qualification of
+            # the last cycle, less a head that was taken or finished in it (the next head is
+            # offered a cycle later); the head's word stays in its slot while it is the head.
+            offer = Signal(name=f"q{q}_offer")
+            oword = Signal(INSTR_BITS, name=f"q{q}_oword")
+            m.d.sync += [
+                offer.eq(hv & ~hiss & (hdeps == 0) & ~(c.valid & c.ready) & ~(dones[q] & hv)
+                         & ~aborting),
+                oword.eq(hword),
+            ]
             m.d.comb += [
-                c.valid.eq(hv & ~hiss & (hdeps == 0) & ~aborting),
-                c.payload.eq(hword),
+                c.valid.eq(offer & ~aborting),
+                c.payload.eq(oword),
             ]
             for i in range(D):
                 with m.If(c.valid & c.ready & (head[q] == i)):
