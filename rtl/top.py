@@ -1374,12 +1374,17 @@ class ComputeUnit(wiring.Component):
             pword = pport.rdata.word_select(pword_lane, 32)
         else:
             pword = pport.rdata[:32]
-        # each returned word is judged from a register of it, one cycle later (timing: no
-        # lane select and range compares between the ACC's block RAM and ``pbad``)
-        pv = Signal()  # a word returned in PREAD last cycle
-        pword_r = Signal(32)
-        m.d.sync += [pv.eq(0), pword_r.eq(pword)]
-        sval = pword_r.as_signed()
+        # with queues (the large devices) each returned word is judged from a register of it,
+        # one cycle later (timing: no lane select and range compares between the ACC's block
+        # RAM and ``pbad``); the small ones judge it as it arrives
+        if cfg.queue_depth:
+            pv = Signal()  # a word returned in PREAD last cycle
+            pword_r = Signal(32)
+            m.d.sync += [pv.eq(0), pword_r.eq(pword)]
+            sval = pword_r.as_signed()
+        else:
+            pv = pport.rvalid
+            sval = pword.as_signed()
         vbusy = Signal()
         pbusy = Signal()
 
@@ -1421,8 +1426,9 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [paddr.eq(paddr + 4), pleft.eq(pleft - 1)]
                     if lb > 2 and ac_lat == 1:
                         m.d.sync += pword_lane.eq(paddr[2:lb])
-                with m.If(pport.rvalid):
-                    m.d.sync += pv.eq(1)
+                if cfg.queue_depth:
+                    with m.If(pport.rvalid):
+                        m.d.sync += pv.eq(1)
                 with m.If(pv):
                     bad = Mux(pm0 != 0, sval < 0, (sval < -31) | (sval > 30))
                     m.d.sync += [prcv.eq(prcv - 1), pbad.eq(pbad | bad)]
