@@ -123,19 +123,25 @@ class _BurstSplitter:
             m.d.comb += [self.len.eq(Mux(row_end, self.rem[:nb], to_bnd)),
                          self.beats.eq(self.len + 1)]
         else:
+            # the burst's length and whether it ends the row are registers, computed from the
+            # address and word count of the last cycle (timing: no page compare between the
+            # address register and AR/AW's length); so a burst is shown from the second cycle
+            # after ``start`` or the last ``take`` (``fresh``: the registers are not yet valid)
             m.d.comb += self.len.eq(self.beats - 1)
             page_left = Signal(range(page_words + 1), name=f"{name}_page_left")
             m.d.comb += page_left.eq(page_words - word[: _log2(page_words)])
             fits_page = ~(page_left < self.rem)
             b = Mux(fits_page, self.rem, page_left)
             b_ok = b <= MAX_BURST_BEATS
-            m.d.comb += self.beats.eq(Mux(b_ok, b, MAX_BURST_BEATS))
-            row_end = fits_page & b_ok  # (beats == rem) the burst ends the row
+            row_end = Signal(name=f"{name}_row_end")  # (beats == rem) the burst ends the row
+            fresh = Signal(name=f"{name}_fresh")
+            m.d.sync += [self.beats.eq(Mux(b_ok, b, MAX_BURST_BEATS)),
+                         row_end.eq(fits_page & b_ok), fresh.eq(self.start | self.take)]
 
         if lean:
             self._walk_lean(m, aw, lb, d, row_end)
             return
-        m.d.comb += self.avail.eq(self.more)
+        m.d.comb += self.avail.eq(self.more & ~fresh)
         with m.If(self.start):
             words = d.row_bytes >> lb
             m.d.sync += [
