@@ -570,9 +570,10 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
 class LoadUnit(wiring.Component):
     """Executes ``LOAD``: device memory (AXI AR/R) -> SPAD/ACC.
 
-    Cycle contract: one instruction at a time; the next burst is shown on AR from the cycle
-    after the instruction is accepted, the following one in the cycle after each address
-    handshake (one burst per cycle while ``arready`` stays high) while fewer than
+    Cycle contract: one instruction at a time; the next burst is shown on AR from the second
+    cycle after the instruction is accepted, the following one in the second cycle after
+    each address handshake (the splitter registers a burst's length; one burst every two
+    cycles while ``arready`` stays high) while fewer than
     ``max_outstanding`` are outstanding; every R beat is written to the scratchpad in the
     cycle it is accepted (``rready`` follows the scratchpad port's ``ack``), so throughput is
     one beat per cycle when the memory and the scratchpad allow. ``done`` pulses (with ``err``
@@ -623,8 +624,10 @@ class StoreUnit(wiring.Component):
     """Executes ``STORE``: SPAD/ACC -> device memory (AXI AW/W/B).
 
     Cycle contract: a prefetcher reads scratchpad words into a ``fifo_depth`` FIFO (one per
-    cycle when the scratchpad port is free, from the second cycle of the instruction on); AW bursts are shown as :class:`LoadUnit` shows
-    AR bursts, while fewer than ``max_outstanding`` await their B response; W beats follow
+    cycle when the scratchpad port is free, from the second cycle of the instruction on); AW
+    bursts are shown as :class:`LoadUnit` shows AR bursts (each from the second cycle after
+    the instruction's start or the last burst's handshake: the splitter registers a burst's
+    length), while fewer than ``max_outstanding`` await their B response; W beats follow
     the AW order (a burst's beats may start before its address handshake), one per cycle
     while data is buffered. ``done`` pulses (with ``err`` on an error response) once every B
     response has arrived.

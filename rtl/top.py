@@ -154,10 +154,10 @@ class Gather(wiring.Component):
     taken however late it comes.
 
     ``fill_stage``: the hits are registers whatever the number of units, and a returned
-    word is written into a unit's cache one cycle later. The unit
-    decides which entry the word fills in the cycle it returns (its tag compares) and
-    registers that decision; in the next cycle the decision (a register next to the lines)
-    enables the write of the word and its tag, which the gather holds in registers of its own
+    word is written into a unit's cache one cycle later. The unit decides which entry the
+    word fills in the cycle it returns (its tag compares) and registers that decision; in the
+    next cycle the decision (a register next to the lines) enables the write of the word and
+    its tag, which the gather holds in registers of its own
     (:func:`~tritium.rtl.scratchpad.kept_register`: not merged with another gather's copy of
     the same port). Timing: the compares and the enables of a unit's 2 x ``8 * word_bytes``
     line flip-flops are separate register stages (on the ECP5-85F the fill was the worst
@@ -565,8 +565,8 @@ class GemmUnit(wiring.Component):
     lane caches hit (a new SPAD word per lane every ``bus_bytes`` beats along a row, prefetched;
     systolic ``wt=1`` weights need a read per beat); the writer stores one int32 per cycle
     through a two-entry write queue (also with ``accumulate``: the old values are read
-    through a second port, as many elements ahead as the ACC's read latency). ``done`` pulses when the last result is in ACC (the
-    queue is empty).
+    through a second port, as many elements ahead as the ACC's read latency). ``done``
+    pulses when the last result is in ACC (the queue is empty).
 
     Members
     -------
