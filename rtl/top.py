@@ -185,6 +185,8 @@ class Gather(wiring.Component):
             raise ValueError(f"latency={latency}; the SPAD answers after 1 or 2 cycles")
         if tagged and latency < 1:
             raise ValueError(f"latency={latency}; must be >= 1")
+        if fill_stage and not tagged:
+            raise ValueError("fill_stage needs a tagged port (the GEMM units' sliced reads)")
         self.latency = latency  # the port's read latency (ack -> rvalid; nominal if tagged)
         self.tagged = tagged
         self.fill_stage = fill_stage  # a returned word is written one cycle later (timing)

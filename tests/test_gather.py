@@ -194,3 +194,9 @@ def test_gather_random_beats(shape, latency):
     assert len(got) == sum(len(b) for b in instrs)
     for k, (g, e) in enumerate(zip(got, exp)):
         assert g == e, (k, g, e)
+
+
+def test_gather_fill_stage_needs_a_tagged_port():
+    """The staged fill is built and tested for tagged (sliced) ports only."""
+    with pytest.raises(ValueError, match="fill_stage needs a tagged port"):
+        Gather(8, 1, 8, ADDR_BITS, latency=2, fill_stage=True)
