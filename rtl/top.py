@@ -1612,10 +1612,6 @@ class TritiumTop(wiring.Component):
             comp.cmd.valid.eq(ctrl.comp_cmd.valid),
             comp.cmd.payload.eq(ctrl.comp_cmd.payload),
             ctrl.comp_cmd.ready.eq(comp.cmd.ready),
-            ctrl.load_done.eq(ld.done),
-            ctrl.load_err.eq(ld.err),
-            ctrl.store_done.eq(st.done),
-            ctrl.store_err.eq(st.err),
             ctrl.load_idle.eq(ld.idle),
             ctrl.store_idle.eq(st.idle),
             ld.abort.eq(ctrl.abort),
@@ -1626,12 +1622,19 @@ class TritiumTop(wiring.Component):
             # controller's queues and fault registers a cycle later, so the path from a GEMM
             # unit's control registers to them is not one cycle across the die (the compute
             # unit starts its next instruction two cycles after ``done`` at the earliest, so
-            # the controller still sees every ``done`` before the next acceptance)
+            # the controller still sees every ``done`` before the next acceptance). The same
+            # for the load and store units: their ``done`` depends on ``abort`` and the AXI
+            # handshakes, a path controller -> DMA -> controller; the queue offers a unit its
+            # next instruction only after the head's ``done`` has moved the head.
             m.d.sync += [ctrl.comp_done.eq(comp.done & ~ctrl.abort), ctrl.comp_err.eq(comp.err),
-                         ctrl.comp_code.eq(comp.code)]
+                         ctrl.comp_code.eq(comp.code),
+                         ctrl.load_done.eq(ld.done & ~ctrl.abort), ctrl.load_err.eq(ld.err),
+                         ctrl.store_done.eq(st.done & ~ctrl.abort), ctrl.store_err.eq(st.err)]
         else:
             m.d.comb += [ctrl.comp_done.eq(comp.done), ctrl.comp_err.eq(comp.err),
-                         ctrl.comp_code.eq(comp.code)]
+                         ctrl.comp_code.eq(comp.code),
+                         ctrl.load_done.eq(ld.done), ctrl.load_err.eq(ld.err),
+                         ctrl.store_done.eq(st.done), ctrl.store_err.eq(st.err)]
         ub = Signal(len(UNITS))
         us = Signal(len(UNITS))
         m.d.comb += [
