@@ -19,7 +19,7 @@ one instruction's unit uses the memory at a time).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -230,6 +230,46 @@ def kept_register(m: Module, platform, src, name: str, reset: bool = False) -> S
     else:
         m.d.sync += q.eq(src)
     return q
+
+
+def registered_product(m: Module, platform, a, b, en, name: str, width: int) -> Signal:
+    """``a * b`` (each at most 17 bits and signed, or 16 bits and unsigned) into a register
+    of ``width`` bits that loads while ``en`` is high. On the ECP5 the register is the output
+    register of an instantiated ``MULT18X18D`` (``REG_OUTPUT_CLK``; yosys maps a product to
+    a DSP without its registers), so the product leaves the DSP from a register next to it
+    and the route to a fabric register is not in the multiplier's path; elsewhere, and in
+    simulation, a product and a plain register (the same values)."""
+    is_signed = a.shape().signed or b.shape().signed
+    p = Signal(signed(width) if is_signed else width, name=name, reset_less=True)
+    for v in (a, b):
+        if len(v) > (17 if v.shape().signed else 16):
+            raise ValueError(f"{name}: a {len(v)}-bit operand does not fit a MULT18X18D")
+    if getattr(platform, "family", None) != "ecp5":
+        with m.If(en):
+            m.d.sync += p.eq(a * b)
+        return p
+    a18 = Signal(18, name=f"{name}_a")
+    b18 = Signal(18, name=f"{name}_b")
+    p36 = Signal(36, name=f"{name}_p")
+    m.d.comb += [a18.eq(a.as_signed() if a.shape().signed else a),
+                 b18.eq(b.as_signed() if b.shape().signed else b),
+                 p.eq(p36[:width])]
+    ports = {f"i_A{i}": a18[i] for i in range(18)}
+    ports.update({f"i_B{i}": b18[i] for i in range(18)})
+    ports.update({f"i_C{i}": 0 for i in range(18)})
+    ports.update({f"o_P{i}": p36[i] for i in range(36)})
+    m.submodules[f"{name}_dsp"] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="NONE", p_REG_INPUTB_CLK="NONE", p_REG_INPUTC_CLK="NONE",
+        p_REG_PIPELINE_CLK="NONE", p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0",
+        p_REG_OUTPUT_RST="RST0", p_GSR="DISABLED", p_RESETMODE="SYNC",
+        p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+        i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
+        i_CLK0=ClockSignal(), i_CLK1=0, i_CLK2=0, i_CLK3=0,
+        i_CE0=en, i_CE1=0, i_CE2=0, i_CE3=0,
+        i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
+        **ports)
+    return p
 
 
 def _onehot_mux(sel: list, vals: list):

@@ -950,9 +950,12 @@ class GemmUnit(wiring.Component):
             shift = present(wsub)[:3] if G < 8 else Const(0, 3)
             mb = cfg.lut_max_bits
             for i in range(LN):
+                # the gather enables only the lane of plane ``plane_p`` (``klo``/``khi``) and
+                # gives 0 on the others: their OR is that lane's byte (timing: no select by
+                # ``plane_p`` in the path from the cache lines to the engine's input)
                 byte = wg.data[i * mb]
                 for p_ in range(1, mb):
-                    byte = Mux(plane_p == p_, wg.data[i * mb + p_], byte)
+                    byte = byte | wg.data[i * mb + p_]
                 m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
             with m.If(a_row_end):

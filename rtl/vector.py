@@ -17,6 +17,8 @@ from amaranth.utils import ceil_log2
 from tritium import isa
 from tritium.config import AcceleratorConfig
 
+from .scratchpad import registered_product
+
 __all__ = ["VECTOR_OPS", "VectorUnit", "VectorUnitBase", "cmd_layout", "pack_cmd", "vector_unit_members"]
 
 Op = isa.Op
@@ -719,10 +721,6 @@ class VectorUnit(VectorUnitBase):
         # P: the four 16x16 partial products of the 32x32 multiply
         p_v = Signal()
         p_pend = Signal()
-        p_ll = Signal(32)
-        p_lh = Signal(signed(33))
-        p_hl = Signal(signed(33))
-        p_hh = Signal(signed(32))
         p_ctl = Signal(_ELEM_CTL)
         # S3: product
         s3_v = Signal()
@@ -947,17 +945,22 @@ class VectorUnit(VectorUnitBase):
         ]
         xl, xh = mul_x[:16], mul_x[16:].as_signed()
         yl, yh = mul_y[:16], mul_y[16:].as_signed()
-        partials = [p_ll.eq(xl * yl), p_lh.eq(xl * yh), p_hl.eq(xh * yl), p_hh.eq(xh * yh)]
+        # the partial products' registers load in both cases below (on the ECP5 they are the
+        # DSPs' own output registers: registered_product)
+        p_en = Signal()
+        m.d.comb += p_en.eq(recirc | p_ready)
+        p_ll = registered_product(m, platform, xl, yl, p_en, "p_ll", 32)
+        p_lh = registered_product(m, platform, xl, yh, p_en, "p_lh", 33)
+        p_hl = registered_product(m, platform, xh, yl, p_en, "p_hl", 33)
+        p_hh = registered_product(m, platform, xh, yh, p_en, "p_hh", 32)
         with m.If(recirc):
             m.d.sync += [
-                *partials,
                 p_v.eq(1),
                 p_pend.eq(0),
                 p_ctl.eq(s3_ctl),
             ]
         with m.Elif(p_ready):
             m.d.sync += [
-                *partials,
                 p_v.eq(m_v),
                 p_pend.eq(m_rms),
                 p_ctl.eq(m_ctl),
