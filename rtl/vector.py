@@ -718,6 +718,14 @@ class VectorUnit(VectorUnitBase):
         m_x = Signal(signed(32))
         m_y = Signal(signed(32))
         m_ctl = Signal(_ELEM_CTL)
+        # MK: a spare register in front of M (a skid buffer): S2 hands an element over whenever
+        # the spare is empty, so S2's and S1's handshakes (and the FIFO pop behind them) do not
+        # wait on the ready chain of M, P, S3, S4 and OUT (timing)
+        mk_v = Signal()
+        mk_rms = Signal()
+        mk_x = Signal(signed(32))
+        mk_y = Signal(signed(32))
+        mk_ctl = Signal(_ELEM_CTL)
         # P: the four 16x16 partial products of the 32x32 multiply
         p_v = Signal()
         p_pend = Signal()
@@ -777,7 +785,7 @@ class VectorUnit(VectorUnitBase):
             p_ready.eq(~recirc & (~p_v | (p_leave & (~p_pend | m_rms)))),
             m_leave.eq(m_v & p_ready),
             m_ready.eq(~m_v | m_leave),
-            s2_leave.eq(s2_v & (~s2_main | m_ready)),
+            s2_leave.eq(s2_v & (~s2_main | ~mk_v)),
             s2_ready.eq(~s2_v | s2_leave),
             s1_leave.eq(s1_v & s2_ready),
             s1_ready.eq(~s1_v | s2_ready),
@@ -785,7 +793,7 @@ class VectorUnit(VectorUnitBase):
         empty = Signal()  # nothing in flight
         front_empty = Signal()  # every element collected so far has left S2 (reductions done)
         m.d.comb += [
-            empty.eq(~(s1_v | s2_v | m_v | p_v | s3_v | s4_v | o_v | k_v)),
+            empty.eq(~(s1_v | s2_v | mk_v | m_v | p_v | s3_v | s4_v | o_v | k_v)),
             front_empty.eq(~(s1_v | s2_v)),
         ]
         inject = Signal()
@@ -929,14 +937,24 @@ class VectorUnit(VectorUnitBase):
         # its second multiply (by M0).
         tab = Signal(signed(17))  # VACT entries are stored sign-extended, exp entries unsigned
         m.d.comb += tab.eq(Cat(t_rd.data, is_[Op.VACT] & t_rd.data[15]))
-        with m.If(m_ready):
-            m.d.sync += [
-                m_v.eq(s2_v & s2_main),
-                m_rms.eq(s2_rms),
-                m_x.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
-                m_y.eq(s2_y),
-                m_ctl.eq(Cat(s2_ts, s2_off, s2_cls, s2_re)),
-            ]
+        offer = Signal()  # S2 hands a main element over (to M, or to the spare MK)
+        in_x = Signal(signed(32))
+        in_ctl = Signal(_ELEM_CTL)
+        m.d.comb += [
+            offer.eq(s2_v & s2_main & ~mk_v),
+            in_x.eq(Mux(s2_xsel == _X_SP, s2_sp, Mux(s2_xsel == _X_TAB, tab, s2_x))),
+            in_ctl.eq(Cat(s2_ts, s2_off, s2_cls, s2_re)),
+        ]
+        with m.If(m_ready):  # M is free after this cycle: the spare first, then S2
+            with m.If(mk_v):
+                m.d.sync += [m_v.eq(1), m_rms.eq(mk_rms), m_x.eq(mk_x), m_y.eq(mk_y),
+                             m_ctl.eq(mk_ctl), mk_v.eq(0)]
+            with m.Else():
+                m.d.sync += [m_v.eq(offer), m_rms.eq(s2_rms), m_x.eq(in_x), m_y.eq(s2_y),
+                             m_ctl.eq(in_ctl)]
+        with m.Elif(~mk_v):  # M stays: S2's element (if any) waits in the spare
+            m.d.sync += [mk_v.eq(offer), mk_rms.eq(s2_rms), mk_x.eq(in_x), mk_y.eq(s2_y),
+                         mk_ctl.eq(in_ctl)]
         mul_x = Signal(signed(32))
         mul_y = Signal(signed(32))
         m.d.comb += [
