@@ -1441,12 +1441,19 @@ class Controller(wiring.Component):
             upc.append(hpc)
         m.d.comb += all_empty.eq(Cat(*q_empty).all())
 
-        # dependencies of the instruction in the checker against every occupied slot
+        # dependencies of the instruction in the checker against every occupied slot. The
+        # hull compares are registered (timing: the checker's hull register -> the range
+        # compares -> the slots' dependency bits was one cycle across the die): DISPATCH
+        # enqueues at the earliest in the cycle after the checker's ``done``, whose hull was
+        # registered with ``done``, and an occupied slot's hull does not change (a slot is
+        # filled only by an enqueue, after which the next DISPATCH is cycles away)
         new_deps = Signal(Q * D)
+        conf = Signal(Q * D)
         for q in range(Q):
             for i in range(D):
+                m.d.sync += conf[q * D + i].eq(hulls_conflict(chk.hull, s_hull[q][i]))
                 m.d.comb += new_deps[q * D + i].eq(
-                    s_valid[q][i] & ~completing[q * D + i] & hulls_conflict(chk.hull, s_hull[q][i])
+                    s_valid[q][i] & ~completing[q * D + i] & conf[q * D + i]
                 )
         # clear the bits of completing slots
         for q in range(Q):
