@@ -376,8 +376,15 @@ class Gather(wiring.Component):
                 wr_a = Signal(name=f"wr_a{u}")
                 wr_b = Signal(name=f"wr_b{u}")
                 m.d.comb += [wr_a.eq(pf_a & ~self.flush), wr_b.eq(pf_b & ~self.flush)]
-                ha0, hb0 = Mux(pf_a, wr_tag == w0, hit_a0), Mux(pf_b, wr_tag == w0, hit_b0)
-                ha1, hb1 = Mux(pf_a, wr_tag == nxt, hit_a1), Mux(pf_b, wr_tag == nxt, hit_b1)
+                # the word being written is w0 / w0 + 1: compared a cycle ahead (the word
+                # returning now against both candidates of the next address; timing: no tag
+                # compare in front of the misses and the request's selection tree)
+                wr_w0 = Signal(name=f"wr_w0_{u}")
+                wr_w1 = Signal(name=f"wr_w1_{u}")
+                m.d.sync += [wr_w0.eq(Mux(self.take, if_tag == sum_adv[lb:], if_tag == sum_cur[lb:])),
+                             wr_w1.eq(Mux(self.take, if_tag == sa_n, if_tag == sc_n))]
+                ha0, hb0 = Mux(pf_a, wr_w0, hit_a0), Mux(pf_b, wr_w0, hit_b0)
+                ha1, hb1 = Mux(pf_a, wr_w1, hit_a1), Mux(pf_b, wr_w1, hit_b1)
             else:
                 ha0, hb0, ha1, hb1 = hit_a0, hit_b0, hit_a1, hit_b1
             hv0, hv1 = ha0 | hb0, ha1 | hb1  # w0, w0 + 1 held (or being written)
@@ -461,27 +468,50 @@ class Gather(wiring.Component):
 
         def registered(flags, vals, kind):
             """The candidates one cycle later (timing: the tag compares and the selection
-            tree are separate stages), less the word requested in the meantime. With a few
-            units the tree is short and the extra cycle of miss latency would cost more
-            (a unit that needs a new word every beat waits for it): kept combinational."""
+            tree are separate stages), less the one requested in the meantime (by its
+            index: ``chosen``, registered with the request, so no address compare with the
+            request register sits in front of the tree; a unit that shares the word with
+            another may ask for it once more, which costs a cycle of the port, never a wrong
+            word). With a few units the tree is short and the extra cycle of miss latency
+            would cost more (a unit that needs a new word every beat waits for it): kept
+            combinational. Returns the flags, the values and the ``chosen`` registers
+            (None when not registered)."""
             if len(units) <= self.REGISTER_UNITS:
-                return flags, vals
+                return flags, vals, None
             out_f, out_v = [], []
+            chosen = Signal(len(flags), name=f"{kind}_chosen")
             for k, (f_, v_) in enumerate(zip(flags, vals)):
                 rf = Signal(name=f"{kind}_f{k}")
                 rv = Signal(aw, name=f"{kind}_a{k}", reset_less=True)
                 m.d.sync += [rf.eq(f_ & ~self.flush), rv.eq(v_)]
-                out_f.append(rf & ~(rq_v & (rq_a == rv)))
+                out_f.append(rf & ~chosen[k])
                 out_v.append(rv)
-            return out_f, out_v
+            return out_f, out_v, chosen
 
-        any_miss, miss_a = first(*registered(misses, miss_as, "miss"))
-        any_pref, pref_a = first(*registered(prefs, pref_as, "pref"))
+        def first_onehot(flags):
+            """One-hot of the first set flag (prefix OR, log2(n) deep)."""
+            n = len(flags)
+            pre = list(flags)  # pre[k]: any of flags[0..k]
+            d = 1
+            while d < n:
+                pre = [pre[k] | pre[k - d] if k >= d else pre[k] for k in range(n)]
+                d *= 2
+            return [flags[k] & ~pre[k - 1] if k else flags[0] for k in range(n)]
+
+        miss_f, miss_v, miss_ch = registered(misses, miss_as, "miss")
+        pref_f, pref_v, pref_ch = registered(prefs, pref_as, "pref")
+        any_miss, miss_a = first(miss_f, miss_v)
+        any_pref, pref_a = first(pref_f, pref_v)
+        load = Signal()  # the request register takes a word this cycle
+        m.d.comb += load.eq(~self.flush & (~rq_v | port.ack) & self.req)
         with m.If(self.flush):
             m.d.sync += rq_v.eq(0)
         with m.Elif(~rq_v | port.ack):
             m.d.sync += [rq_v.eq(self.req & (any_miss | any_pref)),
                          rq_a.eq(Mux(any_miss, miss_a, pref_a))]
+        if miss_ch is not None:
+            m.d.sync += [miss_ch.eq(Cat(first_onehot(miss_f)) & load.replicate(len(miss_f))),
+                         pref_ch.eq(Cat(first_onehot(pref_f)) & (load & ~any_miss).replicate(len(pref_f)))]
         m.d.comb += [
             port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
