@@ -449,9 +449,16 @@ class Gather(wiring.Component):
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
             with m.If(wr_a):
-                m.d.sync += [tag_a.eq(wr_tag), line_a.eq(wr_data), v_a.eq(1)]
+                m.d.sync += v_a.eq(1)
             with m.If(wr_b):
-                m.d.sync += [tag_b.eq(wr_tag), line_b.eq(wr_data), v_b.eq(1)]
+                m.d.sync += v_b.eq(1)
+            # the line and its tag: with the fill stage, enabled by the decision register alone
+            # (a write in a flush cycle is harmless: the entry's valid bit stays clear; timing:
+            # the flush does not fan out to the lines' enables)
+            with m.If(pf_a if self.fill_stage else wr_a):
+                m.d.sync += [tag_a.eq(wr_tag), line_a.eq(wr_data)]
+            with m.If(pf_b if self.fill_stage else wr_b):
+                m.d.sync += [tag_b.eq(wr_tag), line_b.eq(wr_data)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
