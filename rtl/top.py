@@ -769,23 +769,36 @@ class GemmUnit(wiring.Component):
                 m.d.sync += primed.eq(1)
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
-        # The slice is a skid buffer: the engine's input register and a spare one, which takes
-        # a beat when the engine does not; a beat leaves the gather while the spare is empty,
-        # so ``fire`` (and the walkers' registers it enables) does not wait on the engine's
-        # ``ready`` (timing). Either register loads whenever it may, valid or not, so that the
-        # gather's valid enables only the valid bits, not the payload registers.
+        # Between a gather and its engine input: a register R that takes each beat as it
+        # leaves the gather (no multiplexer in front of it: the gather's data path ends at R,
+        # next to it, not at the engine; timing), then the engine's input register E with a
+        # spare S (a skid buffer): R hands its beat to E when E is free after this cycle (S
+        # first, keeping the order), else to S. A beat leaves the gather unless R and S are
+        # both full, so ``fire`` (and the walkers' registers it enables) does not wait on the
+        # engine's ``ready``; R's payload loads whenever it may, valid or not, so that the
+        # gather's valid enables only the valid bits. A beat reaches the engine a cycle later
+        # than without R.
         for fire, gat, in_, st, nm in ((a_fire, ag, act_in, eng.act, "act"),
                                        (w_fire, wg, wgt_in, eng.wgt, "wgt")):
+            r_v = Signal(name=f"{nm}_r_v")
+            r_p = Signal(st.payload.shape(), name=f"{nm}_r")
             sk_v = Signal(name=f"{nm}_skid_v")
             sk_p = Signal(st.payload.shape(), name=f"{nm}_skid")
-            m.d.comb += fire.eq(gat.valid & ~sk_v & primed)
-            with m.If(~st.valid | st.ready):  # the engine's register is free after this cycle
+            full = r_v & sk_v
+            e_free = ~st.valid | st.ready  # the engine's register is free after this cycle
+            m.d.comb += fire.eq(gat.valid & ~full & primed)
+            with m.If(~full):
+                m.d.sync += [r_v.eq(fire), r_p.eq(in_)]
+            with m.Elif(e_free):  # S moves to E, R to S
+                m.d.sync += r_v.eq(0)
+            with m.If(e_free):
                 with m.If(sk_v):
-                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p), sk_v.eq(0)]
+                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p),
+                                 sk_v.eq(r_v), sk_p.eq(r_p)]
                 with m.Else():
-                    m.d.sync += [st.valid.eq(fire), st.payload.eq(in_)]
+                    m.d.sync += [st.valid.eq(r_v), st.payload.eq(r_p)]
             with m.Elif(~sk_v):
-                m.d.sync += [sk_v.eq(fire), sk_p.eq(in_)]
+                m.d.sync += [sk_v.eq(r_v), sk_p.eq(r_p)]
         # a_done / w_done: the walker has moved past the last beat (it is presented);
         # a_taken / w_taken: that beat has been taken too
         a_taken = Signal()
