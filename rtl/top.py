@@ -228,6 +228,8 @@ class Gather(wiring.Component):
     REGISTER_UNITS = 8
     #: above this many cache units, the hits that make ``valid`` are registers
     REGISTER_HIT_UNITS = 4
+    #: with the fill stage: cycles after a flush before the hits may be set (see ``ahead``)
+    SETTLE = 4
 
     def units(self) -> list[tuple[int, int, list[int]]]:
         """Cache units as ``(group, offset of the unit's first lane, [lane, ...])``: the lanes
@@ -315,13 +317,28 @@ class Gather(wiring.Component):
         else:
             wr_tag, wr_data = if_tag, port.rdata
 
+        # With the fill stage, the hits' candidate for a cycle without ``take`` is the unit's
+        # address register (``addr``, ``nxt``), which equals ``base + loff`` once the offsets
+        # have settled after a flush (``loff`` lags the strides by two register stages, one
+        # more where a stride is itself registered): the hits are 0 for ``SETTLE`` cycles
+        # after a flush (no word can have arrived by then: a read takes longer), so no adder
+        # sits in front of the hits' compares on that side (timing).
+        unsettled = self.flush
+        if self.fill_stage:
+            settle = Signal(range(self.SETTLE + 1))
+            with m.If(self.flush):
+                m.d.sync += settle.eq(self.SETTLE)
+            with m.Elif(settle != 0):
+                m.d.sync += settle.eq(settle - 1)
+            unsettled = self.flush | (settle != 0)
+
         def ahead(tag, v, write, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``write``: it takes
             ``wr_tag`` now) holds the word the unit addresses next cycle (``cand_adv`` if the
             beat is taken, else ``cand_cur``)."""
             def at(c):
                 return Mux(write, wr_tag == c, v & (tag == c))
-            return ~self.flush & Mux(self.take, at(cand_adv), at(cand_cur))
+            return ~unsettled & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
@@ -404,13 +421,16 @@ class Gather(wiring.Component):
                 # one cycle ahead from the next tags and the next address (both candidates of
                 # ``take``), so no tag compare sits in the loop valid -> take -> address.
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
+                if self.fill_stage:
+                    sc_w = w0  # (settled: addr == base + loff)
                 m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w)),
                              hit_b0.eq(ahead(tag_b, v_b, wr_b, sa_w, sc_w))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, sc_n)),
-                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, sc_n))]
+                cur_n = nxt if self.fill_stage else sc_n
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n)),
+                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, cur_n))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
