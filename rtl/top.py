@@ -434,30 +434,62 @@ class Gather(wiring.Component):
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
+            # (fill stage) the next cycle's need flags for both candidates of ``take``
+            n0_adv, n0_cur, n1_adv, n1_cur = [], [], [], []
             for o, i in enumerate(lanes):
                 off = uoff + o
                 # registered like the address: this beat's mask or, on take, the next one's
                 mask = Signal(name=f"mask{i}", reset_less=True)
-                m.d.sync += mask.eq(Mux(
-                    self.take,
-                    (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv),
-                    (grp < self.glim) & (off >= self.klo) & (off < self.khi)))
+                m_adv = (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv)
+                m_cur = (grp < self.glim) & (off >= self.klo) & (off < self.khi)
+                m.d.sync += mask.eq(Mux(self.take, m_adv, m_cur))
                 if o == 0:
                     n0.append(mask)
+                    n0_adv.append(m_adv)
+                    n0_cur.append(m_cur)
                     byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
                 else:
                     span = Signal(name=f"span{i}", reset_less=True)  # lane i's byte is in w0 + 1
                     # registered like ``addr`` (timing: no compare in the take loop)
-                    m.d.sync += span.eq(addr_d[:lb] >= wb - o)
+                    s_adv = sum_adv[:lb] >= wb - o
+                    s_cur = sum_cur[:lb] >= wb - o
+                    m.d.sync += span.eq(Mux(self.take, s_adv, s_cur))
                     n0.append(mask & ~span)
                     n1.append(mask & span)
+                    n0_adv.append(m_adv & ~s_adv)
+                    n0_cur.append(m_cur & ~s_cur)
+                    n1_adv.append(m_adv & s_adv)
+                    n1_cur.append(m_cur & s_cur)
                     idx = Signal(lb, name=f"idx{i}")
                     m.d.comb += idx.eq(lo + o)  # modulo the word
                     use_b = Mux(span, hit_b1, hit_b0)
                     byte = Mux(use_b, line_b.word_select(idx, 8), line_a.word_select(idx, 8))
                 m.d.comb += self.data[i].eq(Mux(mask, byte, 0))
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
-            oks.append((~need0 | have0) & (~need1 | have1))
+            if self.fill_stage:
+                # ``valid``'s terms from registers of their own, loaded with the next cycle's
+                # need flags and hits (the same values as need0 / have0 ...; timing: one
+                # LUT per unit in front of the AND over the units that makes ``valid``)
+                r_n0 = Signal(name=f"rneed0_{u}")
+                r_h0 = Signal(name=f"rhave0_{u}")
+                m.d.sync += [
+                    r_n0.eq(Mux(self.take, Cat(n0_adv).any(), Cat(n0_cur).any())),
+                    r_h0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w)
+                            | ahead(tag_b, v_b, wr_b, sa_w, sc_w)),
+                ]
+                ok = ~r_n0 | r_h0
+                if n1:
+                    r_n1 = Signal(name=f"rneed1_{u}")
+                    r_h1 = Signal(name=f"rhave1_{u}")
+                    m.d.sync += [
+                        r_n1.eq(Mux(self.take, Cat(n1_adv).any(), Cat(n1_cur).any())),
+                        r_h1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n)
+                                | ahead(tag_b, v_b, wr_b, sa_n, cur_n)),
+                    ]
+                    ok = ok & (~r_n1 | r_h1)
+                oks.append(ok)
+            else:
+                oks.append((~need0 | have0) & (~need1 | have1))
             # demand misses (w0 first), then the prefetch of the next word
             misses.append(need0 & ~hv0 & ~inflight(w0))
             miss_as.append(w0)
