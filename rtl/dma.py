@@ -386,10 +386,16 @@ class _Regs:
 
 
 def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
-               r: _Regs):
-    """The load datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``."""
+               r: _Regs, abort=None, rslice: bool = False):
+    """The load datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``.
+
+    ``abort``: the abort the datapath follows (default ``u.abort``; the queued units pass a
+    registered copy). ``rslice``: R beats pass a two-entry FIFO (:class:`_RingFIFO`, its
+    ``w_rdy`` a register) before the scratchpad write, so ``rready`` does not follow the
+    scratchpad's arbitration (timing); a beat is written a cycle later."""
     lb = _log2(cfg.bus_bytes)
     axi = u.axi
+    abort = u.abort if abort is None else abort
     active = Signal(name="ld_active")
     aborting, space, errflag, wptr = r.aborting, r.space, r.errflag, r.ptr
     outstanding = r.count  # accepted bursts
@@ -403,7 +409,7 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
     m.d.sync += ar_go.eq(active)
     ar_fire = Signal(name="ld_ar_fire")
     _show_burst(m, axi, "ar", sp, lb, ar_hold | (active & ar_go & sp.avail & ~aborting
-                                               & ~u.abort & (outstanding < max_out)))
+                                               & ~abort & (outstanding < max_out)))
     m.d.comb += [
         ar_fire.eq(axi.arvalid & axi.arready),
         u.cmd.ready.eq(~active),
@@ -417,20 +423,31 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
         m.d.sync += outstanding.eq(outstanding + ar_fire - r_last)
 
     # ------------------------------------------------------------------ R -> scratchpad
-    bad = axi.rresp[1]
     write = Signal(name="ld_write")
-    m.d.comb += write.eq(axi.rvalid & ~bad & ~aborting & ~u.abort)
+    if rslice:
+        q = _RingFIFO(8 * cfg.bus_bytes + 1, 2)
+        m.submodules.ld_rq = q
+        m.d.comb += [q.w_en.eq(axi.rvalid), q.w_data.eq(Cat(axi.rdata, axi.rresp[1])),
+                     axi.rready.eq(q.w_rdy)]
+        beat_v, beat_data, bad = q.r_rdy, q.r_data[:-1], q.r_data[-1]
+    else:
+        beat_v, beat_data, bad = axi.rvalid, axi.rdata, axi.rresp[1]
+    m.d.comb += write.eq(beat_v & ~bad & ~aborting & ~abort)
     for port, sel in ((u.spad, ~space), (u.acc, space)):
         m.d.comb += [
             port.addr.eq(wptr),
             port.en.eq(write & sel),
             port.we.eq(1),
-            port.wdata.eq(axi.rdata),
+            port.wdata.eq(beat_data),
             port.wmask.eq(-1),
         ]
     acked = Mux(space, u.acc.ack, u.spad.ack)
-    m.d.comb += axi.rready.eq(Mux(write, acked, 1))
-    with m.If(axi.rvalid & axi.rready):
+    done_beat = Signal(name="ld_beat")  # a beat leaves: written, or dropped (error, abort)
+    if rslice:
+        m.d.comb += [done_beat.eq(beat_v & Mux(write, acked, 1)), q.r_en.eq(done_beat)]
+    else:
+        m.d.comb += [axi.rready.eq(Mux(write, acked, 1)), done_beat.eq(axi.rvalid & axi.rready)]
+    with m.If(done_beat):
         m.d.comb += r.ptr_step.eq(1)
         with m.If(bad):
             m.d.sync += errflag.eq(1)
@@ -442,13 +459,14 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
                      aborting.eq(0)]
         m.d.comb += r.ptr_load.eq(1)
         m.d.comb += sp.start.eq(1)
-    with m.If(active & u.abort):
+    with m.If(active & abort):
         m.d.sync += aborting.eq(1)
     finished = Signal(name="ld_finished")
-    m.d.comb += finished.eq(active & (~sp.more | aborting) & ~ar_hold & (outstanding == 0))
+    m.d.comb += finished.eq(active & (~sp.more | aborting) & ~ar_hold & (outstanding == 0)
+                            & (~q.r_rdy if rslice else 1))
     with m.If(finished):
         m.d.sync += [active.eq(0), aborting.eq(0)]
-        m.d.comb += [u.done.eq(~aborting & ~u.abort), u.err.eq(errflag)]
+        m.d.comb += [u.done.eq(~aborting & ~abort), u.err.eq(errflag)]
 
     m.d.comb += [
         u.busy.eq(active),
@@ -459,7 +477,7 @@ def _load_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out
 
 
 def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_out: int,
-                r: _Regs, fifo_depth: int, lean: bool = False):
+                r: _Regs, fifo_depth: int, lean: bool = False, abort=None):
     """The store datapath of interface ``u`` (:func:`_unit_members`) on splitter ``sp``.
 
     ``lean``: the W beats of one burst at a time: the next burst is shown on AW once every W
@@ -471,6 +489,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     bb = cfg.bus_bytes
     lb = _log2(bb)
     axi = u.axi
+    abort = u.abort if abort is None else abort  # (as in _load_path)
     active = Signal(name="st_active")
     aborting, space, errflag, rptr = r.aborting, r.space, r.errflag, r.ptr
     if not lean:
@@ -493,7 +512,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         w_act = w_left != 0
         w_last = w_left == 1
     stop = Signal(name="st_stop")
-    m.d.comb += stop.eq(aborting | u.abort)
+    m.d.comb += stop.eq(aborting | abort)
 
     dfifo = _TailFIFO(8 * bb) if lean else _RingFIFO(8 * bb, fifo_depth)
     m.submodules.st_dfifo = dfifo
@@ -584,7 +603,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
         if not lean:
             m.d.sync += [st_init.eq(1), rows_r.eq(d.rows), words_r.eq(d.row_bytes >> lb)]
         m.d.comb += sp.start.eq(1)
-    with m.If(active & u.abort):
+    with m.If(active & abort):
         m.d.sync += aborting.eq(1)
     finished = Signal(name="st_finished")
     m.d.comb += finished.eq(
@@ -598,7 +617,7 @@ def _store_path(m: Module, cfg: AcceleratorConfig, u, sp: _BurstSplitter, max_ou
     )
     with m.If(finished):
         m.d.sync += [active.eq(0), aborting.eq(0)]
-        m.d.comb += [u.done.eq(~aborting & ~u.abort), u.err.eq(errflag)]
+        m.d.comb += [u.done.eq(~aborting & ~abort), u.err.eq(errflag)]
 
     m.d.comb += [
         u.busy.eq(active),
@@ -615,10 +634,12 @@ class LoadUnit(wiring.Component):
     cycle after the instruction is accepted, the following one in the second cycle after
     each address handshake (the splitter registers a burst's length; one burst every two
     cycles while ``arready`` stays high) while fewer than
-    ``max_outstanding`` are outstanding; every R beat is written to the scratchpad in the
-    cycle it is accepted (``rready`` follows the scratchpad port's ``ack``), so throughput is
-    one beat per cycle when the memory and the scratchpad allow. ``done`` pulses (with ``err``
-    on an error response) one cycle after the last beat.
+    ``max_outstanding`` are outstanding; every R beat goes through a two-entry FIFO into the
+    scratchpad, written the cycle after it is accepted at the earliest (``rready`` is the
+    FIFO's registered room, not the scratchpad port's ``ack``), so throughput is one beat per
+    cycle when the memory and the scratchpad allow. ``done`` pulses (with ``err`` on an error
+    response) one cycle after the last beat is written. ``abort`` is followed one cycle
+    later (a register: timing).
 
     Parameters
     ----------
@@ -656,7 +677,11 @@ class LoadUnit(wiring.Component):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "ld", self.cmd.payload)
         r = _Regs("ld", self, self.max_out)
-        _load_path(m, self.cfg, self, sp, self.max_out, r)
+        # timing (the queued configurations, large devices): the controller's abort is
+        # followed a cycle later, and R beats pass a slice before the scratchpad
+        abort = Signal(name="ld_abort")
+        m.d.sync += abort.eq(self.abort)
+        _load_path(m, self.cfg, self, sp, self.max_out, r, abort=abort, rslice=True)
         r.drive_ptr(m, self.cmd.payload.loc, sp.lb)
         return m
 
@@ -671,7 +696,7 @@ class StoreUnit(wiring.Component):
     length), while fewer than ``max_outstanding`` await their B response; W beats follow
     the AW order (a burst's beats may start before its address handshake), one per cycle
     while data is buffered. ``done`` pulses (with ``err`` on an error response) once every B
-    response has arrived.
+    response has arrived. ``abort`` is followed one cycle later, as in :class:`LoadUnit`.
 
     Parameters and members as :class:`LoadUnit` (``spad``/``acc`` are read ports here; ``axi``
     uses AW/W/B).
@@ -688,7 +713,9 @@ class StoreUnit(wiring.Component):
         m = Module()
         sp = _BurstSplitter(m, self.cfg, "st", self.cmd.payload)
         r = _Regs("st", self, self.max_out)
-        _store_path(m, self.cfg, self, sp, self.max_out, r, self.fifo_depth)
+        abort = Signal(name="st_abort")  # (timing: as the load unit's)
+        m.d.sync += abort.eq(self.abort)
+        _store_path(m, self.cfg, self, sp, self.max_out, r, self.fifo_depth, abort=abort)
         r.drive_ptr(m, self.cmd.payload.loc, sp.lb)
         return m
 
