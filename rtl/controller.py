@@ -290,12 +290,12 @@ class InstrChecker(wiring.Component):
         cycle selects a slot's start and length, the next computes its saturated end, the
         third judges it: its end
         against its space's size (ADDRESS_RANGE), a read slot against the write slot of its
-        space (partial overlap, BAD_OPERAND), and it widens its space's read or write hull
-        (block indices, :func:`hull_blocks`).
+        space (partial overlap, BAD_OPERAND), and the fourth widens its space's read or write
+        hull (block indices, :func:`hull_blocks`).
     ``FINAL``
         the error code, queue and hull are registered; ``done``.
 
-    A check takes ``8 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
+    A check takes ``9 + sum(bit_length(multiplier) + 1)`` cycles, the multipliers being the
     row counts (``rows``, ``rows - 1``, ``m``) and the weight bytes per row (``k / 4``, ...).
 
     Below :data:`PIPELINE_MHZ` (``cfg.clock_mhz``; ``tiny``) the checker is *bit-serial*
@@ -510,11 +510,13 @@ class InstrChecker(wiring.Component):
                 out.append((dr, sp, start, length, cond, dr == "r" and bool(part)))
             return out
 
-        # SCAN is a three-stage pipeline: (A) slot k's start and length; (E) its saturated
-        # end, direction and space; (B) the slot is judged. Without the pipeline (slow
-        # clocks) all three happen in the cycle of slot k.
+        # SCAN is a four-stage pipeline: (A) slot k's start and length; (E) its saturated
+        # end, direction and space; (B) the slot is judged; (H) the hull is widened by it
+        # (from the slot's block bounds, registered in B: timing, the bound adder and the
+        # hull compares are separate stages). Without the pipeline (slow clocks) all of it
+        # happens in the cycle of slot k.
         NS = self.SLOTS
-        k = Signal(range(NS + 2))
+        k = Signal(range(NS + 3))
         c_st = Signal(W)
         c_ln = Signal(W)
         c_cd = Signal()
@@ -586,6 +588,15 @@ class InstrChecker(wiring.Component):
         range_err = Signal()
         overlap = Signal()  # a written range partially overlaps a read range (BAD_OPERAND)
         hull = Signal(hull_layout(cfg))
+        # stage H: the judged slot's block bounds in each space's blocks
+        h_live = Signal()
+        h_wr = Signal()
+        h_sp = Signal(range(len(SPACES)))
+        h_lo, h_hi = [], []
+        for si, spn in enumerate(SPACES):
+            lo_b, hi_b = self._hull_bounds(si, j_st, j_en)
+            h_lo.append(Signal(len(lo_b), name=f"h_lo_{spn}"))
+            h_hi.append(Signal(len(hi_b), name=f"h_hi_{spn}"))
 
         # ------------------------------------------------------------------ FSM
         code, queue = self._code_queue(m, opc, fields, range_err, overlap)
@@ -615,6 +626,7 @@ class InstrChecker(wiring.Component):
                             else:
                                 m.d.sync += [k.eq(0), range_err.eq(0), overlap.eq(0),
                                              hull.eq(0), pw_cd.eq(0), a_valid.eq(0),
+                                             h_live.eq(0),
                                              j_valid.eq(0)]
                                 m.next = "SCAN"
                 with m.Else():
@@ -637,10 +649,16 @@ class InstrChecker(wiring.Component):
                         m.d.sync += range_err.eq(1)
                     with m.If(j_pov):
                         m.d.sync += overlap.eq(1)
-                    self._hull_update(m, hull, j_wr, j_sp, j_st, j_en)
                 with m.If(j_valid & (j_k == 0)):
                     m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
-                with m.If(k == NS + 1):
+                # stage H
+                m.d.sync += [h_live.eq(live), h_wr.eq(j_wr), h_sp.eq(j_sp)]
+                for si in range(len(SPACES)):
+                    lo_b, hi_b = self._hull_bounds(si, j_st, j_en)
+                    m.d.sync += [h_lo[si].eq(lo_b), h_hi[si].eq(hi_b)]
+                with m.If(h_live):
+                    self._hull_update(m, hull, h_wr, h_sp, None, None, bounds=(h_lo, h_hi))
+                with m.If(k == NS + 2):
                     m.next = "FINAL"
                 on_start()
             self._final_state(m, code, queue, is_op(*SERIAL_OPS), hull, on_start)
@@ -681,16 +699,26 @@ class InstrChecker(wiring.Component):
                 m.d.comb += queue.eq(3)
         return code, queue
 
-    def _hull_update(self, m, hull, wr, sp, st, en, lo=True, hi=True):
+    def _hull_bounds(self, si, st, en):
+        """The block bounds of ``[st, en)`` (byte addresses) in space index ``si``: the
+        first block and one past the last (:func:`hull_blocks`)."""
+        sh = hazard_shift(space_sizes(self.cfg)[SPACES[si]])
+        return (None if st is None else st >> sh,
+                None if en is None else (en >> sh) + (en[:sh] != 0 if sh else 0))
+
+    def _hull_update(self, m, hull, wr, sp, st, en, lo=True, hi=True, bounds=None):
         """Widen the read (``wr`` = 0) or write hull of space index ``sp`` by ``[st, en)``
         (byte addresses; blocks of :func:`hull_blocks`). ``lo`` / ``hi``: update only the low
-        (from ``st``) or the high bound and the valid flag (from ``en``)."""
-        sizes = space_sizes(self.cfg)
+        (from ``st``) or the high bound and the valid flag (from ``en``). ``bounds``: the
+        block bounds per space, ``([lo, ...], [hi, ...])``, instead of ``st`` / ``en``."""
         for dname in ("r", "w"):
             for si, spn in enumerate(SPACES):
-                sh = hazard_shift(sizes[spn])
-                lo_b = st >> sh if lo else None
-                hi_b = (en >> sh) + (en[:sh] != 0 if sh else 0) if hi else None
+                if bounds is not None:
+                    lo_b, hi_b = bounds[0][si], bounds[1][si]
+                else:
+                    lo_b, hi_b = self._hull_bounds(si, st, en)
+                lo_b = lo_b if lo else None
+                hi_b = hi_b if hi else None
                 hv = getattr(hull, f"{spn}_{dname}_v")
                 hlo = getattr(hull, f"{spn}_{dname}_lo")
                 hhi = getattr(hull, f"{spn}_{dname}_hi")
@@ -1484,10 +1512,15 @@ class Controller(wiring.Component):
                             s_deps[q][i].eq(other & ~completing),
                         ]
                 m.d.sync += tail[q].eq(nxt(tail[q]))
+        # registered (timing: the checker's queue -> the full flags -> DISPATCH's decision ->
+        # retire and the state was a path across the die): a cycle stale, which only delays
+        # a dispatch by a cycle after a slot frees (slots fill only by an enqueue, and the next
+        # DISPATCH is cycles after one; the first DISPATCH cycle comes after the checker's
+        # ``done``, whose ``queue`` was registered with it)
         with m.Switch(enq_q):
             for q in range(Q):
                 with m.Case(q):
-                    m.d.comb += queue_full.eq(q_full[q])
+                    m.d.sync += queue_full.eq(q_full[q])
 
         def clear():
             for q in range(Q):
