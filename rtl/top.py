@@ -323,6 +323,10 @@ class Gather(wiring.Component):
         # more where a stride is itself registered): the hits are 0 for ``SETTLE`` cycles
         # after a flush (no word can have arrived by then: a read takes longer), so no adder
         # sits in front of the hits' compares on that side (timing).
+        # (with the fill stage each unit takes ``unsettled`` from a register of its own, set
+        # from the cycle after a flush: the hits computed in the flush cycle itself are not
+        # used, ``valid`` being low in the cycle after a flush; timing: the flush does not
+        # fan out to every hit)
         unsettled = self.flush
         if self.fill_stage:
             settle = Signal(range(self.SETTLE + 1))
@@ -330,18 +334,22 @@ class Gather(wiring.Component):
                 m.d.sync += settle.eq(self.SETTLE)
             with m.Elif(settle != 0):
                 m.d.sync += settle.eq(settle - 1)
-            unsettled = self.flush | (settle != 0)
+            quiet_next = Signal()  # ``settle != 0`` in the next cycle
+            m.d.comb += quiet_next.eq(self.flush | (settle > 1))
 
-        def ahead(tag, v, write, cand_adv, cand_cur):
+        def ahead(tag, v, write, cand_adv, cand_cur, quiet=None):
             """A hit register's next value: entry (``tag``, ``v``; ``write``: it takes
             ``wr_tag`` now) holds the word the unit addresses next cycle (``cand_adv`` if the
-            beat is taken, else ``cand_cur``)."""
+            beat is taken, else ``cand_cur``); 0 while ``quiet`` (default: ``unsettled``)."""
             def at(c):
                 return Mux(write, wr_tag == c, v & (tag == c))
-            return ~unsettled & Mux(self.take, at(cand_adv), at(cand_cur))
+            q = unsettled if quiet is None else quiet
+            return ~q & Mux(self.take, at(cand_adv), at(cand_cur))
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
+            uq = (kept_register(m, platform, quiet_next, f"quiet{u}", reset=True)
+                  if self.fill_stage else None)
             loff = Signal(ab, name=f"loff{u}", reset_less=True)
             m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}", reset_less=True)  # registered: base + loff of this cycle
@@ -423,14 +431,14 @@ class Gather(wiring.Component):
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 if self.fill_stage:
                     sc_w = w0  # (settled: addr == base + loff)
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w)),
-                             hit_b0.eq(ahead(tag_b, v_b, wr_b, sa_w, sc_w))]
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w, quiet=uq)),
+                             hit_b0.eq(ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq))]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
                 cur_n = nxt if self.fill_stage else sc_n
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n)),
-                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, cur_n))]
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n, quiet=uq)),
+                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq))]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             n0, n1 = [], []
@@ -474,8 +482,8 @@ class Gather(wiring.Component):
                 r_h0 = Signal(name=f"rhave0_{u}")
                 m.d.sync += [
                     r_n0.eq(Mux(self.take, Cat(n0_adv).any(), Cat(n0_cur).any())),
-                    r_h0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w)
-                            | ahead(tag_b, v_b, wr_b, sa_w, sc_w)),
+                    r_h0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w, quiet=uq)
+                            | ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq)),
                 ]
                 ok = ~r_n0 | r_h0
                 if n1:
@@ -483,8 +491,8 @@ class Gather(wiring.Component):
                     r_h1 = Signal(name=f"rhave1_{u}")
                     m.d.sync += [
                         r_n1.eq(Mux(self.take, Cat(n1_adv).any(), Cat(n1_cur).any())),
-                        r_h1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n)
-                                | ahead(tag_b, v_b, wr_b, sa_n, cur_n)),
+                        r_h1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n, quiet=uq)
+                                | ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq)),
                     ]
                     ok = ok & (~r_n1 | r_h1)
                 oks.append(ok)
