@@ -153,7 +153,9 @@ class Gather(wiring.Component):
     epoch; an answer fills by its returned tag, and one from before the last flush is not
     taken however late it comes.
 
-    ``fill_stage``: the hits are registers whatever the number of units, and a returned
+    ``fill_stage`` (``req`` must then be low in a flush cycle, as the GEMM units keep it:
+    they raise it with ``run``, the cycle after ``setup``): the hits are registers whatever
+    the number of units, and a returned
     word is written into a unit's cache one cycle later. The unit decides which entry the
     word fills in the cycle it returns (its tag compares) and registers that decision; in the
     next cycle the decision (a register next to the lines) enables the write of the word and
@@ -580,11 +582,17 @@ class Gather(wiring.Component):
             m.d.sync += [miss_ch.eq(Cat(first_onehot(miss_f)) & load.replicate(len(miss_f))),
                          pref_ch.eq(Cat(first_onehot(pref_f)) & (load & ~any_miss).replicate(len(pref_f)))]
         m.d.comb += [
-            port.en.eq(rq_v & self.req & ~self.flush),
             port.we.eq(0),
             port.addr.eq(rq_a),
-            self.valid.eq(self.req & Cat(oks).all() & ~self.flush & ~flushed),
         ]
+        if self.fill_stage:
+            # (``req`` is low in a flush cycle: the flush is not in ``valid``'s path, nor in
+            # the port's enable; timing)
+            m.d.comb += [port.en.eq(rq_v & self.req),
+                         self.valid.eq(self.req & Cat(oks).all() & ~flushed)]
+        else:
+            m.d.comb += [port.en.eq(rq_v & self.req & ~self.flush),
+                         self.valid.eq(self.req & Cat(oks).all() & ~self.flush & ~flushed)]
         return m
 
 
