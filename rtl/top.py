@@ -855,18 +855,20 @@ class GemmUnit(wiring.Component):
             full = r_v & sk_v
             e_free = ~st.valid | st.ready  # the engine's register is free after this cycle
             m.d.comb += fire.eq(gat.valid & ~full & primed)
+            # R and S load from registers only (timing: the engine's ``ready``, which couples
+            # the A and W inputs, reaches E and the valid bits, not R's or S's payload); while
+            # both are full R waits, and moves on in the cycle after S has gone to E
             with m.If(~full):
                 m.d.sync += [r_v.eq(fire), r_p.eq(in_)]
-            with m.Elif(e_free):  # S moves to E, R to S
-                m.d.sync += r_v.eq(0)
+            with m.If(~sk_v):
+                m.d.sync += sk_p.eq(r_p)
             with m.If(e_free):
                 with m.If(sk_v):
-                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p),
-                                 sk_v.eq(r_v), sk_p.eq(r_p)]
+                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p), sk_v.eq(0)]
                 with m.Else():
                     m.d.sync += [st.valid.eq(r_v), st.payload.eq(r_p)]
             with m.Elif(~sk_v):
-                m.d.sync += [sk_v.eq(r_v), sk_p.eq(r_p)]
+                m.d.sync += sk_v.eq(r_v)
         # a_done / w_done: the walker has moved past the last beat (it is presented);
         # a_taken / w_taken: that beat has been taken too
         a_taken = Signal()
