@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from amaranth.hdl import Elaboratable
 from amaranth.sim import Simulator
 
 from tritium.rtl.scratchpad import BankedMemory
@@ -173,3 +174,92 @@ def test_arbitration_groups_independent():
     sim.add_testbench(bench)
     sim.run()
     assert seen == [(1, 1, 0), (1, 0, 1), (0, 1, 0), (1, 1, 0)]
+
+
+# --------------------------------------------------------------------- registered_product
+class _Mult18x18dModel(Elaboratable):
+    """What the ECP5's MULT18X18D does with the parameters ``registered_product`` may give it:
+    an 18x18 product of A and B (signed where SIGNEDA / SIGNEDB are 1) into P (36 bits), through
+    the output register clocked by CLK0 and enabled by CE0 when REG_OUTPUT_CLK is "CLK0"
+    (Lattice's DSP user guide); input and pipeline registers are not modelled (the helper must
+    leave them off)."""
+
+    def __init__(self, kind, **kw):
+        assert kind == "MULT18X18D"
+        for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_INPUTC_CLK", "REG_PIPELINE_CLK"):
+            assert kw[f"p_{reg}"] == "NONE", reg
+        self.out_reg = kw["p_REG_OUTPUT_CLK"]
+        assert self.out_reg in ("NONE", "CLK0")
+        assert self.out_reg == "NONE" or kw["p_REG_OUTPUT_CE"] == "CE0"
+        self.kw = kw
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Cat, Module, Mux, Signal
+
+        kw = self.kw
+        m = Module()
+        a = Cat(*(kw[f"i_A{i}"] for i in range(18)))
+        b = Cat(*(kw[f"i_B{i}"] for i in range(18)))
+        p = Cat(*(kw[f"o_P{i}"] for i in range(36)))
+        prod = Signal(36)
+        m.d.comb += prod.eq(Mux(kw["i_SIGNEDA"], a.as_signed(), a)
+                            * Mux(kw["i_SIGNEDB"], b.as_signed(), b))
+        if self.out_reg == "NONE":
+            m.d.comb += p.eq(prod)
+        else:
+            q = Signal(36)
+            with m.If(kw["i_CE0"]):
+                m.d.sync += q.eq(prod)
+            m.d.comb += p.eq(q)
+        return m
+
+
+@pytest.mark.parametrize(("wa", "sa", "wb", "sb", "width"),
+                         [(16, False, 16, False, 32), (16, False, 16, True, 33),
+                          (16, True, 16, False, 33), (16, True, 16, True, 32),
+                          (17, True, 9, True, 26)])
+def test_registered_product_ecp5_dsp(monkeypatch, wa, sa, wb, sb, width):
+    """``registered_product`` on the ECP5 (an instantiated MULT18X18D, run here through a model
+    of the primitive) and elsewhere (a plain product register): the same values, loaded only
+    with ``en``, for random operands including the extremes of each range."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    import tritium.rtl.scratchpad as sp_mod
+
+    monkeypatch.setattr(sp_mod, "Instance", _Mult18x18dModel)
+
+    class Ecp5:
+        family = "ecp5"
+
+    rng = random.Random(wa * 100 + wb + sa * 7 + sb * 13)
+    lo_a, hi_a = (-(1 << (wa - 1)), (1 << (wa - 1)) - 1) if sa else (0, (1 << wa) - 1)
+    lo_b, hi_b = (-(1 << (wb - 1)), (1 << (wb - 1)) - 1) if sb else (0, (1 << wb) - 1)
+    vecs = [(x, y, rng.random() < 0.7) for x in (lo_a, hi_a, 0) for y in (lo_b, hi_b, 0)]
+    vecs += [(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b), rng.random() < 0.7)
+             for _ in range(300)]
+    for platform in (Ecp5(), None):
+        m = Module()
+        a = Signal(signed(wa) if sa else wa)
+        b = Signal(signed(wb) if sb else wb)
+        en = Signal()
+        p = sp_mod.registered_product(m, platform, a, b, en, "p", width)
+        sim = Simulator(m)
+        sim.add_clock(1e-6)
+        got = []
+
+        async def tb(ctx):
+            for x, y, e in vecs:
+                ctx.set(a, x)
+                ctx.set(b, y)
+                ctx.set(en, e)
+                await ctx.tick()
+                got.append(ctx.get(p))
+
+        sim.add_testbench(tb)
+        sim.run()
+        held = 0
+        for (x, y, e), g in zip(vecs, got):
+            if e:
+                held = x * y
+            assert g == held, (platform, x, y, e, g, held)
