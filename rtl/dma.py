@@ -228,20 +228,26 @@ class _ShiftFIFO(wiring.Component):
             "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
         })
 
-    def elaborate(self, platform):
-        m = Module()
-        n = self.depth
-        level = Signal(range(n + 1))
-        e = [Signal(self.width, name=f"e{i}") for i in range(n)]
+    def _level(self, m: Module):
+        """The fill level and this cycle's push and pop (``w_rdy`` / ``r_rdy`` from it)."""
+        level = Signal(range(self.depth + 1))
         push = Signal()
         pop = Signal()
         m.d.comb += [
-            self.w_rdy.eq(level != n),
+            self.w_rdy.eq(level != self.depth),
             self.r_rdy.eq(level != 0),
             push.eq(self.w_en & self.w_rdy),
             pop.eq(self.r_en & self.r_rdy),
-            self.r_data.eq(e[0]),
         ]
+        m.d.sync += level.eq(level + push - pop)
+        return level, push, pop
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.depth
+        level, push, pop = self._level(m)
+        e = [Signal(self.width, name=f"e{i}") for i in range(n)]
+        m.d.comb += self.r_data.eq(e[0])
         slot = Signal(range(n + 1))  # where a written word goes
         m.d.comb += slot.eq(level - pop)
         for i in range(n):
@@ -250,11 +256,10 @@ class _ShiftFIFO(wiring.Component):
             if i + 1 < n:
                 with m.Elif(pop):
                     m.d.sync += e[i].eq(e[i + 1])
-        m.d.sync += level.eq(level + push - pop)
         return m
 
 
-class _RingFIFO(wiring.Component):
+class _RingFIFO(_ShiftFIFO):
     """A first-word-fall-through FIFO (members and timing as :class:`_ShiftFIFO`) whose
     entries stay where they are written: a write loads the entry at the write pointer, a read
     moves the read pointer, and ``r_data`` is the entry it selects. The read side touches only
@@ -263,35 +268,18 @@ class _RingFIFO(wiring.Component):
     entries' enables (timing: on the ECP5-85F that fan-out, 64 bits x 4 entries, was the
     worst path class of ``base``)."""
 
-    def __init__(self, width: int, depth: int):
-        self.width = width
-        self.depth = depth
-        super().__init__({
-            "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
-            "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
-        })
-
     def elaborate(self, platform):
         m = Module()
         n = self.depth
-        level = Signal(range(n + 1))
+        level, push, pop = self._level(m)
         wptr = Signal(range(n))
         rptr = Signal(range(n))
         e = Array(Signal(self.width, name=f"e{i}", reset_less=True) for i in range(n))
-        push = Signal()
-        pop = Signal()
-        m.d.comb += [
-            self.w_rdy.eq(level != n),
-            self.r_rdy.eq(level != 0),
-            push.eq(self.w_en & self.w_rdy),
-            pop.eq(self.r_en & self.r_rdy),
-            self.r_data.eq(e[rptr]),
-        ]
+        m.d.comb += self.r_data.eq(e[rptr])
         with m.If(push):
             m.d.sync += [e[wptr].eq(self.w_data), wptr.eq(Mux(wptr == n - 1, 0, wptr + 1))]
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == n - 1, 0, rptr + 1))
-        m.d.sync += level.eq(level + push - pop)
         return m
 
 

@@ -480,23 +480,20 @@ class Gather(wiring.Component):
                 # ``valid``'s terms from registers of their own, loaded with the next cycle's
                 # need flags and hits (the same values as need0 / have0 ...; timing: one
                 # LUT per unit in front of the AND over the units that makes ``valid``)
-                r_n0 = Signal(name=f"rneed0_{u}")
-                r_h0 = Signal(name=f"rhave0_{u}")
-                m.d.sync += [
-                    r_n0.eq(Mux(self.take, Cat(n0_adv).any(), Cat(n0_cur).any())),
-                    r_h0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w, quiet=uq)
-                            | ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq)),
-                ]
-                ok = ~r_n0 | r_h0
-                if n1:
-                    r_n1 = Signal(name=f"rneed1_{u}")
-                    r_h1 = Signal(name=f"rhave1_{u}")
+                def term(k, need_adv, need_cur, cand_adv, cand_cur):
+                    """~need | have for word ``k`` (0: w0, 1: w0 + 1) from two registers."""
+                    r_n = Signal(name=f"rneed{k}_{u}")
+                    r_h = Signal(name=f"rhave{k}_{u}")
                     m.d.sync += [
-                        r_n1.eq(Mux(self.take, Cat(n1_adv).any(), Cat(n1_cur).any())),
-                        r_h1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n, quiet=uq)
-                                | ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq)),
+                        r_n.eq(Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())),
+                        r_h.eq(ahead(tag_a, v_a, wr_a, cand_adv, cand_cur, quiet=uq)
+                               | ahead(tag_b, v_b, wr_b, cand_adv, cand_cur, quiet=uq)),
                     ]
-                    ok = ok & (~r_n1 | r_h1)
+                    return ~r_n | r_h
+
+                ok = term(0, n0_adv, n0_cur, sa_w, sc_w)
+                if n1:
+                    ok = ok & term(1, n1_adv, n1_cur, sa_n, cur_n)
                 oks.append(ok)
             else:
                 oks.append((~need0 | have0) & (~need1 | have1))
