@@ -408,8 +408,11 @@ class Gather(wiring.Component):
                 # compare in front of the misses and the request's selection tree)
                 wr_w0 = Signal(name=f"wr_w0_{u}")
                 wr_w1 = Signal(name=f"wr_w1_{u}")
-                m.d.sync += [wr_w0.eq(Mux(self.take, if_tag == sum_adv[lb:], if_tag == sum_cur[lb:])),
-                             wr_w1.eq(Mux(self.take, if_tag == sa_n, if_tag == sc_n))]
+                # (the no-take side from the address registers, as the hits: equal to the sums
+                # once the offsets settle; before, a wrong flag costs a fill or a read, never
+                # a wrong word, the hits being from the tags)
+                m.d.sync += [wr_w0.eq(Mux(self.take, if_tag == sum_adv[lb:], if_tag == w0)),
+                             wr_w1.eq(Mux(self.take, if_tag == sa_n, if_tag == nxt))]
                 ha0, hb0 = Mux(pf_a, wr_w0, hit_a0), Mux(pf_b, wr_w0, hit_b0)
                 ha1, hb1 = Mux(pf_a, wr_w1, hit_a1), Mux(pf_b, wr_w1, hit_b1)
             else:
