@@ -271,7 +271,7 @@ class _RingFIFO(_ShiftFIFO):
     def elaborate(self, platform):
         m = Module()
         n = self.depth
-        level, push, pop = self._level(m)
+        _, push, pop = self._level(m)
         wptr = Signal(range(n))
         rptr = Signal(range(n))
         e = Array(Signal(self.width, name=f"e{i}", reset_less=True) for i in range(n))

@@ -324,11 +324,10 @@ class Gather(wiring.Component):
         # have settled after a flush (``loff`` lags the strides by two register stages, one
         # more where a stride is itself registered): the hits are 0 for ``SETTLE`` cycles
         # after a flush (no word can have arrived by then: a read takes longer), so no adder
-        # sits in front of the hits' compares on that side (timing).
-        # (with the fill stage each unit takes ``unsettled`` from a register of its own, set
-        # from the cycle after a flush: the hits computed in the flush cycle itself are not
-        # used, ``valid`` being low in the cycle after a flush; timing: the flush does not
-        # fan out to every hit)
+        # sits in front of the hits' compares on that side (timing). Each unit holds its hits
+        # low from a register of its own (``quiet<u>``), set from the cycle after a flush: the
+        # hits computed in the flush cycle itself are not used (``valid`` is low in the cycle
+        # after a flush), and the flush does not fan out to every hit.
         unsettled = self.flush
         if self.fill_stage:
             settle = Signal(range(self.SETTLE + 1))
@@ -483,8 +482,12 @@ class Gather(wiring.Component):
                 # ``valid``'s terms from registers of their own, loaded with the next cycle's
                 # need flags and hits (the same values as need0 / have0 ...; timing: one
                 # LUT per unit in front of the AND over the units that makes ``valid``)
-                def term(k, need_adv, need_cur, cand_adv, cand_cur):
-                    """~need | have for word ``k`` (0: w0, 1: w0 + 1) from two registers."""
+                # (~need | have for w0 and, when the group straddles, for w0 + 1)
+                terms = [(n0_adv, n0_cur, sa_w, sc_w)]
+                if n1:
+                    terms.append((n1_adv, n1_cur, sa_n, cur_n))
+                ok = Const(1)
+                for k, (need_adv, need_cur, cand_adv, cand_cur) in enumerate(terms):
                     r_n = Signal(name=f"rneed{k}_{u}")
                     r_h = Signal(name=f"rhave{k}_{u}")
                     m.d.sync += [
@@ -492,11 +495,7 @@ class Gather(wiring.Component):
                         r_h.eq(ahead(tag_a, v_a, wr_a, cand_adv, cand_cur, quiet=uq)
                                | ahead(tag_b, v_b, wr_b, cand_adv, cand_cur, quiet=uq)),
                     ]
-                    return ~r_n | r_h
-
-                ok = term(0, n0_adv, n0_cur, sa_w, sc_w)
-                if n1:
-                    ok = ok & term(1, n1_adv, n1_cur, sa_n, cur_n)
+                    ok = ok & (~r_n | r_h)
                 oks.append(ok)
             else:
                 oks.append((~need0 | have0) & (~need1 | have1))

@@ -16,7 +16,6 @@ import random
 import pytest
 from amaranth.hdl import Elaboratable
 from amaranth.sim import Simulator
-
 from tritium.rtl.scratchpad import BankedMemory
 
 WORD_BYTES = 4
@@ -222,10 +221,9 @@ def test_registered_product_ecp5_dsp(monkeypatch, wa, sa, wb, sb, width):
     """``registered_product`` on the ECP5 (an instantiated MULT18X18D, run here through a model
     of the primitive) and elsewhere (a plain product register): the same values, loaded only
     with ``en``, for random operands including the extremes of each range."""
+    import tritium.rtl.scratchpad as sp_mod
     from amaranth.hdl import Module, Signal, signed
     from amaranth.sim import Simulator
-
-    import tritium.rtl.scratchpad as sp_mod
 
     monkeypatch.setattr(sp_mod, "Instance", _Mult18x18dModel)
 
@@ -238,7 +236,7 @@ def test_registered_product_ecp5_dsp(monkeypatch, wa, sa, wb, sb, width):
     vecs = [(x, y, rng.random() < 0.7) for x in (lo_a, hi_a, 0) for y in (lo_b, hi_b, 0)]
     vecs += [(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b), rng.random() < 0.7)
              for _ in range(300)]
-    for platform in (Ecp5(), None):
+    def run(platform):
         m = Module()
         a = Signal(signed(wa) if sa else wa)
         b = Signal(signed(wb) if sb else wb)
@@ -258,8 +256,11 @@ def test_registered_product_ecp5_dsp(monkeypatch, wa, sa, wb, sb, width):
 
         sim.add_testbench(tb)
         sim.run()
+        return got
+
+    for platform in (Ecp5(), None):
         held = 0
-        for (x, y, e), g in zip(vecs, got):
+        for (x, y, e), g in zip(vecs, run(platform)):
             if e:
                 held = x * y
             assert g == held, (platform, x, y, e, g, held)
