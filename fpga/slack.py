@@ -101,11 +101,15 @@ def block_of(pin: str, depth: int) -> str:
     return ".".join(parts[:-1][:depth]) if len(parts) > 1 else "(top)"
 
 
-def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> dict:
+def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25,
+            paths: int = 0) -> dict:
     """Arrival times by longest path from the launch points; slack at every setup check.
 
     Returns the endpoint count, the failing ones (slack < 0), the worst slack, and the failing
-    endpoints by block, by (start block, end block) of their worst path, and a histogram."""
+    endpoints by block, by (start block, end block) of their worst path, and a histogram.
+    ``paths``: also the worst path of each of the ``paths`` worst (start block, end block)
+    groups, hop by hop (``worst_paths``: slack, endpoints in the group, and
+    ``[from pin, to pin, delay ns]`` for every net and cell arc after the launch)."""
     # topological order (Kahn) over the nodes reachable from the launch points
     indeg: Counter = Counter()
     for outs in t.edges.values():
@@ -113,6 +117,7 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
             indeg[dst] += 1
     arrival: dict[str, float] = {}
     origin: dict[str, str] = {}
+    pred: dict[str, tuple[str, float]] = {}  # the arc that sets a node's arrival
     ready = [p for p in set(t.edges) | set(t.launch) if indeg[p] == 0]
     for p in ready:  # constant LUTs and input pins are roots too: they launch nothing
         if p in t.launch:
@@ -130,6 +135,7 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
                 if cand > arrival.get(dst, float("-inf")):
                     arrival[dst] = cand
                     origin[dst] = origin[p]
+                    pred[dst] = (p, d)
             indeg[dst] -= 1
             if indeg[dst] == 0:
                 order.append(dst)
@@ -154,6 +160,22 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
             hi = lo
         else:
             hist[f"< {bounds[-1]} ns"] += 1
+    worst_paths = []
+    if paths:
+        groups: dict[tuple[str, str], list] = {}
+        for e in sorted(failing):
+            key = (block_of(e[2], depth), block_of(e[1], depth))
+            groups.setdefault(key, []).append(e)
+        for (a_, b_), es in list(groups.items())[:paths]:
+            slack, pin, start = es[0]
+            hops = []
+            while pin in pred:
+                prev, d = pred[pin]
+                hops.append([prev, pin, round(d, 3)])
+                pin = prev
+            worst_paths.append({"from_block": a_, "to_block": b_, "endpoints": len(es),
+                                "slack_ns": round(slack, 3), "start": start,
+                                "hops": hops[::-1]})
     return {
         "period_ns": period_ns,
         "endpoints": len(ends),
@@ -166,6 +188,7 @@ def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25) -> di
         "failing_by_block": by_end.most_common(top),
         "failing_by_path": [[a, b, c] for (a, b), c in by_pair.most_common(top)],
         "failing_by_slack": dict(hist),
+        **({"worst_paths": worst_paths} if paths else {}),
     }
 
 
@@ -175,9 +198,11 @@ def main(argv=None) -> int:
     ap.add_argument("--period-ns", type=float, required=True)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--paths", type=int, default=0,
+                    help="print the worst path of the N worst block pairs, hop by hop")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = analyse(parse_sdf(a.sdf.read_text()), a.period_ns, a.depth, a.top)
+    r = analyse(parse_sdf(a.sdf.read_text()), a.period_ns, a.depth, a.top, a.paths)
     if a.json:
         print(json.dumps(r, indent=1))
         return 0
@@ -190,6 +215,12 @@ def main(argv=None) -> int:
     print("\nby start block -> end block of the worst path:")
     for a_, b, c in r["failing_by_path"]:
         print(f"  {c:7,}  {a_} -> {b}")
+    for wp in r.get("worst_paths", []):
+        print(f"\n{wp['slack_ns']} ns, {wp['endpoints']:,} endpoints: "
+              f"{wp['from_block']} -> {wp['to_block']}")
+        for src, dst, d in wp["hops"]:
+            kind = "cell" if src.rsplit("/", 1)[0] == dst.rsplit("/", 1)[0] else "net "
+            print(f"  {d:6.2f} {kind} {src} -> {dst}")
     return 0
 
 

@@ -96,6 +96,13 @@ def test_slack_by_hand():
     assert r["failing_by_slack"] == {"-1..0 ns": 1}
     assert analyse(t, period_ns=2.0)["failing_by_slack"] == {"-4..-2 ns": 1}  # -3.15 ns
     assert analyse(t, period_ns=5.2)["failing"] == 0
+    # the worst path hop by hop: its arcs add up to the arrival (launch 0.5 before them)
+    (wp,) = analyse(t, period_ns=5.0, depth=2, paths=3)["worst_paths"]
+    assert (wp["from_block"], wp["to_block"], wp["endpoints"]) == ("a", "b.c", 1)
+    assert wp["start"] == "a.x_FF/Q" and wp["slack_ns"] == pytest.approx(-0.15)
+    assert wp["hops"] == [["a.x_FF/Q", "a.l[3]_LUT/A", 0.3], ["a.l[3]_LUT/A", "a.l[3]_LUT/F", 0.25],
+                          ["a.l[3]_LUT/F", "b.c.y_FF/DI", 4.0]]
+    assert 0.5 + sum(h[2] for h in wp["hops"]) + 0.1 == pytest.approx(5.0 - wp["slack_ns"])
     assert block_of("soc.core.acc.x_FF/Q", 2) == "soc.core"
     assert block_of("rst_FF/Q", 3) == "(top)"
 
