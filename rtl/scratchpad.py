@@ -251,9 +251,8 @@ def registered_product(m: Module, platform, a, b, en, name: str, width: int) -> 
     a18 = Signal(18, name=f"{name}_a")
     b18 = Signal(18, name=f"{name}_b")
     p36 = Signal(36, name=f"{name}_p")
-    m.d.comb += [a18.eq(a.as_signed() if a.shape().signed else a),
-                 b18.eq(b.as_signed() if b.shape().signed else b),
-                 p.eq(p36[:width])]
+    # (assignment extends by the operand's own signedness: sign for signed, zeros otherwise)
+    m.d.comb += [a18.eq(a), b18.eq(b), p.eq(p36[:width])]
     ports = {f"i_A{i}": a18[i] for i in range(18)}
     ports.update({f"i_B{i}": b18[i] for i in range(18)})
     ports.update({f"i_C{i}": 0 for i in range(18)})
