@@ -590,6 +590,7 @@ class InstrChecker(wiring.Component):
         hull = Signal(hull_layout(cfg))
         # stage H: the judged slot's block bounds in each space's blocks
         h_live = Signal()
+        h_clear = Signal()  # clear the hull (SCAN's first cycle)
         h_wr = Signal()
         h_sp = Signal(range(len(SPACES)))
         h_lo, h_hi = [], []
@@ -625,7 +626,7 @@ class InstrChecker(wiring.Component):
                                 load_product(i + 1)
                             else:
                                 m.d.sync += [k.eq(0), range_err.eq(0), overlap.eq(0),
-                                             hull.eq(0), pw_cd.eq(0), a_valid.eq(0),
+                                             h_clear.eq(1), pw_cd.eq(0), a_valid.eq(0),
                                              h_live.eq(0),
                                              j_valid.eq(0)]
                                 m.next = "SCAN"
@@ -652,16 +653,24 @@ class InstrChecker(wiring.Component):
                 with m.If(j_valid & (j_k == 0)):
                     m.d.sync += [pw_st.eq(j_st), pw_en.eq(j_en), pw_cd.eq(j_cd)]
                 # stage H
-                m.d.sync += [h_live.eq(live), h_wr.eq(j_wr), h_sp.eq(j_sp)]
+                m.d.sync += [h_live.eq(live), h_wr.eq(j_wr), h_sp.eq(j_sp), h_clear.eq(0)]
                 for si in range(len(SPACES)):
                     lo_b, hi_b = self._hull_bounds(si, j_st, j_en)
                     m.d.sync += [h_lo[si].eq(lo_b), h_hi[si].eq(hi_b)]
-                with m.If(h_live):
-                    self._hull_update(m, hull, h_wr, h_sp, None, None, bounds=(h_lo, h_hi))
                 with m.If(k == NS + 2):
                     m.next = "FINAL"
                 on_start()
             self._final_state(m, code, queue, is_op(*SERIAL_OPS), hull, on_start)
+        # The hull's enables come from the registers ``h_clear`` and ``h_live`` alone, not from
+        # the FSM's state and the multiplier's end (timing). ``h_clear`` (set by the end of
+        # MUL) clears it in SCAN's first cycle; ``h_live`` is low from then until the first
+        # judged slot reaches stage H, and low again in FINAL (no slot is judged in SCAN's
+        # last two cycles). After a restart from SCAN the hull may widen in MUL: SCAN clears
+        # it before it is used.
+        with m.If(h_clear):
+            m.d.sync += hull.eq(0)
+        with m.Elif(h_live):
+            self._hull_update(m, hull, h_wr, h_sp, None, None, bounds=(h_lo, h_hi))
         return m
 
     def _final_state(self, m, code, queue, serial, hull, on_start):
