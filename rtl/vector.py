@@ -710,7 +710,6 @@ class VectorUnit(VectorUnitBase):
         s2_off = Signal(signed(9))
         s2_cls = Signal(2)
         s2_rms = Signal()
-        s2_sp = Signal(signed(18))
         s2_re = Signal()  # a row-end word, not an output element
         # M: the multiplier's operands (X selected: register, small product or table entry)
         m_v = Signal()
@@ -860,11 +859,11 @@ class VectorUnit(VectorUnitBase):
         m.d.comb += [t_rd.addr.eq(tidx), t_rd.en.eq(s1_leave)]
         b8 = s1_b[:8].as_signed()
         c8 = s1_c[:8].as_signed()
-        sp_next = Signal(signed(18))  # x*x, x*g, a*b, or VGATE's max(f, 0) * (h - c)
-        m.d.comb += sp_next.eq(
-            Mux(is_[Op.VGATE], Mux(a8 < 0, 0, a8), a8)
-            * Mux(is_[Op.VGATE], c8 - b8, Mux(s1_red, a8, b8))
-        )
+        # S2's small product: x*x, x*g, a*b, or VGATE's max(f, 0) * (h - c), loaded with S2 (on
+        # the ECP5 into the DSP's own output register: registered_product; timing)
+        s2_sp = registered_product(m, platform, Mux(is_[Op.VGATE], Mux(a8 < 0, 0, a8), a8),
+                                   Mux(is_[Op.VGATE], c8 - b8, Mux(s1_red, a8, b8)),
+                                   s1_leave, "s2_sp", 18)
         add_sum = Signal(32)  # VADD, VADD32 (int8 operands are sign-extended), saturated
         add_ovf = Signal()
         m.d.comb += [
@@ -889,7 +888,6 @@ class VectorUnit(VectorUnitBase):
                 s2_main.eq(~s1_red),
                 s2_first.eq(s1_first),
                 s2_red2.eq(s1_red2),
-                s2_sp.eq(sp_next),
                 s2_re.eq(0),
                 s2_xsel.eq(xsel),
                 s2_x.eq(Mux(is_[Op.VADD] | is_[Op.VADD32],
