@@ -199,10 +199,13 @@ class Gather(wiring.Component):
         self.var_ostride = var_ostride  # else ``ostride`` is 1 (the port is ignored)
         #: one cache unit per group (True) or per lane (False)
         self.grouped = not var_ostride and 1 < group <= word_bytes
+        # with the fill stage the next beat's base arrives as the value the walker's register
+        # will hold next cycle (``base_adv_next``); each cache unit keeps its own copy of it
+        next_base = {"base_adv_next": In(24)} if fill_stage else {"base_adv": In(24)}
         super().__init__(
             {
                 "base": In(24),
-                "base_adv": In(24),
+                **next_base,
                 "take": In(1),
                 "gstride": In(24),
                 "ostride": In(24, init=1),
@@ -357,14 +360,22 @@ class Gather(wiring.Component):
             addr_d = Signal(ab, name=f"addr_d{u}")
             sum_cur = Signal(ab, name=f"sum_cur{u}")  # this beat's address, the next beat's
             sum_adv = Signal(ab, name=f"sum_adv{u}")
+            if self.fill_stage:
+                # the unit's own copy of the walker's register (``base_adv``: loaded with its
+                # next value; timing: the walker's register fanned out to every unit's adders
+                # across the die, now one register next to each unit's adders does)
+                badv = kept_register(m, platform, self.base_adv_next[:ab], f"badv{u}")
+            else:
+                badv = self.base_adv
             nxt_d = Signal(aw, name=f"next_d{u}")
             sa_n = Signal(aw, name=f"sa_n{u}")  # the next word of sum_adv / sum_cur
             sc_n = Signal(aw, name=f"sc_n{u}")
-            if reg_hits and straddle:
+            if reg_hits and (straddle or self.fill_stage):
                 # timing: from a second registered offset (loff + one word), not by a + 1
+                # (one carry chain from the base register, not two in a row)
                 loffn = Signal(ab, name=f"loffn{u}", reset_less=True)
                 m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
-                m.d.comb += [sa_n.eq((self.base_adv + loffn)[lb:]),
+                m.d.comb += [sa_n.eq((badv + loffn)[lb:]),
                              sc_n.eq((self.base + loffn)[lb:])]
             else:
                 m.d.comb += [sa_n.eq(sum_adv[lb:] + 1), sc_n.eq(sum_cur[lb:] + 1)]
@@ -388,7 +399,7 @@ class Gather(wiring.Component):
             have1 = hit_a1 | hit_b1
             m.d.comb += [
                 sum_cur.eq(self.base + loff),
-                sum_adv.eq(self.base_adv + loff),
+                sum_adv.eq(badv + loff),
                 addr_d.eq(Mux(self.take, sum_adv, sum_cur)),
                 nxt_d.eq(Mux(self.take, sa_n, sc_n)),
                 lo.eq(addr[:lb]),
@@ -435,16 +446,26 @@ class Gather(wiring.Component):
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 if self.fill_stage:
                     sc_w = w0  # (settled: addr == base + loff)
+                nb0 = ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq)
                 m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w, quiet=uq)),
-                             hit_b0.eq(ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq))]
+                             hit_b0.eq(nb0)]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
                 cur_n = nxt if self.fill_stage else sc_n
+                nb1 = ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq)
                 m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n, quiet=uq)),
-                             hit_b1.eq(ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq))]
+                             hit_b1.eq(nb1)]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
+            # the byte select's "entry B holds w0 / w0 + 1": with the fill stage a copy of the
+            # hit registers of its own (timing: the hits sit by the tag compares, the lines
+            # and the data path elsewhere; the copy can sit by the lines)
+            sel_b0, sel_b1 = hit_b0, hit_b1
+            if self.fill_stage:
+                sel_b0 = kept_register(m, platform, nb0, f"sel_b{u}")
+                if straddle:
+                    sel_b1 = kept_register(m, platform, nb1, f"sel_bn{u}")
             n0, n1 = [], []
             # (fill stage) the next cycle's need flags for both candidates of ``take``
             n0_adv, n0_cur, n1_adv, n1_cur = [], [], [], []
@@ -459,7 +480,7 @@ class Gather(wiring.Component):
                     n0.append(mask)
                     n0_adv.append(m_adv)
                     n0_cur.append(m_cur)
-                    byte = Mux(hit_b0, line_b, line_a).word_select(lo, 8)
+                    byte = Mux(sel_b0, line_b, line_a).word_select(lo, 8)
                 else:
                     span = Signal(name=f"span{i}", reset_less=True)  # lane i's byte is in w0 + 1
                     # registered like ``addr`` (timing: no compare in the take loop)
@@ -474,7 +495,7 @@ class Gather(wiring.Component):
                     n1_cur.append(m_cur & s_cur)
                     idx = Signal(lb, name=f"idx{i}")
                     m.d.comb += idx.eq(lo + o)  # modulo the word
-                    use_b = Mux(span, hit_b1, hit_b0)
+                    use_b = Mux(span, sel_b1, sel_b0)
                     byte = Mux(use_b, line_b.word_select(idx, 8), line_a.word_select(idx, 8))
                 m.d.comb += self.data[i].eq(Mux(mask, byte, 0))
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
@@ -988,10 +1009,20 @@ class GemmUnit(wiring.Component):
                 m.d.sync += p.eq(reg)
             return p
 
-        m.d.comb += [
-            ag.base_adv.eq(acur), ag.take.eq(a_fire),
-            wg.base_adv.eq(wcur), wg.take.eq(w_fire),
-        ]
+        def next_value(reg):
+            """The value walker register ``reg`` holds in the next cycle: its start value in
+            the setup cycle, its advanced value when its walker steps, else its own."""
+            start = [st.rhs for st in start_stmts if st.lhs is reg]
+            assert len(start) == 1, reg
+            return Mux(setup, start[0], Mux(fire_of[id(reg)], advanced[id(reg)], reg))
+
+        m.d.comb += [ag.take.eq(a_fire), wg.take.eq(w_fire)]
+        for gat, reg in ((ag, acur), (wg, wcur)):
+            if gat.fill_stage:
+                # (the gather's cache units keep copies of the register: its next value)
+                m.d.comb += gat.base_adv_next.eq(next_value(reg))
+            else:
+                m.d.comb += gat.base_adv.eq(reg)
         if eng_name == "systolic":
             m.d.comb += [
                 ag.base.eq(present(acur)),
@@ -1104,7 +1135,9 @@ class GemmUnit(wiring.Component):
         # the old values: reads answer ``ac_lat`` cycles after their ack; up to ``ac_lat``
         # in flight and one waiting keep one element per cycle
         ac_lat = acc_latency(cfg)
-        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32, depth=1 + ac_lat)
+        # (one entry more for the select stage X below: an old value leaves when X's element
+        # goes into the write queue, a cycle after the element is selected)
+        m.submodules.ofifo = ofifo = fifo.SyncFIFO(width=32, depth=2 + ac_lat)
         pends = [Signal(name=f"pend{k}") for k in range(ac_lat)]  # acknowledged k + 1 ago
         inflight = sum(pends)
         rlane = Signal(max(1, lb - 2))
@@ -1126,10 +1159,10 @@ class GemmUnit(wiring.Component):
         m.d.comb += [
             rd.addr.eq(raddr >> lb),
             rd.we.eq(0),
-            rd.en.eq(active & accum & er_in & ((ofifo.level + inflight) < 1 + ac_lat)),
+            rd.en.eq(active & accum & er_in & ((ofifo.level + inflight) < 2 + ac_lat)),
         ]
         rd_ack = Signal()
-        queued = Signal()  # element ew goes into the write queue
+        queued = Signal()  # element ew goes into the select stage X
         m.d.comb += rd_ack.eq(rd.en & rd.ack)
         if ac_lat == 1:
             with m.If(rd_ack):
@@ -1141,27 +1174,41 @@ class GemmUnit(wiring.Component):
             ofifo.w_en.eq(pends[-1]),
             ofifo.w_data.eq(rd.rdata.word_select(rlane, 32) if lb > 2 else rd.rdata[:32]),
         ]
-        # writes
-        val = rbuf.word_select(ew, 32)
+        # writes: element ew is selected into the register stage X (``queued``), then, with
+        # the old value added (accumulate), goes into the write queue (timing: the result
+        # select and the accumulate adder are a register stage apart; the select sits by
+        # the engine's result FIFO, the adder by the old values and the queue)
+        x_v = Signal()
+        x_val = Signal(32, reset_less=True)
+        x_addr = Signal(len(wr.addr), reset_less=True)
+        x_lane = Signal(max(1, lb - 2), reset_less=True)
+        x_take = Signal()  # X's element goes into the write queue
+        x_ready = Signal()  # X takes an element this cycle (it is empty or leaves)
         wdata = Signal(32)
-        m.d.comb += wdata.eq(Mux(accum, ofifo.r_data + val, val))
-        # The writes go to the ACC port from a two-entry queue (timing: the result select
-        # and the accumulate adder are a register stage apart from the ACC's write
-        # multiplexers and block RAMs, and the writer's flow does not wait on the port's
-        # ``ack`` but on the queue's registered room). Every element of C is written once
-        # per instruction and read (accumulate) before its write: no read meets a queued
-        # write of its word.
+        m.d.comb += [
+            wdata.eq(Mux(accum, ofifo.r_data + x_val, x_val)),
+            x_ready.eq(~x_v | x_take),
+            queued.eq(active & ew_in & x_ready),
+        ]
+        with m.If(x_ready):
+            m.d.sync += [x_v.eq(queued), x_val.eq(rbuf.word_select(ew, 32)),
+                         x_addr.eq(waddr >> lb), x_lane.eq(lane_of(waddr))]
+        # The writes go to the ACC port from a two-entry queue (timing: the accumulate adder
+        # is a register stage apart from the ACC's write multiplexers and block RAMs, and the
+        # writer's flow does not wait on the port's ``ack`` but on the queue's registered
+        # room). Every element of C is written once per instruction and read (accumulate)
+        # before its write: no read meets a queued write of its word.
         wq_layout = data.StructLayout({"addr": unsigned(len(wr.addr)), "data": unsigned(32),
                                        "lane": unsigned(max(1, lb - 2))})
         m.submodules.wq = wq = fifo.SyncFIFO(width=wq_layout.size, depth=2)
         wq_head = data.View(wq_layout, wq.r_data)
         wq_tail = data.View(wq_layout, wq.w_data)
         m.d.comb += [
-            wq.w_en.eq(active & ew_in & (~accum | ofifo.r_rdy)),
-            queued.eq(wq.w_en & wq.w_rdy),
-            wq_tail.addr.eq(waddr >> lb),
+            wq.w_en.eq(x_v & (~accum | ofifo.r_rdy)),
+            x_take.eq(wq.w_en & wq.w_rdy),
+            wq_tail.addr.eq(x_addr),
             wq_tail.data.eq(wdata),
-            wq_tail.lane.eq(lane_of(waddr)),
+            wq_tail.lane.eq(x_lane),
             wr.addr.eq(wq_head.addr),
             wr.we.eq(1),
             wr.en.eq(wq.r_rdy),
@@ -1173,7 +1220,7 @@ class GemmUnit(wiring.Component):
         start_row = Signal()  # set up the descriptor at the FIFO head
         m.d.comb += [
             beat_end.eq((queued & ew_last) | (dfifo.r_rdy & started & rfull & ~row_ok)),
-            ofifo.r_en.eq(queued & accum),
+            ofifo.r_en.eq(x_take & accum),
             start_row.eq(dfifo.r_rdy & ~started),
         ]
         last_beat = rb == beats_per_tile - 1
@@ -1202,7 +1249,7 @@ class GemmUnit(wiring.Component):
         with m.If(setup):
             m.d.sync += [setup.eq(0), run.eq(1), *start_stmts]
         fin = Signal()
-        m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~wq.r_rdy & ~setup)
+        m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~x_v & ~wq.r_rdy & ~setup)
         with m.If(fin):
             m.d.sync += run.eq(0)
         m.d.comb += [

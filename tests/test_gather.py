@@ -92,7 +92,20 @@ def test_gather_random_beats(shape, latency):
     # a beat may need two new words per cache unit, each read at the SPAD's random grants
     bound = 32 + 8 * len(dut.units())
 
+    def adv(beats, b):
+        """The base of the beat after beat ``b`` (the walker stays on the last one)."""
+        return beats[min(b + 1, len(beats) - 1)]["base"]
+
     async def tb(ctx):
+        def set_base_adv(now, after):
+            """The walker's register: ``base_adv`` = ``now`` in this cycle, ``after`` in the
+            next. A staged gather takes the register's next value (``base_adv_next``) and
+            keeps copies of it: those hold ``now`` only if it was set a cycle ahead."""
+            if staged:
+                ctx.set(dut.base_adv_next, after)
+            elif now is not None:
+                ctx.set(dut.base_adv, now)
+
         for beats in instrs:
             # the walker's view: base (glim, klo, khi) = this beat's address (lane limits),
             # base_adv (..._adv) = the next one's, take = the beat is accepted this cycle (the
@@ -103,7 +116,9 @@ def test_gather_random_beats(shape, latency):
                 # words this instruction starts on are requested, then the flush comes
                 for k in ("base", "glim", "klo", "khi"):
                     ctx.set(getattr(dut, k), p0[k])
-                    ctx.set(getattr(dut, f"{k}_adv"), p0[k])
+                    if k != "base":
+                        ctx.set(getattr(dut, f"{k}_adv"), p0[k])
+                set_base_adv(p0["base"], p0["base"])
                 ctx.set(dut.req, 1)
                 for _ in range(rnd.randrange(1, 4)):
                     await ctx.tick()
@@ -112,6 +127,8 @@ def test_gather_random_beats(shape, latency):
             ctx.set(dut.ostride, p0["ostride"])
             ctx.set(dut.base, p0["base"])
             ctx.set(dut.flush, 1)
+            # (the walker loads its register with the second beat's base in the flush cycle)
+            set_base_adv(None, adv(beats, 0))
             # in the flush cycle a word near the one this instruction starts on changes: a
             # read of it acknowledged in the cycle before answers after the flush (latency
             # 2), or in it (1), and must not be used
@@ -128,8 +145,9 @@ def test_gather_random_beats(shape, latency):
                 for k in ("base", "glim", "klo", "khi"):
                     ctx.set(getattr(dut, k), p[k])
                 nxt = beats[min(b + 1, len(beats) - 1)]
-                for k in ("base", "glim", "klo", "khi"):
+                for k in ("glim", "klo", "khi"):
                     ctx.set(getattr(dut, f"{k}_adv"), nxt[k])
+                set_base_adv(adv(beats, b), adv(beats, b))
                 while rnd.random() < 0.2:  # consumer pause
                     ctx.set(dut.req, 0)
                     await ctx.tick()
@@ -143,6 +161,7 @@ def test_gather_random_beats(shape, latency):
                 got.append([ctx.get(dut.data[i]) for i in range(lanes)])
                 exp.append(_expect(mem, lanes, group, p))
                 ctx.set(dut.take, 1)
+                set_base_adv(adv(beats, b), adv(beats, b + 1))  # the walker steps
                 await ctx.tick()
                 ctx.set(dut.take, 0)
         ctx.set(dut.req, 0)
