@@ -127,7 +127,8 @@ class Gather(wiring.Component):
     flush the masks are those of the old limits and ``valid`` stays low. The unit offsets
     ``(i // group) * gstride + (i % group) * ostride`` are registered (two register stages:
     ``gstride``/``ostride`` are per-instruction constants); with more than
-    :attr:`REGISTER_UNITS` units the missing and prefetch words are registered before one of
+    :attr:`REGISTER_UNITS` units (:attr:`REGISTER_UNITS_STAGED` with ``fill_stage``) the
+    missing and prefetch words are registered before one of
     them is selected, and the request is registered: a word found missing in cycle t is
     requested in cycle t+2 (t+1 with few units). With more than :attr:`REGISTER_HIT_UNITS`
     units the hits (an entry holds the unit's word, or the next one) are registers, computed
@@ -231,6 +232,10 @@ class Gather(wiring.Component):
 
     #: up to this many cache units, the miss/prefetch candidates are not registered
     REGISTER_UNITS = 8
+    #: the same for ``fill_stage`` gathers (the GEMM units' on the large devices; timing: the
+    #: miss compares and an 8-way selection tree into the request register were a failing
+    #: path of the 8-unit gathers on the ECP5-85F)
+    REGISTER_UNITS_STAGED = 4
     #: above this many cache units, the hits that make ``valid`` are registers
     REGISTER_HIT_UNITS = 4
     #: with the fill stage: cycles after a flush before the hits may be set (see ``ahead``)
@@ -565,7 +570,8 @@ class Gather(wiring.Component):
             would cost more (a unit that needs a new word every beat waits for it): kept
             combinational. Returns the flags, the values and the ``chosen`` registers
             (None when not registered)."""
-            if len(units) <= self.REGISTER_UNITS:
+            limit = self.REGISTER_UNITS_STAGED if self.fill_stage else self.REGISTER_UNITS
+            if len(units) <= limit:
                 return flags, vals, None
             out_f, out_v = [], []
             chosen = Signal(len(flags), name=f"{kind}_chosen")
@@ -847,6 +853,7 @@ class GemmUnit(wiring.Component):
         prime_wait = Signal()
         a_step = Signal()  # the A walker moves: a beat is taken, or prime
         w_step = Signal()
+        primed_next = Mux(setup, 0, primed | prime)  # (prime: run & ~primed & ...)
         m.d.comb += [prime.eq(run & ~primed & ~prime_wait),
                      a_step.eq(a_fire | prime), w_step.eq(w_fire | prime)]
         with m.If(setup):
@@ -874,7 +881,14 @@ class GemmUnit(wiring.Component):
             sk_p = Signal(st.payload.shape(), name=f"{nm}_skid")
             full = r_v & sk_v
             e_free = ~st.valid | st.ready  # the engine's register is free after this cycle
-            m.d.comb += fire.eq(gat.valid & ~full & primed)
+            # ``room``: ~full & primed, a register loaded with its next value (timing: one
+            # LUT less between R's and S's valid bits and ``fire``, whose net reaches every
+            # walker register and every cache unit of the gather)
+            room = Signal(name=f"{nm}_room")
+            r_v_next = Mux(full, 1, fire)
+            sk_v_next = ~e_free & (sk_v | r_v)
+            m.d.sync += room.eq(~(r_v_next & sk_v_next) & primed_next)
+            m.d.comb += fire.eq(gat.valid & room)
             # R and S load from registers only (timing: the engine's ``ready``, which couples
             # the A and W inputs, reaches E and the valid bits, not R's or S's payload); while
             # both are full R waits, and moves on in the cycle after S has gone to E
@@ -1815,5 +1829,12 @@ class TritiumTop(wiring.Component):
         for i, u in enumerate(("systolic", "ternary", "lut", "vector")):
             m.d.comb += [ub[UNITS.index(u)].eq(comp.unit_busy[i]),
                          us[UNITS.index(u)].eq(comp.unit_stall[i])]
-        m.d.comb += [csr.unit_busy.eq(ub), csr.unit_stall.eq(us)]
+        if cfg.queue_depth:
+            # timing (large devices): the units' busy/stall flags reach the CSR counters a
+            # cycle late, through registers (the counters' utilisation figures shift by a
+            # cycle; the path from a GEMM unit's control registers across the die to the
+            # counters' adders was among the failing ones on the ECP5-85F)
+            m.d.sync += [csr.unit_busy.eq(ub), csr.unit_stall.eq(us)]
+        else:
+            m.d.comb += [csr.unit_busy.eq(ub), csr.unit_stall.eq(us)]
         return m
