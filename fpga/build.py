@@ -58,6 +58,8 @@ __all__ = [
     "after_read",
     "breakdown_from_log",
     "build_board",
+    "build_board_seeds",
+    "parse_seeds",
     "cli_build_board",
     "critical_paths",
     "format_report",
@@ -684,6 +686,132 @@ def build_board(
     return result
 
 
+# =========================================================================== seed sweeps
+def parse_seeds(text: str | int) -> list[int]:
+    """nextpnr seeds from ``"2"``, ``"1-4"`` or ``"1,3,5-6"``, in order and without repeats.
+
+    >>> parse_seeds("1-3,2,7")
+    [1, 2, 3, 7]
+    """
+    if isinstance(text, int):
+        return [text]
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise BuildError(f"seed={text!r}; seeds are N, A-B (A <= B) or a comma list of "
+                             "those, e.g. 1-4 or 1,3")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        seeds += [v for v in range(lo, hi + 1) if v not in seeds]
+    return seeds
+
+
+def seed_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """One build's line of a seed sweep: seed, Fmax (routed or not), worst slack, failing
+    endpoints, whether it fits, its error (if any) and its directory."""
+    c = r.get("clock") or {}
+    sl = c.get("slack") or {}
+    return {"seed": r["seed"], "fmax_mhz": c.get("fmax_mhz"), "routed": c.get("routed", False),
+            "met": c.get("met", False), "worst_ns": sl.get("worst_ns"),
+            "failing": (r.get("slack_map") or {}).get("failing",
+                                                      (sl.get("failing") or [None, None])[1]),
+            "fits": r.get("fits", False), "error": r.get("error"), "dir": r.get("dir"),
+            "seconds": sum((r.get("times") or {}).values())}
+
+
+def best_seed(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The summary of the routed, fitting, error-free build with the highest Fmax (on a tie
+    the first in the sweep's order), or None when no build routed."""
+    ok = [s for s in summaries
+          if s["routed"] and s["fits"] and not s["error"] and s["fmax_mhz"] is not None]
+    return max(ok, key=lambda s: s["fmax_mhz"]) if ok else None
+
+
+def _build_one(kw: dict[str, Any]) -> dict[str, Any]:
+    """A sweep worker: :func:`build_board` with the keywords ``kw`` (its errors returned as a
+    result holding ``error``, so one seed's failure does not stop the others)."""
+    try:
+        return build_board(**kw)
+    except BuildError as e:
+        return {"seed": kw["seed"], "board": kw["board_name"], "error": str(e)}
+
+
+def build_board_seeds(board_name: str, cfg: AcceleratorConfig | None = None, *,
+                      seeds: list[int], jobs: int | None = None, progress: bool = True,
+                      **kw: Any) -> dict[str, Any]:
+    """:func:`build_board` for each of ``seeds`` (``jobs`` nextpnr runs at a time, in
+    processes of their own; default: one per seed, at most the machine's cores), and the
+    best of them.
+
+    nextpnr's result depends on its placement seed (``base`` on the ULX3S: 51.7 and 61.2 MHz
+    for the same netlist on seeds 1 and 2 in stop 24), so a sweep reports every seed and keeps
+    the fastest routed build, whose bitstream is as good as any single build's: it runs at the
+    Fmax nextpnr reports for it. Each seed builds in its own directory (the seed is part of
+    the build key), so seeds built before are cache hits. Returns ``board``, ``seeds`` (one
+    :func:`seed_summary` each, in the sweep's order), ``best_seed`` (None when no seed routed)
+    and ``best`` (that build's full result, or None).
+    """
+    if not seeds:
+        raise BuildError("seeds=[]; give at least one seed")
+    jobs = jobs or min(len(seeds), os.cpu_count() or 1)
+    if jobs < 1:
+        raise BuildError(f"jobs={jobs}; must be >= 1")
+    args = [dict(kw, board_name=board_name, cfg=cfg, seed=s, progress=False) for s in seeds]
+    results: dict[int, dict[str, Any]] = {}
+
+    def note(r):
+        if progress:
+            s = seed_summary(r)
+            what = (f"{s['fmax_mhz']:.2f} MHz" + ("" if s["routed"] else " (estimate)")
+                    if s["fmax_mhz"] is not None else "no Fmax")
+            err = f"; {s['error'].splitlines()[0]}" if s["error"] else ""
+            print(f"[{board_name}] seed {s['seed']}: {what}{err}", file=sys.stderr, flush=True)
+
+    if progress:
+        print(f"[{board_name}] seeds {', '.join(map(str, seeds))}: {jobs} at a time ...",
+              file=sys.stderr, flush=True)
+    if jobs == 1:
+        for a in args:
+            results[a["seed"]] = r = _build_one(a)
+            note(r)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # (no forked simulator or thread state)
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futs = {pool.submit(_build_one, a): a["seed"] for a in args}
+            for f in cf.as_completed(futs):
+                results[futs[f]] = r = f.result()
+                note(r)
+    summaries = [seed_summary(results[s]) for s in seeds]
+    best = best_seed(summaries)
+    return {"board": board_name, "seeds": summaries,
+            "best_seed": best["seed"] if best else None,
+            "best": results[best["seed"]] if best else None}
+
+
+def format_sweep(sw: dict[str, Any]) -> str:
+    """Human-readable table of a :func:`build_board_seeds` sweep, then the best build's
+    report."""
+    lines = [f"seed sweep ({sw['board']}): {len(sw['seeds'])} seeds",
+             "  seed   Fmax (MHz)  worst slack  failing  result"]
+    for s in sw["seeds"]:
+        fm = f"{s['fmax_mhz']:.2f}" if s["fmax_mhz"] is not None else "-"
+        ws = f"{s['worst_ns']:.2f} ns" if s["worst_ns"] is not None else "-"
+        fl = f"{s['failing']:,}" if s["failing"] is not None else "-"
+        res = (s["error"].splitlines()[0] if s["error"]
+               else "routed" if s["routed"] else "placed only (estimate)")
+        star = " <- best" if s["seed"] == sw["best_seed"] else ""
+        lines.append(f"  {s['seed']:>4}  {fm:>11}  {ws:>11}  {fl:>7}  {res}{star}")
+    if sw["best"] is None:
+        lines.append("no seed routed")
+    else:
+        lines += ["", format_report(sw["best"])]
+    return "\n".join(lines)
+
+
 # =========================================================================== command line
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of a :func:`build_board` result."""
@@ -744,10 +872,12 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def cli_build_board(args) -> int:
-    """``tritium build --board NAME [--config C] [--clock MHZ] [--seed N] [--placer P] [--baud B]
-    [--json]``.
+    """``tritium build --board NAME [--config C] [--clock MHZ] [--seed N|A-B|N,M,...]
+    [--jobs J] [--placer P] [--baud B] [--json]``.
 
-    Returns 0 when the design fits, 1 when it does not (the report says by how much).
+    Several seeds: a sweep (:func:`build_board_seeds`), a table of every seed, then the best
+    build's report. Returns 0 when the (best) design fits, 1 when it does not (the report
+    says by how much) or no seed routed.
     """
     from tritium.fpga.boards import board
 
@@ -758,13 +888,20 @@ def cli_build_board(args) -> int:
         from tritium.fpga.boards import EchoCore
 
         core = EchoCore
-    r = build_board(spec.name, cfg, seed=args.seed, placer=getattr(args, "placer", None),
-                    baud=getattr(args, "baud", None),
-                    clock_mhz=getattr(args, "clock", None),
-                    core=core, force=bool(getattr(args, "force", False)),
-                    route=not getattr(args, "place_only", False),
-                    slack_map=bool(getattr(args, "slack_map", False)),
-                    progress=True, breakdown=True if getattr(args, "breakdown", False) else None)
+    seeds = parse_seeds(args.seed)
+    kw = dict(placer=getattr(args, "placer", None), baud=getattr(args, "baud", None),
+              clock_mhz=getattr(args, "clock", None), core=core,
+              force=bool(getattr(args, "force", False)),
+              route=not getattr(args, "place_only", False),
+              slack_map=bool(getattr(args, "slack_map", False)),
+              breakdown=True if getattr(args, "breakdown", False) else None)
+    if len(seeds) > 1:
+        sw = build_board_seeds(spec.name, cfg, seeds=seeds, jobs=getattr(args, "jobs", None),
+                               **kw)
+        print(json.dumps(sw, indent=2) if args.json else format_sweep(sw))
+        best = sw["best"]
+        return 0 if best is not None and best["fits"] and not best.get("error") else 1
+    r = build_board(spec.name, cfg, seed=seeds[0], progress=True, **kw)
     if args.json:
         print(json.dumps(r, indent=2))
     else:

@@ -401,7 +401,12 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         help="preset name (tiny, base, large) or JSON config file (default: base for --unit, "
         "the board's preset for --board: ulx3s base, icebreaker tiny)",
     )
-    p.add_argument("--seed", type=int, default=1, help="nextpnr seed of --board (default 1)")
+    p.add_argument("--seed", default="1", metavar="N|A-B|N,M",
+                   help="nextpnr seed of --board (default 1); several (1-4, or 1,3): a seed "
+                   "sweep that reports each and keeps the fastest routed build")
+    p.add_argument("--jobs", type=int, default=None, metavar="J",
+                   help="--board with several seeds: builds at a time (default: one per "
+                   "seed, at most the machine's cores)")
     from tritium.fpga.build import PLACERS
 
     p.add_argument("--placer", choices=PLACERS, default=None,
@@ -486,7 +491,12 @@ def cli_build_unit(args: argparse.Namespace) -> int:
 
 def _cli_unit_timing(args: argparse.Namespace, cfg: AcceleratorConfig, units: list[str],
                      show_progress: bool) -> int:
-    results = [unit_timing(u, cfg, args.target, seed=args.seed,
+    from tritium.fpga.build import parse_seeds
+
+    seeds = parse_seeds(args.seed)
+    if len(seeds) != 1:
+        raise SynthError(f"--seed {args.seed}: --unit --fmax takes one seed (sweeps: --board)")
+    results = [unit_timing(u, cfg, args.target, seed=seeds[0],
                            placer=getattr(args, "placer", None),
                            route=not getattr(args, "place_only", False),
                            force=bool(getattr(args, "force", False)), progress=show_progress)

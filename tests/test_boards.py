@@ -226,6 +226,64 @@ def test_report_says_how_to_get_a_bitstream_that_meets_timing():
     assert "-> met" in text and "the config's clock is 75 MHz" in text and "--clock" not in text
 
 
+def _fake_build(fmax: dict, routed: dict | None = None, errors: dict | None = None):
+    """A stand-in for build_board: seed -> a result with Fmax ``fmax[seed]`` (routed unless
+    ``routed[seed]`` is False; ``errors[seed]``: a build whose router was stopped)."""
+    def build(board_name, cfg=None, *, seed=1, progress=True, **kw):
+        r = {"board": board_name, "title": "ULX3S", "device": "LFE5U-85F", "config": "base",
+             "config_hash": "0" * 16, "core": "TritiumSoc", "seed": seed,
+             "pll": {"fin_mhz": 25.0}, "dir": f"/tmp/b{seed}",
+             "clock": {"target_mhz": 75.0, "config_mhz": 75.0, "pll_mhz": 75.0,
+                       "fmax_mhz": fmax[seed], "met": fmax[seed] >= 75.0,
+                       "routed": (routed or {}).get(seed, True),
+                       "slack": {"worst_ns": 13.333 - 1000 / fmax[seed], "failing": [1, seed],
+                                 "endpoints": [9, 9]}},
+             "critical_paths": [], "uart": {"baud": 1_000_000, "divisor": 75}, "fits": True,
+             "resources": {"lut": {"used": 1, "total": 2, "pct": 50.0}},
+             "times": {"place": 10.0, "route": 5.0}}
+        if seed in (errors or {}):
+            r["error"] = errors[seed]
+        return r
+    return build
+
+
+def test_seed_lists():
+    from tritium.fpga.build import BuildError, parse_seeds
+
+    assert parse_seeds("2") == [2] and parse_seeds(3) == [3]
+    assert parse_seeds("1-4") == [1, 2, 3, 4]
+    assert parse_seeds("5, 1-2,2") == [5, 1, 2]
+    for bad in ("", "4-2", "x", "1,,2", "-3", "1.5"):
+        with pytest.raises(BuildError, match="seeds are N, A-B"):
+            parse_seeds(bad)
+
+
+def test_seed_sweep_keeps_the_fastest_routed_build(monkeypatch, capsys):
+    """Every seed is reported; the best is the fastest routed build without an error (not a
+    faster post-placement estimate, nor a build whose router was stopped)."""
+    from tritium.fpga import build as fb
+    from tritium.host.cli import main
+
+    monkeypatch.setattr(fb, "build_board", _fake_build(
+        {1: 51.69, 2: 61.15, 3: 70.0, 4: 66.0, 5: 57.0}, routed={3: False},
+        errors={4: "the router does not converge"}))
+    sw = fb.build_board_seeds("ulx3s", seeds=[1, 2, 3, 4, 5], jobs=1, progress=False)
+    assert [s["seed"] for s in sw["seeds"]] == [1, 2, 3, 4, 5]
+    assert sw["best_seed"] == 2 and sw["best"]["seed"] == 2
+    assert sw["seeds"][2]["routed"] is False and sw["seeds"][3]["error"]
+    text = fb.format_sweep(sw)
+    assert "61.15" in text and "<- best" in text.splitlines()[3]
+    assert "placed only (estimate)" in text and "the router does not converge" in text
+
+    assert main(["build", "--board", "ulx3s", "--seed", "1-2,5", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed sweep (ulx3s): 3 seeds" in out and "seed 2" in out  # the best's report
+    assert main(["build", "--board", "ulx3s", "--seed", "3-4", "--jobs", "1", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["best_seed"] is None
+    assert main(["build", "--board", "ulx3s", "--seed", "2-1"]) != 0
+    assert "seeds are N, A-B" in capsys.readouterr().err
+
+
 def test_board_cores():
     """Board tops hold the SoC; on the iCE40 its device memory is the SPRAM (SingleSocRam)."""
     from amaranth.back import rtlil
