@@ -37,8 +37,10 @@ BANK_BYTES = 64 * 1024
 
 #: With a bus of 64 bits or more, each bank is split into slices of this many bits of the word,
 #: each a memory with its own copy of the input registers: on the ECP5-85F one copy of a 64 KiB
-#: bank's address fed 32 block RAMs, an 18 ns net (slices of 16 bits: 8 block RAMs each).
-SLICE_BITS = 16
+#: bank's address fed 32 block RAMs, an 18 ns net; slices of 16 bits (8 block RAMs each) still
+#: gave a 20 ns net from a slice's address copy to one of its block RAMs in stop 25 (the
+#: worst path of that build): slices of 8 bits, 4 block RAMs each.
+SLICE_BITS = 8
 
 
 def ram_slices(cfg: AcceleratorConfig) -> int:

@@ -442,8 +442,16 @@ class Gather(wiring.Component):
                          fill_b.eq(~stale & Mux(e0, ha1, e1 & ha0))]
             if self.fill_stage:
                 m.d.sync += [pf_a.eq(fill_a), pf_b.eq(fill_b)]
+                # the hits' "entry takes the word now" is the decision register alone: in a
+                # flush cycle a hit may then come out 1 for an entry the flush empties, but
+                # the hits of that cycle are not used (``valid`` is low in the cycle after a
+                # flush; a miss may wait a cycle) and those of the next SETTLE cycles are 0
+                # (timing: the flush, which reaches every unit, is not in front of the hits'
+                # compares and selects)
+                hw_a, hw_b = pf_a, pf_b
             else:
                 wr_a, wr_b = fill_a, fill_b
+                hw_a, hw_b = wr_a, wr_b
             if reg_hits:
                 # Timing (many units): the hits that make ``valid`` are registers, computed
                 # one cycle ahead from the next tags and the next address (both candidates of
@@ -451,15 +459,15 @@ class Gather(wiring.Component):
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 if self.fill_stage:
                     sc_w = w0  # (settled: addr == base + loff)
-                nb0 = ahead(tag_b, v_b, wr_b, sa_w, sc_w, quiet=uq)
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, wr_a, sa_w, sc_w, quiet=uq)),
+                nb0 = ahead(tag_b, v_b, hw_b, sa_w, sc_w, quiet=uq)
+                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, hw_a, sa_w, sc_w, quiet=uq)),
                              hit_b0.eq(nb0)]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
                 cur_n = nxt if self.fill_stage else sc_n
-                nb1 = ahead(tag_b, v_b, wr_b, sa_n, cur_n, quiet=uq)
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, wr_a, sa_n, cur_n, quiet=uq)),
+                nb1 = ahead(tag_b, v_b, hw_b, sa_n, cur_n, quiet=uq)
+                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, hw_a, sa_n, cur_n, quiet=uq)),
                              hit_b1.eq(nb1)]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
@@ -518,8 +526,8 @@ class Gather(wiring.Component):
                     r_h = Signal(name=f"rhave{k}_{u}")
                     m.d.sync += [
                         r_n.eq(Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())),
-                        r_h.eq(ahead(tag_a, v_a, wr_a, cand_adv, cand_cur, quiet=uq)
-                               | ahead(tag_b, v_b, wr_b, cand_adv, cand_cur, quiet=uq)),
+                        r_h.eq(ahead(tag_a, v_a, hw_a, cand_adv, cand_cur, quiet=uq)
+                               | ahead(tag_b, v_b, hw_b, cand_adv, cand_cur, quiet=uq)),
                     ]
                     ok = ok & (~r_n | r_h)
                 oks.append(ok)
