@@ -717,7 +717,7 @@ def seed_summary(r: dict[str, Any]) -> dict[str, Any]:
             "failing": (r.get("slack_map") or {}).get("failing",
                                                       (sl.get("failing") or [None, None])[1]),
             "fits": r.get("fits", False), "error": r.get("error"), "dir": r.get("dir"),
-            "seconds": sum((r.get("times") or {}).values())}
+            "seconds": (r.get("times") or {}).get("total")}
 
 
 def best_seed(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -240,7 +240,7 @@ def _fake_build(fmax: dict, routed: dict | None = None, errors: dict | None = No
                                  "endpoints": [9, 9]}},
              "critical_paths": [], "uart": {"baud": 1_000_000, "divisor": 75}, "fits": True,
              "resources": {"lut": {"used": 1, "total": 2, "pct": 50.0}},
-             "times": {"place": 10.0, "route": 5.0}}
+             "times": {"place": 10.0, "route": 5.0, "total": 15.5}}
         if seed in (errors or {}):
             r["error"] = errors[seed]
         return r
@@ -271,6 +271,7 @@ def test_seed_sweep_keeps_the_fastest_routed_build(monkeypatch, capsys):
     assert [s["seed"] for s in sw["seeds"]] == [1, 2, 3, 4, 5]
     assert sw["best_seed"] == 2 and sw["best"]["seed"] == 2
     assert sw["seeds"][2]["routed"] is False and sw["seeds"][3]["error"]
+    assert sw["seeds"][0]["seconds"] == 15.5
     text = fb.format_sweep(sw)
     assert "61.15" in text and "<- best" in text.splitlines()[3]
     assert "placed only (estimate)" in text and "the router does not converge" in text
