@@ -59,12 +59,12 @@ __all__ = [
     "breakdown_from_log",
     "build_board",
     "build_board_seeds",
-    "parse_seeds",
     "cli_build_board",
     "critical_paths",
     "format_report",
     "hierarchy_breakdown",
     "parse_fmax",
+    "parse_seeds",
     "parse_slack",
     "parse_utilisation",
     "router_diverges",
@@ -889,12 +889,12 @@ def cli_build_board(args) -> int:
 
         core = EchoCore
     seeds = parse_seeds(args.seed)
-    kw = dict(placer=getattr(args, "placer", None), baud=getattr(args, "baud", None),
-              clock_mhz=getattr(args, "clock", None), core=core,
-              force=bool(getattr(args, "force", False)),
-              route=not getattr(args, "place_only", False),
-              slack_map=bool(getattr(args, "slack_map", False)),
-              breakdown=True if getattr(args, "breakdown", False) else None)
+    kw = {"placer": getattr(args, "placer", None), "baud": getattr(args, "baud", None),
+              "clock_mhz": getattr(args, "clock", None), "core": core,
+              "force": bool(getattr(args, "force", False)),
+              "route": not getattr(args, "place_only", False),
+              "slack_map": bool(getattr(args, "slack_map", False)),
+              "breakdown": True if getattr(args, "breakdown", False) else None}
     if len(seeds) > 1:
         sw = build_board_seeds(spec.name, cfg, seeds=seeds, jobs=getattr(args, "jobs", None),
                                **kw)
