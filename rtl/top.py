@@ -170,7 +170,15 @@ class Gather(wiring.Component):
 
     Members
     -------
-    base, base_adv, gstride, ostride : In(24)
+    base, gstride, ostride : In(24)
+    base_adv : In(24)
+        Without ``fill_stage``: the next beat's base (a register of the walker).
+    base_adv_next : In(24)
+        With ``fill_stage``, instead of ``base_adv``: the value the walker's ``base_adv``
+        register takes in the next cycle (its start value in a flush cycle, its advanced
+        value when the walker steps, else its own). Each cache unit keeps its own copy of
+        the register, loaded with it (timing: no single register fans out to every unit's
+        address adders).
     take : In(1)
     glim, klo, khi, glim_adv, klo_adv, khi_adv : In(24)
     req, flush : In(1)
