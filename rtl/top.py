@@ -1214,11 +1214,15 @@ class GemmUnit(wiring.Component):
         x_lane = Signal(max(1, lb - 2), reset_less=True)
         x_take = Signal()  # X's element goes into the write queue
         x_ready = Signal()  # X takes an element this cycle (it is empty or leaves)
+        r_ahead = Signal()  # er > ew (registered, from the counters' next values below)
         wdata = Signal(32)
         m.d.comb += [
             wdata.eq(Mux(accum, ofifo.r_data + x_val, x_val)),
             x_ready.eq(~x_v | x_take),
-            queued.eq(active & ew_in & x_ready),
+            # (accumulate: only an element whose old value has been read, ``er > ew``: the
+            # counters restart at the end of the beat, so a read not yet asked for when the
+            # beat's last element is selected would never be)
+            queued.eq(active & ew_in & x_ready & (~accum | r_ahead)),
         ]
         with m.If(x_ready):
             m.d.sync += [x_v.eq(queued), x_val.eq(rbuf.word_select(ew, 32)),
@@ -1262,6 +1266,7 @@ class GemmUnit(wiring.Component):
         m.d.sync += [
             er.eq(Mux(zero, 0, er_nb)),
             ew.eq(Mux(zero, 0, ew_nb)),
+            r_ahead.eq(~zero & (er_nb > ew_nb)),
             er_in.eq(zero | (er_nb < cur.cols)),  # cols >= 1
             ew_in.eq(zero | (ew_nb < cur.cols)),
             ew_last.eq(Mux(zero, cur.cols == 1, ew_nb == cur.cols - 1)),
