@@ -1028,13 +1028,17 @@ class GemmUnit(wiring.Component):
             with m.If(ww_.last):
                 take_w(w_done.eq(1))
 
+        def start_of(reg):
+            """Walker register ``reg``'s value at an instruction's start (set in setup)."""
+            start = [st.rhs for st in start_stmts if st.lhs is reg]
+            assert len(start) == 1, reg
+            return start[0]
+
         def present(reg):
             """The presented beat's copy of walker register ``reg``: its start value at setup,
             the walker's value when it steps (a beat is taken, or prime)."""
             p = Signal.like(reg, name=f"{reg.name}_p")
-            start = [st.rhs for st in start_stmts if st.lhs is reg]
-            assert len(start) == 1, reg
-            start_stmts.append(p.eq(start[0]))
+            start_stmts.append(p.eq(start_of(reg)))
             with m.If(fire_of[id(reg)]):
                 m.d.sync += p.eq(reg)
             return p
@@ -1042,9 +1046,7 @@ class GemmUnit(wiring.Component):
         def next_value(reg):
             """The value walker register ``reg`` holds in the next cycle: its start value in
             the setup cycle, its advanced value when its walker steps, else its own."""
-            start = [st.rhs for st in start_stmts if st.lhs is reg]
-            assert len(start) == 1, reg
-            return Mux(setup, start[0], Mux(fire_of[id(reg)], advanced[id(reg)], reg))
+            return Mux(setup, start_of(reg), Mux(fire_of[id(reg)], advanced[id(reg)], reg))
 
         m.d.comb += [ag.take.eq(a_fire), wg.take.eq(w_fire)]
         for gat, reg in ((ag, acur), (wg, wcur)):
