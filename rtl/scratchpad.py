@@ -153,6 +153,10 @@ class ReadSlice(wiring.Component):
     mem : Out(MemPortSignature(addr_bits, word_bytes))
     owner_rvalid : Out(owners)
     owner_rtag : Out(tag_bits).array(owners)
+    ready : Out(1)
+        The slice takes a request this cycle (``client.ack`` is ``client.en & ready``): a
+        register compare, so clients sharing the port can form their own ``ack`` from it
+        without the shared port's multiplexers in front (:func:`~tritium.rtl.top._share_port`).
     """
 
     def __init__(self, addr_bits: int, word_bytes: int, tag_bits: int, latency: int,
@@ -170,6 +174,7 @@ class ReadSlice(wiring.Component):
             "mem": Out(MemPortSignature(addr_bits, word_bytes)),
             "owner_rvalid": Out(owners),
             "owner_rtag": Out(tag_bits).array(owners),
+            "ready": Out(1),
         })
 
     @staticmethod
@@ -187,6 +192,7 @@ class ReadSlice(wiring.Component):
             q.w_data.eq(Cat(c.addr, c.tag)),
             q.w_en.eq(c.en),
             c.ack.eq(c.en & q.w_rdy),
+            self.ready.eq(q.w_rdy),
             p.en.eq(q.r_rdy),
             p.we.eq(0),
             p.addr.eq(q.r_data[:aw]),
@@ -214,21 +220,27 @@ class ReadSlice(wiring.Component):
         return m
 
 
-def kept_register(m: Module, platform, src, name: str, reset: bool = False) -> Signal:
+def kept_register(m: Module, platform, src, name: str, reset: bool = False,
+                  en=None) -> Signal:
     """``src`` one cycle later, in a register of its own: a copy that synthesis does not merge
     with other copies of ``src`` (on the ECP5 instantiated ``TRELLIS_FF`` cells, which yosys'
     ``opt_merge`` leaves apart; elsewhere, and in simulation, a plain register). For
     replicating a register with a large fan-out, so each copy can sit next to its readers.
-    ``reset``: cleared by the domain's reset (synchronously), like a plain register."""
+    ``reset``: cleared by the domain's reset (synchronously), like a plain register.
+    ``en``: loads only while ``en`` is high (the flip-flops' clock enable), else holds."""
     q = Signal(len(src), name=name, reset_less=not reset)
     if getattr(platform, "family", None) == "ecp5":
         for b in range(len(src)):
             m.submodules[f"{name}_ff{b}"] = Instance(
-                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
-                p_REGSET="RESET", p_SRMODE="LSR_OVER_CE", i_CLK=ClockSignal(), i_CE=1,
+                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1" if en is None else "CE",
+                p_CLKMUX="CLK", p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+                i_CLK=ClockSignal(), i_CE=1 if en is None else en,
                 i_LSR=ResetSignal() if reset else 0, i_DI=src[b], o_Q=q[b])
-    else:
+    elif en is None:
         m.d.sync += q.eq(src)
+    else:
+        with m.If(en):
+            m.d.sync += q.eq(src)
     return q
 
 

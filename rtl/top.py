@@ -173,12 +173,14 @@ class Gather(wiring.Component):
     base, gstride, ostride : In(24)
     base_adv : In(24)
         Without ``fill_stage``: the next beat's base (a register of the walker).
-    base_adv_next : In(24)
-        With ``fill_stage``, instead of ``base_adv``: the value the walker's ``base_adv``
-        register takes in the next cycle (its start value in a flush cycle, its advanced
-        value when the walker steps, else its own). Each cache unit keeps its own copy of
-        the register, loaded with it (timing: no single register fans out to every unit's
-        address adders).
+    base_adv_next, base_adv_load : In(24), In(1)
+        With ``fill_stage``, instead of ``base_adv``: the walker's ``base_adv`` register
+        changes in this cycle (``base_adv_load``: a flush, or the walker steps) to
+        ``base_adv_next`` (its start value in a flush cycle, its advanced value when the
+        walker steps; ignored while ``base_adv_load`` is low). Each cache unit keeps its own
+        copy of the register, loaded with them (timing: no single register fans out to every
+        unit's address adders, and ``take`` reaches the copies' clock enables, not a
+        multiplexer in front of them).
     take : In(1)
     glim, klo, khi, glim_adv, klo_adv, khi_adv : In(24)
     req, flush : In(1)
@@ -210,7 +212,8 @@ class Gather(wiring.Component):
         self.grouped = not var_ostride and 1 < group <= word_bytes
         # with the fill stage the next beat's base arrives as the value the walker's register
         # will hold next cycle (``base_adv_next``); each cache unit keeps its own copy of it
-        next_base = {"base_adv_next": In(24)} if fill_stage else {"base_adv": In(24)}
+        next_base = ({"base_adv_next": In(24), "base_adv_load": In(1)} if fill_stage
+                     else {"base_adv": In(24)})
         super().__init__(
             {
                 "base": In(24),
@@ -377,7 +380,8 @@ class Gather(wiring.Component):
                 # the unit's own copy of the walker's register (``base_adv``: loaded with its
                 # next value; timing: the walker's register fanned out to every unit's adders
                 # across the die, now one register next to each unit's adders does)
-                badv = kept_register(m, platform, self.base_adv_next[:ab], f"badv{u}")
+                badv = kept_register(m, platform, self.base_adv_next[:ab], f"badv{u}",
+                                     en=self.base_adv_load)
             else:
                 badv = self.base_adv
             nxt_d = Signal(aw, name=f"next_d{u}")
@@ -1044,15 +1048,16 @@ class GemmUnit(wiring.Component):
             return p
 
         def next_value(reg):
-            """The value walker register ``reg`` holds in the next cycle: its start value in
-            the setup cycle, its advanced value when its walker steps, else its own."""
-            return Mux(setup, start_of(reg), Mux(fire_of[id(reg)], advanced[id(reg)], reg))
+            """Walker register ``reg``'s change: (whether it changes in this cycle, to what):
+            its start value in the setup cycle, its advanced value when its walker steps."""
+            return setup | fire_of[id(reg)], Mux(setup, start_of(reg), advanced[id(reg)])
 
         m.d.comb += [ag.take.eq(a_fire), wg.take.eq(w_fire)]
         for gat, reg in ((ag, acur), (wg, wcur)):
             if gat.fill_stage:
-                # (the gather's cache units keep copies of the register: its next value)
-                m.d.comb += gat.base_adv_next.eq(next_value(reg))
+                # (the gather's cache units keep copies of the register, loaded as it is)
+                load, value = next_value(reg)
+                m.d.comb += [gat.base_adv_load.eq(load), gat.base_adv_next.eq(value)]
             else:
                 m.d.comb += gat.base_adv.eq(reg)
         if eng_name == "systolic":
@@ -1417,7 +1422,7 @@ def delayed(m: Module, value, cycles: int, name: str) -> Signal:
 
 
 def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1,
-                answers: list | None = None) -> None:
+                answers: list | None = None, ready=None) -> None:
     """Connect several :class:`MemPortSignature` clients to one ``port`` (client view).
 
     ``clients`` maps a name to ``(client port, select)``; at most one ``select`` is high at a
@@ -1429,6 +1434,11 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1,
     goes to the client its tag names. ``answers`` (tagged ports): each client's own
     ``(rvalid, rtag)``, e.g. a :class:`~tritium.rtl.scratchpad.ReadSlice`'s per-owner
     registers, in place of the port's ``rvalid`` routed by the owner field and its ``rtag``.
+    ``ready``: the port acknowledges every request while it is high (``ack = en & ready``, a
+    :class:`~tritium.rtl.scratchpad.ReadSlice`'s): each client's ``ack`` is then its own
+    ``en & select & ready`` (timing: not the port's ``ack``, which the multiplexers of every
+    client's request and select sit in front of; on the ECP5-85F one unit's select reached
+    another unit's request register through them).
     """
     if len(clients) == 1:
         (c, _), = clients.values()
@@ -1451,7 +1461,8 @@ def _share_port(m: Module, port, clients: dict, name: str, latency: int = 1,
                 m.d.comb += c.rtag.eq(rtag[:c.signature.tag_bits])
         else:  # acknowledged ``latency`` cycles ago for this client
             rvalid = port.rvalid & delayed(m, port.ack & sel, latency, f"{name}_{k}_owner")
-        m.d.comb += [c.ack.eq(port.ack & sel), c.rvalid.eq(rvalid), c.rdata.eq(port.rdata)]
+        ack = port.ack & sel if ready is None else c.en & sel & ready
+        m.d.comb += [c.ack.eq(ack), c.rvalid.eq(rvalid), c.rdata.eq(port.rdata)]
 
 
 class ComputeUnit(wiring.Component):
@@ -1529,7 +1540,7 @@ class ComputeUnit(wiring.Component):
             clients = {e: (getattr(gu, attr), gu.busy) for e, gu in gemms.items()}
             port = mem[name]
             ct = max(c.signature.tag_bits for c, _ in clients.values())
-            answers = None
+            answers = ready = None
             if ct:  # tagged GEMM ports: their reads through a ReadSlice (gemm_read_slice)
                 ob = (len(clients) - 1).bit_length()  # the owner index (0 bits for one)
                 rs = ReadSlice(self.spad_bits, bb, ct + ob, lat, owners=len(clients),
@@ -1539,7 +1550,8 @@ class ComputeUnit(wiring.Component):
                 port = wiring.flipped(rs.client)
                 # each GEMM unit's own registers of the answer (timing: next to its gathers)
                 answers = list(zip(rs.owner_rvalid, rs.owner_rtag))
-            _share_port(m, port, clients, name, lat, answers)
+                ready = rs.ready
+            _share_port(m, port, clients, name, lat, answers, ready)
         # outstanding reads: 3 for one read per cycle at 1 cycle of latency, +1 per extra cycle
         # the serial vector unit (small, slow-clocked configurations) talks to the ports
         # without the adapters' timing FIFOs

@@ -97,12 +97,20 @@ def test_gather_random_beats(shape, latency):
         return beats[min(b + 1, len(beats) - 1)]["base"]
 
     async def tb(ctx):
+        reg = [None]  # (staged) the walker's register as the gather's copies hold it next
+
         def set_base_adv(now, after):
             """The walker's register: ``base_adv`` = ``now`` in this cycle, ``after`` in the
-            next. A staged gather takes the register's next value (``base_adv_next``) and
-            keeps copies of it: those hold ``now`` only if it was set a cycle ahead."""
+            next. A staged gather takes the register's change (``base_adv_load``,
+            ``base_adv_next``) and keeps copies of it: those hold ``now`` only if it was set
+            a cycle ahead. As a walker, this loads the register when its value changes (and
+            at random when it does not); without a load ``base_adv_next`` is garbage, which
+            the copies must ignore."""
             if staged:
-                ctx.set(dut.base_adv_next, after)
+                load = after != reg[0] or rnd.random() < 0.3
+                ctx.set(dut.base_adv_load, load)
+                ctx.set(dut.base_adv_next, after if load else rnd.randrange(1 << 24))
+                reg[0] = after
             elif now is not None:
                 ctx.set(dut.base_adv, now)
 
