@@ -884,45 +884,9 @@ class GemmUnit(wiring.Component):
                 m.d.sync += primed.eq(1)
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
-        # Between a gather and its engine input: a register R that takes each beat as it
-        # leaves the gather (no multiplexer in front of it: the gather's data path ends at R,
-        # next to it, not at the engine; timing), then the engine's input register E with a
-        # spare S (a skid buffer): R hands its beat to E when E is free after this cycle (S
-        # first, keeping the order), else to S. A beat leaves the gather unless R and S are
-        # both full, so ``fire`` (and the walkers' registers it enables) does not wait on the
-        # engine's ``ready``; R's payload loads whenever it may, valid or not, so that the
-        # gather's valid enables only the valid bits. A beat reaches the engine a cycle later
-        # than without R.
-        for fire, gat, in_, st, nm in ((a_fire, ag, act_in, eng.act, "act"),
-                                       (w_fire, wg, wgt_in, eng.wgt, "wgt")):
-            r_v = Signal(name=f"{nm}_r_v")
-            r_p = Signal(st.payload.shape(), name=f"{nm}_r")
-            sk_v = Signal(name=f"{nm}_skid_v")
-            sk_p = Signal(st.payload.shape(), name=f"{nm}_skid")
-            full = r_v & sk_v
-            e_free = ~st.valid | st.ready  # the engine's register is free after this cycle
-            # ``room``: ~full & primed, a register loaded with its next value (timing: one
-            # LUT less between R's and S's valid bits and ``fire``, whose net reaches every
-            # walker register and every cache unit of the gather)
-            room = Signal(name=f"{nm}_room")
-            r_v_next = Mux(full, 1, fire)
-            sk_v_next = ~e_free & (sk_v | r_v)
-            m.d.sync += room.eq(~(r_v_next & sk_v_next) & primed_next)
-            m.d.comb += fire.eq(gat.valid & room)
-            # R and S load from registers only (timing: the engine's ``ready``, which couples
-            # the A and W inputs, reaches E and the valid bits, not R's or S's payload); while
-            # both are full R waits, and moves on in the cycle after S has gone to E
-            with m.If(~full):
-                m.d.sync += [r_v.eq(fire), r_p.eq(in_)]
-            with m.If(~sk_v):
-                m.d.sync += sk_p.eq(r_p)
-            with m.If(e_free):
-                with m.If(sk_v):
-                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p), sk_v.eq(0)]
-                with m.Else():
-                    m.d.sync += [st.valid.eq(r_v), st.payload.eq(r_p)]
-            with m.Elif(~sk_v):
-                m.d.sync += sk_v.eq(r_v)
+        # (LUT engine: R holds the weight gather's raw beat, ``wgt_raw``, and ``wgt_post``
+        # forms the engine's beat from it; set below)
+        wgt_raw = wgt_post = None
         # a_done / w_done: the walker has moved past the last beat (it is presented);
         # a_taken / w_taken: that beat has been taken too
         a_taken = Signal()
@@ -1136,14 +1100,24 @@ class GemmUnit(wiring.Component):
             ]
             shift = present(wsub)[:3] if G < 8 else Const(0, 3)
             mb = cfg.lut_max_bits
-            for i in range(LN):
-                # the gather enables only the lane of plane ``plane_p`` (``klo``/``khi``) and
-                # gives 0 on the others: their OR is that lane's byte (timing: no select by
-                # ``plane_p`` in the path from the cache lines to the engine's input)
-                byte = wg.data[i * mb]
-                for p_ in range(1, mb):
-                    byte = byte | wg.data[i * mb + p_]
-                m.d.comb += wgt_in[i].eq((byte >> shift) & gmask)
+            # R holds the gather's bytes and the shift; the weight bits are formed behind it
+            # (timing: the plane OR and the shift were 4 LUT levels between the cache units'
+            # byte selects and R)
+            wgt_raw = Cat(wg.data.as_value(), shift)
+
+            def wgt_post(raw):
+                """The engine's weight beat from R's raw beat: the gather enables only the
+                lane of plane ``plane_p`` (``klo``/``khi``) and gives 0 on the others, so
+                their OR is that lane's byte (no select by ``plane_p``)."""
+                lanes_ = data.ArrayLayout(unsigned(8), LN * mb)(raw[:LN * mb * 8])
+                sh = raw[LN * mb * 8:]
+                out = Signal(eng.wgt.payload.shape(), name="wgt_post")
+                for i in range(LN):
+                    byte = lanes_[i * mb]
+                    for p_ in range(1, mb):
+                        byte = byte | lanes_[i * mb + p_]
+                    m.d.comb += out[i].eq((byte >> sh) & gmask)
+                return out
             take_a(aoff.eq(aoff + G), acur.eq(acur + G))
             with m.If(a_row_end):
                 take_a(aoff.eq(0), acur.eq(abase))
@@ -1154,6 +1128,50 @@ class GemmUnit(wiring.Component):
                 with m.If(w_row_end):
                     take_w(wsub.eq(0), wcur.eq(wbase))
                     w_next_tile(bkb * LN)
+
+        # Between a gather and its engine input: a register R that takes each beat as it
+        # leaves the gather (no multiplexer in front of it: the gather's data path ends at R,
+        # next to it, not at the engine; timing), then the engine's input register E with a
+        # spare S (a skid buffer): R hands its beat to E when E is free after this cycle (S
+        # first, keeping the order), else to S. A beat leaves the gather unless R and S are
+        # both full, so ``fire`` (and the walkers' registers it enables) does not wait on the
+        # engine's ``ready``; R's payload loads whenever it may, valid or not, so that the
+        # gather's valid enables only the valid bits. A beat reaches the engine a cycle later
+        # than without R.
+        # (after the engines' sections: the LUT engine's sets ``wgt_raw`` / ``wgt_post``)
+        for fire, gat, in_, st, nm, post in (
+                (a_fire, ag, act_in, eng.act, "act", None),
+                (w_fire, wg, wgt_in if wgt_raw is None else wgt_raw, eng.wgt, "wgt", wgt_post)):
+            r_v = Signal(name=f"{nm}_r_v")
+            r_p = Signal(len(in_) if post else st.payload.shape(), name=f"{nm}_r")
+            sk_v = Signal(name=f"{nm}_skid_v")
+            sk_p = Signal(st.payload.shape(), name=f"{nm}_skid")
+            full = r_v & sk_v
+            e_free = ~st.valid | st.ready  # the engine's register is free after this cycle
+            # ``room``: ~full & primed, a register loaded with its next value (timing: one
+            # LUT less between R's and S's valid bits and ``fire``, whose net reaches every
+            # walker register and every cache unit of the gather)
+            room = Signal(name=f"{nm}_room")
+            r_v_next = Mux(full, 1, fire)
+            sk_v_next = ~e_free & (sk_v | r_v)
+            m.d.sync += room.eq(~(r_v_next & sk_v_next) & primed_next)
+            m.d.comb += fire.eq(gat.valid & room)
+            # R and S load from registers only (timing: the engine's ``ready``, which couples
+            # the A and W inputs, reaches E and the valid bits, not R's or S's payload); while
+            # both are full R waits, and moves on in the cycle after S has gone to E
+            with m.If(~full):
+                m.d.sync += [r_v.eq(fire), r_p.eq(in_)]
+            if post is not None:
+                r_p = post(r_p)  # the engine's beat, formed behind R
+            with m.If(~sk_v):
+                m.d.sync += sk_p.eq(r_p)
+            with m.If(e_free):
+                with m.If(sk_v):
+                    m.d.sync += [st.valid.eq(1), st.payload.eq(sk_p), sk_v.eq(0)]
+                with m.Else():
+                    m.d.sync += [st.valid.eq(r_v), st.payload.eq(r_p)]
+            with m.Elif(~sk_v):
+                m.d.sync += sk_v.eq(r_v)
 
         # ------------------------------------------------------------------ writer
         # One int32 per cycle: element e is written while element e+1 (accumulate) is read
@@ -1270,13 +1288,19 @@ class GemmUnit(wiring.Component):
         ew_nb = Mux(queued, ew + 1, ew)
         rb_nb = Mux(last_beat, 0, rb + 1)  # after beat_end
         zero = start_row | beat_end  # er, ew (and rb at start_row) restart from 0
+        # (the flags' compares are of the registers, for both outcomes of ``rd_ack`` and
+        # ``queued``, which then select among them; timing: ``rd_ack`` comes from the ACC
+        # arbiter, and was in front of a carry chain)
         m.d.sync += [
             er.eq(Mux(zero, 0, er_nb)),
             ew.eq(Mux(zero, 0, ew_nb)),
-            r_ahead.eq(~zero & (er_nb > ew_nb)),
-            er_in.eq(zero | (er_nb < cur.cols)),  # cols >= 1
-            ew_in.eq(zero | (ew_nb < cur.cols)),
-            ew_last.eq(Mux(zero, cur.cols == 1, ew_nb == cur.cols - 1)),
+            # er_nb > ew_nb
+            r_ahead.eq(~zero & Mux(rd_ack, Mux(queued, er > ew, er >= ew),
+                                   Mux(queued, er > ew + 1, er > ew))),
+            er_in.eq(zero | Mux(rd_ack, er + 1 < cur.cols, er < cur.cols)),  # cols >= 1
+            ew_in.eq(zero | Mux(queued, ew + 1 < cur.cols, ew < cur.cols)),
+            ew_last.eq(Mux(zero, cur.cols == 1,
+                           Mux(queued, ew + 2 == cur.cols, ew + 1 == cur.cols))),
         ]
         with m.If(start_row):
             m.d.sync += [row.eq(cur.addr), started.eq(1), rb.eq(0), row_ok.eq(1)]  # rows >= 1
