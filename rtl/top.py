@@ -884,9 +884,9 @@ class GemmUnit(wiring.Component):
                 m.d.sync += primed.eq(1)
         act_in = Signal(eng.act.payload.shape())
         wgt_in = Signal(eng.wgt.payload.shape())
-        # (LUT engine: R holds the weight gather's raw beat, ``wgt_raw``, and ``wgt_post``
+        # (LUT engine: R holds the weight gather's raw beat, ``wgt_in`` then, and ``wgt_post``
         # forms the engine's beat from it; set below)
-        wgt_raw = wgt_post = None
+        wgt_post = None
         # a_done / w_done: the walker has moved past the last beat (it is presented);
         # a_taken / w_taken: that beat has been taken too
         a_taken = Signal()
@@ -1103,7 +1103,7 @@ class GemmUnit(wiring.Component):
             # R holds the gather's bytes and the shift; the weight bits are formed behind it
             # (timing: the plane OR and the shift were 4 LUT levels between the cache units'
             # byte selects and R)
-            wgt_raw = Cat(wg.data.as_value(), shift)
+            wgt_in = Cat(wg.data.as_value(), shift)
 
             def wgt_post(raw):
                 """The engine's weight beat from R's raw beat: the gather enables only the
@@ -1138,10 +1138,10 @@ class GemmUnit(wiring.Component):
         # engine's ``ready``; R's payload loads whenever it may, valid or not, so that the
         # gather's valid enables only the valid bits. A beat reaches the engine a cycle later
         # than without R.
-        # (after the engines' sections: the LUT engine's sets ``wgt_raw`` / ``wgt_post``)
+        # (after the engines' sections: the LUT engine's replaces ``wgt_in``, sets ``wgt_post``)
         for fire, gat, in_, st, nm, post in (
                 (a_fire, ag, act_in, eng.act, "act", None),
-                (w_fire, wg, wgt_in if wgt_raw is None else wgt_raw, eng.wgt, "wgt", wgt_post)):
+                (w_fire, wg, wgt_in, eng.wgt, "wgt", wgt_post)):
             r_v = Signal(name=f"{nm}_r_v")
             r_p = Signal(len(in_) if post else st.payload.shape(), name=f"{nm}_r")
             sk_v = Signal(name=f"{nm}_skid_v")
