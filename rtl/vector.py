@@ -345,6 +345,8 @@ class _Walker:
         self.space = Signal(name=f"{name}_space")
         self.base_sel = Signal(range(len(_BASES)), name=f"{name}_base_sel")
         self.idx_sel = Signal(range(len(_INDEXES)), name=f"{name}_idx_sel")
+        # ``rowbase + c``: a register that steps with ``c`` and ``rowbase`` (timing: no adder
+        # in front of the issuer's address adder)
         self.i = Signal(aw, name=f"{name}_i")
         is_ = ctx.is_
 
@@ -399,7 +401,6 @@ class _Walker:
                                 reads(rd)
                         else:
                             reads(rd)
-        m.d.comb += self.i.eq(self.rowbase + self.c)
 
         with m.If(self.start):
             m.d.sync += [
@@ -409,6 +410,7 @@ class _Walker:
                 self.c.eq(0),
                 self.k.eq(0),
                 self.rowbase.eq(0),
+                self.i.eq(0),
             ]
         with m.Elif(self.step):
             with m.If(~self.last_k):
@@ -416,9 +418,9 @@ class _Walker:
             with m.Else():
                 m.d.sync += self.k.eq(0)
                 with m.If(~self.last_c):
-                    m.d.sync += self.c.eq(self.c + 1)
+                    m.d.sync += [self.c.eq(self.c + 1), self.i.eq(self.i + 1)]
                 with m.Else():
-                    m.d.sync += self.c.eq(0)
+                    m.d.sync += [self.c.eq(0), self.i.eq(self.rowbase)]
                     with m.If(self.pidx == 0):
                         m.d.sync += self.pidx.eq(1)
                     with m.Elif(self.pidx != npass):
@@ -431,6 +433,7 @@ class _Walker:
                             m.d.sync += [
                                 self.r.eq(self.r + 1),
                                 self.rowbase.eq(self.rowbase + ctx.n),
+                                self.i.eq(self.rowbase + ctx.n),
                             ]
 
 
