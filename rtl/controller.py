@@ -46,7 +46,7 @@ completes) and sets STATUS.ERROR with ERROR and ERROR_PC = the instruction's pc.
 the queue slot; it replaces a check fault latched meanwhile (that instruction is younger), and
 the first unit error stays (two queued instructions of different queues that both fault are
 reported in the order they finish). The watchdog (cycles since START >= CSR WATCHDOG, acted on one cycle later:
-the compare is registered) and CTRL.RESET abort:
+the compare is registered, and so is the limit it reads) and CTRL.RESET abort:
 compute units are reset, the DMA units and the fetch port finish their outstanding AXI bursts
 without writing, the queues are emptied; the watchdog then reports WATCHDOG at the pc of the
 instruction being fetched/dispatched (or the fault already pending), RESET returns to idle. In
@@ -1203,7 +1203,11 @@ class Controller(wiring.Component):
         # ``dev``, so only its bits 4 .. AW-1 can be non-zero and ``pc + 16 <= dev`` fits AW bits.
         pc_next = Cat(Const(0, 4), (pc[4:AW] + 1)[: AW - 4])
         wd_hit = Signal()  # registered (timing: it gates ``enq``): one cycle after the compare
-        m.d.sync += wd_hit.eq(wd >= self.watchdog)
+        # the limit is registered next to the compare (timing: on the ECP5-85F the CSR's
+        # memory read -> the 32-bit compare -> ``wd_hit`` was a failing path); a WATCHDOG
+        # write reaches the compare a cycle later
+        wd_lim = Signal(32)
+        m.d.sync += [wd_lim.eq(self.watchdog), wd_hit.eq(wd >= wd_lim)]
         # what the abort ends in: back to IDLE (RESET), WATCHDOG at ``pc``, or the fault that
         # was pending when the watchdog hit (``err_code``, ``err_pc``). ``pc`` and the error
         # registers keep their values from the cycle the abort starts (see ``guard_fire``).

@@ -36,8 +36,9 @@ read-only registers are ignored; every response is OKAY.
 
 PROG_BASE and WATCHDOG are two words of a block RAM (``reg_mem``), not registers: they take
 their initial values with the bitstream (or the simulation's start) and keep what was
-written over a reset of the clock domain. The controller sees a WATCHDOG write two cycles
-after its handshake, and PROG_BASE in the ``start`` cycle.
+written over a reset of the clock domain. The ``watchdog`` output shows a WATCHDOG write two
+cycles after its handshake (the controller registers it once more), and PROG_BASE is there
+in the ``start`` cycle.
 
 The counters live in a small memory (one 32-bit word each: two EBRs on iCE40, LUT RAM on ECP5)
 with a narrow free-running pre-counter each (the count's low bits); a flush pointer brings one
