@@ -38,9 +38,11 @@ BANK_BYTES = 64 * 1024
 #: With a bus of 64 bits or more, each bank is split into slices of this many bits of the word,
 #: each a memory with its own copy of the input registers: on the ECP5-85F one copy of a 64 KiB
 #: bank's address fed 32 block RAMs, an 18 ns net; slices of 16 bits (8 block RAMs each) still
-#: gave a 20 ns net from a slice's address copy to one of its block RAMs in stop 25 (the
-#: worst path of that build): slices of 8 bits, 4 block RAMs each.
-SLICE_BITS = 8
+#: gave a 20 ns net from a slice's address copy to one of its block RAMs in stop 25, and
+#: slices of 8 bits (4 block RAMs each) 15-18 ns nets in stop 27 (the worst path of one
+#: build): the placer scatters a slice's block RAMs over the die's RAM rows (82 % of them are
+#: used). Slices of 2 bits: one DP16KD (8 K x 2) each, its address copy beside it.
+SLICE_BITS = 2
 
 
 def ram_slices(cfg: AcceleratorConfig) -> int:
@@ -225,19 +227,21 @@ class SocRam(wiring.Component):
                 mem = memory.Memory(shape=sw, depth=self.words // nb, init=[])
                 sfx = f"{i}_s{j}" if ns > 1 else f"{i}"
                 m.submodules[f"ram_bank{sfx}"] = mem
-                wp = mem.write_port(granularity=8)
+                # (a slice narrower than a byte: one enable, its byte's)
+                wp = mem.write_port(granularity=8) if sw >= 8 else mem.write_port()
                 rp = mem.read_port(transparent_for=(wp,))
                 # the slice's copies of the input registers: loaded only when the bank is
                 # addressed (distinct registers: synthesis does not merge them into one)
                 b_ra = Signal(local, name=f"ra{sfx}")
                 b_wa = Signal(local, name=f"wa{sfx}")
                 b_wd = Signal(sw, name=f"wd{sfx}")
-                b_we = Signal(sw // 8, name=f"we{sfx}")
+                lo_b, hi_b = j * sw // 8, max(j * sw // 8 + 1, (j + 1) * sw // 8)
+                b_we = Signal(hi_b - lo_b, name=f"we{sfx}")
                 with m.If(rsel):
                     m.d.sync += b_ra.eq(ra[:local])
                 with m.If(wsel):
                     m.d.sync += [b_wa.eq(wa[:local]), b_wd.eq(wd[j * sw:(j + 1) * sw])]
-                m.d.sync += [b_we.eq(Mux(wsel, we[j * sw // 8:(j + 1) * sw // 8], 0)),
+                m.d.sync += [b_we.eq(Mux(wsel, we[lo_b:hi_b], 0)),
                              out[j * sw:(j + 1) * sw].eq(rp.data)]
                 m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd),
                              wp.en.eq(b_we)]
