@@ -366,6 +366,30 @@ class Gather(wiring.Component):
             q = unsettled if quiet is None else quiet
             return ~q & Mux(self.take, at(cand_adv), at(cand_cur))
 
+        def ahead_d(d, v, write, wd, c, bh, cand_cur, tag, k, quiet):
+            """``ahead`` for the fill-stage gathers, whose next-beat candidate
+            ``(badv + loff)[lb:] + k`` is not summed: it equals ``bh + c + k`` (``bh`` the
+            walker copy's word bits, ``c`` the carry out of the byte bits), so an entry holds
+            it when ``bh == tag - loff[lb:] - k - c``; ``d[j]`` / ``wd[j]`` hold the entry's /
+            the written word's ``tag - loff[lb:] - j``, registered with the tag (timing: no
+            carry chain in front of the hits' compares)."""
+            def adv(ds):
+                return bh == Mux(c, ds[k + 1], ds[k])
+            at_adv = Mux(write, adv(wd), v & adv(d))
+            at_cur = Mux(write, wr_tag == cand_cur, v & (tag == cand_cur))
+            return ~quiet & Mux(self.take, at_adv, at_cur)
+
+        def unit_hit(ent, k, cand_cur, uc):
+            """The next value of a hit register of entry ``ent`` = (tag, valid, written now,
+            differences) for the word ``w0 + k``; ``uc``: the unit's (next-beat sums) or,
+            with the fill stage, (written word's differences, carry, ``bh``, quiet)."""
+            tag, v, write, d = ent
+            if d is None:
+                sa_w, sa_n = uc
+                return ahead(tag, v, write, sa_n if k else sa_w, cand_cur)
+            wd, cy, bh, quiet = uc
+            return ahead_d(d, v, write, wd, cy, bh, cand_cur, tag, k, quiet)
+
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             uq = (kept_register(m, platform, quiet_next, f"quiet{u}", reset=True)
@@ -445,6 +469,19 @@ class Gather(wiring.Component):
             else:
                 ha0, hb0, ha1, hb1 = hit_a0, hit_b0, hit_a1, hit_b1
             hv0, hv1 = ha0 | hb0, ha1 | hb1  # w0, w0 + 1 held (or being written)
+            if self.fill_stage:
+                # (see ``ahead_d``) the word bits of this unit's offset, the carry of the
+                # next beat's byte bits, the differences of the returning word (registered
+                # as ``wr_tag``), of each entry (loaded with its tag); ``loff`` is settled
+                # before a word can return after a flush (``SETTLE``)
+                nd = 3 if straddle else 2
+                lh = loff[lb:]
+                cy = Signal(name=f"cy{u}")
+                m.d.comb += cy.eq((badv[:lb] + loff[:lb]) >= wb)
+                wd = [Signal(aw, name=f"wr_d{j}_{u}", reset_less=True) for j in range(nd)]
+                d_a = [Signal(aw, name=f"d{j}_a{u}", reset_less=True) for j in range(nd)]
+                d_b = [Signal(aw, name=f"d{j}_b{u}", reset_less=True) for j in range(nd)]
+                m.d.sync += [wd[j].eq(if_tag - lh - j) for j in range(nd)]
             # a returned word fills entry A or B (see below)
             e0 = ret & (if_tag == w0) & ~hv0  # w0 arrives: keep the entry holding w0 + 1
             e1 = ret & (if_tag == nxt) & ~hv1  # w0 + 1 arrives: keep the entry holding w0
@@ -471,16 +508,19 @@ class Gather(wiring.Component):
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 if self.fill_stage:
                     sc_w = w0  # (settled: addr == base + loff)
-                nb0 = ahead(tag_b, v_b, hw_b, sa_w, sc_w, quiet=uq)
-                m.d.sync += [hit_a0.eq(ahead(tag_a, v_a, hw_a, sa_w, sc_w, quiet=uq)),
-                             hit_b0.eq(nb0)]
+                    uc = (wd, cy, badv[lb:], uq)
+                else:
+                    uc = (sa_w, sa_n)
+                ent_a = (tag_a, v_a, hw_a, d_a if self.fill_stage else None)
+                ent_b = (tag_b, v_b, hw_b, d_b if self.fill_stage else None)
+                nb0 = unit_hit(ent_b, 0, sc_w, uc)
+                m.d.sync += [hit_a0.eq(unit_hit(ent_a, 0, sc_w, uc)), hit_b0.eq(nb0)]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
                 cur_n = nxt if self.fill_stage else sc_n
-                nb1 = ahead(tag_b, v_b, hw_b, sa_n, cur_n, quiet=uq)
-                m.d.sync += [hit_a1.eq(ahead(tag_a, v_a, hw_a, sa_n, cur_n, quiet=uq)),
-                             hit_b1.eq(nb1)]
+                nb1 = unit_hit(ent_b, 1, cur_n, uc)
+                m.d.sync += [hit_a1.eq(unit_hit(ent_a, 1, cur_n, uc)), hit_b1.eq(nb1)]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             # the byte select's "entry B holds w0 / w0 + 1": with the fill stage a copy of the
@@ -529,17 +569,17 @@ class Gather(wiring.Component):
                 # need flags and hits (the same values as need0 / have0 ...; timing: one
                 # LUT per unit in front of the AND over the units that makes ``valid``)
                 # (~need | have for w0 and, when the group straddles, for w0 + 1)
-                terms = [(n0_adv, n0_cur, sa_w, sc_w)]
+                terms = [(n0_adv, n0_cur, sc_w)]
                 if n1:
-                    terms.append((n1_adv, n1_cur, sa_n, cur_n))
+                    terms.append((n1_adv, n1_cur, cur_n))
                 ok = Const(1)
-                for k, (need_adv, need_cur, cand_adv, cand_cur) in enumerate(terms):
+                for k, (need_adv, need_cur, cand_cur) in enumerate(terms):
                     r_n = Signal(name=f"rneed{k}_{u}")
                     r_h = Signal(name=f"rhave{k}_{u}")
                     m.d.sync += [
                         r_n.eq(Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())),
-                        r_h.eq(ahead(tag_a, v_a, hw_a, cand_adv, cand_cur, quiet=uq)
-                               | ahead(tag_b, v_b, hw_b, cand_adv, cand_cur, quiet=uq)),
+                        r_h.eq(unit_hit(ent_a, k, cand_cur, uc)
+                               | unit_hit(ent_b, k, cand_cur, uc)),
                     ]
                     ok = ok & (~r_n | r_h)
                 oks.append(ok)
@@ -564,8 +604,12 @@ class Gather(wiring.Component):
             # the flush does not fan out to the lines' enables)
             with m.If(pf_a if self.fill_stage else wr_a):
                 m.d.sync += [tag_a.eq(wr_tag), line_a.eq(wr_data)]
+                if self.fill_stage:
+                    m.d.sync += [d.eq(w) for d, w in zip(d_a, wd)]
             with m.If(pf_b if self.fill_stage else wr_b):
                 m.d.sync += [tag_b.eq(wr_tag), line_b.eq(wr_data)]
+                if self.fill_stage:
+                    m.d.sync += [d.eq(w) for d, w in zip(d_b, wd)]
 
         def first(flags, vals):
             """(any flag set, value of the first set flag): a balanced tree, log2(n) deep."""
