@@ -357,14 +357,13 @@ class Gather(wiring.Component):
             quiet_next = Signal()  # ``settle != 0`` in the next cycle
             m.d.comb += quiet_next.eq(self.flush | (settle > 1))
 
-        def ahead(tag, v, write, cand_adv, cand_cur, quiet=None):
+        def ahead(tag, v, write, cand_adv, cand_cur):
             """A hit register's next value: entry (``tag``, ``v``; ``write``: it takes
             ``wr_tag`` now) holds the word the unit addresses next cycle (``cand_adv`` if the
-            beat is taken, else ``cand_cur``); 0 while ``quiet`` (default: ``unsettled``)."""
+            beat is taken, else ``cand_cur``); 0 while ``unsettled`` (no fill stage)."""
             def at(c):
                 return Mux(write, wr_tag == c, v & (tag == c))
-            q = unsettled if quiet is None else quiet
-            return ~q & Mux(self.take, at(cand_adv), at(cand_cur))
+            return ~unsettled & Mux(self.take, at(cand_adv), at(cand_cur))
 
         def ahead_d(d, v, write, wd, c, bh, cand_cur, tag, k, quiet):
             """``ahead`` for the fill-stage gathers, whose next-beat candidate
