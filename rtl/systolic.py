@@ -8,6 +8,8 @@ from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
+from .scratchpad import registered_product
+
 __all__ = ["GEMM_CMD_LAYOUT", "HeadRegisterFIFO", "SystolicArray", "fifo_room", "systolic_fifo_rows",
            "systolic_latency"]
 
@@ -238,10 +240,12 @@ class SystolicArray(wiring.Component):
             for c in range(C):
                 acc = Signal(signed(32), name=f"acc{r}_{c}", reset_less=True)
                 out = Signal(signed(32), name=f"out{r}_{c}", reset_less=True)
-                prod = Signal(signed(16), name=f"prod{r}_{c}", reset_less=True)
                 nxt = Signal(signed(32), name=f"nxt{r}_{c}")
                 cc = ctrl[r + c + 1]
-                m.d.sync += prod.eq(a_line[r][r + c] * w_line[c][r + c])
+                # in the MULT18X18D's output register on the ECP5 (timing: the DSP column
+                # is far from the PE's fabric registers)
+                prod = registered_product(m, platform, a_line[r][r + c], w_line[c][r + c], 1,
+                                          name=f"prod{r}_{c}", width=16)
                 m.d.comb += nxt.eq(Mux(cc.clr, 0, acc) + prod)
                 with m.If(cc.v):
                     m.d.sync += acc.eq(nxt)
