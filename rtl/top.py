@@ -442,9 +442,13 @@ class Gather(wiring.Component):
                 sum_adv.eq(badv + loff),
                 addr_d.eq(Mux(self.take, sum_adv, sum_cur)),
                 nxt_d.eq(Mux(self.take, sa_n, sc_n)),
-                lo.eq(addr[:lb]),
                 w0.eq(addr[lb:]),
             ]
+            # the byte select's byte index: with the fill stage a copy of the address
+            # register's byte bits of its own (timing: ``addr`` sits by the adders and the
+            # compares, the copy can sit by the lines and the byte multiplexers)
+            m.d.comb += lo.eq(kept_register(m, platform, addr_d[:lb], f"lo_sel{u}")
+                              if self.fill_stage else addr[:lb])
             if self.fill_stage:
                 # the decision of the last cycle (pfill) writes now; the entries as they are
                 # after that write decide this cycle's fill and the misses
@@ -564,24 +568,19 @@ class Gather(wiring.Component):
                 m.d.comb += self.data[i].eq(Mux(mask, byte, 0))
             m.d.comb += [need0.eq(Cat(n0).any()), need1.eq(Cat(n1).any() if n1 else 0)]
             if self.fill_stage:
-                # ``valid``'s terms from registers of their own, loaded with the next cycle's
-                # need flags and hits (the same values as need0 / have0 ...; timing: one
-                # LUT per unit in front of the AND over the units that makes ``valid``)
-                # (~need | have for w0 and, when the group straddles, for w0 + 1)
+                # ``valid``'s terms are registers of their own, each loaded with the next
+                # cycle's ``~need | have`` for w0 and, when the group straddles, for w0 + 1
+                # (the same values as need0 / have0 ...; timing: the AND over the units that
+                # makes ``valid`` reads one register per term, no LUT in front of it)
                 terms = [(n0_adv, n0_cur, sc_w)]
                 if n1:
                     terms.append((n1_adv, n1_cur, cur_n))
-                ok = Const(1)
                 for k, (need_adv, need_cur, cand_cur) in enumerate(terms):
-                    r_n = Signal(name=f"rneed{k}_{u}")
-                    r_h = Signal(name=f"rhave{k}_{u}")
-                    m.d.sync += [
-                        r_n.eq(Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())),
-                        r_h.eq(unit_hit(ent_a, k, cand_cur, uc)
-                               | unit_hit(ent_b, k, cand_cur, uc)),
-                    ]
-                    ok = ok & (~r_n | r_h)
-                oks.append(ok)
+                    r_ok = Signal(name=f"rok{k}_{u}")
+                    m.d.sync += r_ok.eq(
+                        ~Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())
+                        | unit_hit(ent_a, k, cand_cur, uc) | unit_hit(ent_b, k, cand_cur, uc))
+                    oks.append(r_ok)
             else:
                 oks.append((~need0 | have0) & (~need1 | have1))
             # demand misses (w0 first), then the prefetch of the next word
@@ -911,14 +910,18 @@ class GemmUnit(wiring.Component):
         # start the copies get the first beat and one ``prime`` step moves the walkers to the
         # second (two cycles after setup, when the walkers' registered flags are valid); no
         # beat is taken before it.
+        # ``prime`` is a register, high in the second cycle after setup (timing: it joins
+        # ``fire`` in the walkers' and the cache units' load enables as one more register
+        # input, not through a LUT of its own; ``run`` cannot fall before prime: the walkers
+        # have not moved)
         prime = Signal()
         primed = Signal()
         prime_wait = Signal()
         a_step = Signal()  # the A walker moves: a beat is taken, or prime
         w_step = Signal()
-        primed_next = Mux(setup, 0, primed | prime)  # (prime: run & ~primed & ...)
-        m.d.comb += [prime.eq(run & ~primed & ~prime_wait),
-                     a_step.eq(a_fire | prime), w_step.eq(w_fire | prime)]
+        primed_next = Mux(setup, 0, primed | prime)
+        m.d.comb += [a_step.eq(a_fire | prime), w_step.eq(w_fire | prime)]
+        m.d.sync += prime.eq(run & prime_wait & ~setup)
         with m.If(setup):
             m.d.sync += [primed.eq(0), prime_wait.eq(1)]
         with m.Elif(run):
