@@ -365,29 +365,34 @@ class Gather(wiring.Component):
                 return Mux(write, wr_tag == c, v & (tag == c))
             return ~unsettled & Mux(self.take, at(cand_adv), at(cand_cur))
 
-        def ahead_d(d, v, write, wd, c, bh, cand_cur, tag, k, quiet):
+        def ahead_d(d, v, write, wd, c, bh, cand_cur, tag, k, quiet, wr_eq):
             """``ahead`` for the fill-stage gathers, whose next-beat candidate
             ``(badv + loff)[lb:] + k`` is not summed: it equals ``bh + c + k`` (``bh`` the
             walker copy's word bits, ``c`` the carry out of the byte bits), so an entry holds
             it when ``bh == tag - loff[lb:] - k - c``; ``d[j]`` / ``wd[j]`` hold the entry's /
             the written word's ``tag - loff[lb:] - j``, registered with the tag (timing: no
-            carry chain in front of the hits' compares)."""
+            carry chain in front of the hits' compares). On the side without ``take`` the
+            written word's compare with ``cand_cur`` (the unit's ``w0`` / ``w0 + 1``) is the
+            unit's register ``wr_eq`` (``wr_w0`` / ``wr_w1``, equal to it once the offsets
+            have settled, i.e. whenever ``quiet`` is low; timing: the gather's ``wr_tag``
+            reaches no unit's hit logic)."""
             def adv(ds):
                 return bh == Mux(c, ds[k + 1], ds[k])
             at_adv = Mux(write, adv(wd), v & adv(d))
-            at_cur = Mux(write, wr_tag == cand_cur, v & (tag == cand_cur))
+            at_cur = Mux(write, wr_eq, v & (tag == cand_cur))
             return ~quiet & Mux(self.take, at_adv, at_cur)
 
         def unit_hit(ent, k, cand_cur, uc):
             """The next value of a hit register of entry ``ent`` = (tag, valid, written now,
             differences) for the word ``w0 + k``; ``uc``: the unit's (next-beat sums) or,
-            with the fill stage, (written word's differences, carry, ``bh``, quiet)."""
+            with the fill stage, (written word's differences, carry, ``bh``, quiet, its
+            ``wr_w0`` / ``wr_w1``)."""
             tag, v, write, d = ent
             if d is None:
                 sa_w, sa_n = uc
                 return ahead(tag, v, write, sa_n if k else sa_w, cand_cur)
-            wd, cy, bh, quiet = uc
-            return ahead_d(d, v, write, wd, cy, bh, cand_cur, tag, k, quiet)
+            wd, cy, bh, quiet, wr_eqs = uc
+            return ahead_d(d, v, write, wd, cy, bh, cand_cur, tag, k, quiet, wr_eqs[k])
 
         for u, (grp, uoff, lanes) in enumerate(units):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
@@ -511,7 +516,7 @@ class Gather(wiring.Component):
                 sa_w, sc_w = sum_adv[lb:], sum_cur[lb:]
                 if self.fill_stage:
                     sc_w = w0  # (settled: addr == base + loff)
-                    uc = (wd, cy, badv[lb:], uq)
+                    uc = (wd, cy, badv[lb:], uq, (wr_w0, wr_w1))
                 else:
                     uc = (sa_w, sa_n)
                 ent_a = (tag_a, v_a, hw_a, d_a if self.fill_stage else None)
