@@ -19,14 +19,26 @@ one instruction's unit uses the memory at a time).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, signed
+from amaranth.hdl import (
+    Cat,
+    ClockSignal,
+    Const,
+    Instance,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+    Value,
+    signed,
+)
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
 __all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
-           "ReadSlice", "acc_latency", "acc_memory", "rr_arbiter", "spad_latency",
+           "ReadSlice", "acc_latency", "acc_memory", "kept_register", "late_select",
+           "registered_product", "rr_arbiter", "spad_latency",
            "spad_memory"]
 
 #: Attribute of a memory whose read port never reads the word its write port writes in the same
@@ -242,6 +254,33 @@ def kept_register(m: Module, platform, src, name: str, reset: bool = False,
         with m.If(en):
             m.d.sync += q.eq(src)
     return q
+
+
+#: INIT of an ECP5 ``LUT4`` that gives ``A ? B : C`` (``Z = INIT[{D, C, B, A}]``; A is the
+#: LUT's fastest input)
+_LUT4_SELECT = sum(1 << i for i in range(16) if ((i >> 1) & 1 if i & 1 else (i >> 2) & 1))
+
+
+def late_select(m: Module, platform, sel, a, b, name: str) -> Signal:
+    """``sel ? a : b``, with ``sel`` kept on the last LUT: on the ECP5 one instantiated
+    ``LUT4`` per bit, which synthesis (abc) does not fold into the logic of ``a`` and ``b``
+    (abc maps as if every input arrived at once, and put a late ``sel`` in front of a wide
+    function's deepest LUTs); elsewhere, and in simulation, a plain multiplexer. For a
+    register's next value that a late signal (a take) only chooses between two candidates
+    computed before it."""
+    a, b = Value.cast(a), Value.cast(b)
+    out = Signal(max(len(a), len(b)), name=name)
+    if getattr(platform, "family", None) != "ecp5":
+        m.d.comb += out.eq(Mux(sel, a, b))
+        return out
+    sel_s = Signal(name=f"{name}_sel")
+    a_s, b_s = Signal(len(out), name=f"{name}_a"), Signal(len(out), name=f"{name}_b")
+    m.d.comb += [sel_s.eq(sel), a_s.eq(a), b_s.eq(b)]
+    for i in range(len(out)):
+        m.submodules[f"{name}_lut{i}"] = Instance(
+            "LUT4", p_INIT=Const(_LUT4_SELECT, 16),
+            i_A=sel_s, i_B=a_s[i], i_C=b_s[i], i_D=0, o_Z=out[i])
+    return out
 
 
 def registered_product(m: Module, platform, a, b, en, name: str, width: int) -> Signal:

@@ -32,10 +32,15 @@ def fifo_room(m: Module, ofifo: fifo.SyncFIFO, per_tile: int, reserve) -> Signal
     enters) books ``per_tile`` entries, each entry the consumer takes frees one. Returns a
     register: 1 when ``per_tile`` more entries are free (the next last beat may enter)."""
     reserved = Signal(range(ofifo.depth + 1))  # entries booked and not yet taken
-    nres = Signal.like(reserved)
+    booked = Signal(range(ofifo.depth + per_tile + 1))  # ... with this cycle's reserve
     room = Signal()
-    m.d.comb += nres.eq(reserved + Mux(reserve, per_tile, 0) - (ofifo.r_en & ofifo.r_rdy))
-    m.d.sync += [reserved.eq(nres), room.eq(nres <= ofifo.depth - per_tile)]
+    pop = ofifo.r_en & ofifo.r_rdy
+    # (the consumer's take only selects between results computed without it: timing, the
+    # writer's take logic -> the adder -> the compare was a path of the systolic GEMM unit)
+    m.d.comb += booked.eq(reserved + Mux(reserve, per_tile, 0))
+    m.d.sync += [reserved.eq(Mux(pop, booked - 1, booked)),
+                 room.eq(Mux(pop, booked <= ofifo.depth - per_tile + 1,
+                             booked <= ofifo.depth - per_tile))]
     return room
 
 

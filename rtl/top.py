@@ -53,6 +53,7 @@ from .scratchpad import (
     acc_latency,
     acc_memory,
     kept_register,
+    late_select,
     spad_latency,
     spad_memory,
 )
@@ -357,13 +358,22 @@ class Gather(wiring.Component):
             quiet_next = Signal()  # ``settle != 0`` in the next cycle
             m.d.comb += quiet_next.eq(self.flush | (settle > 1))
 
+        def by_take(pair, name):
+            """``take ? adv : cur`` of ``pair = (adv, cur)``, a register's next value; with
+            the fill stage ``take`` on the last LUT (:func:`~tritium.rtl.scratchpad.
+            late_select`; timing: the take loop)."""
+            if self.fill_stage:
+                return late_select(m, platform, self.take, *pair, name)
+            return Mux(self.take, *pair)
+
         def ahead(tag, v, write, cand_adv, cand_cur):
-            """A hit register's next value: entry (``tag``, ``v``; ``write``: it takes
-            ``wr_tag`` now) holds the word the unit addresses next cycle (``cand_adv`` if the
-            beat is taken, else ``cand_cur``); 0 while ``unsettled`` (no fill stage)."""
+            """A hit register's next value as (if the beat is taken, if not): entry (``tag``,
+            ``v``; ``write``: it takes ``wr_tag`` now) holds the word the unit addresses next
+            cycle (``cand_adv`` if the beat is taken, else ``cand_cur``); 0 while
+            ``unsettled`` (no fill stage)."""
             def at(c):
-                return Mux(write, wr_tag == c, v & (tag == c))
-            return ~unsettled & Mux(self.take, at(cand_adv), at(cand_cur))
+                return ~unsettled & Mux(write, wr_tag == c, v & (tag == c))
+            return at(cand_adv), at(cand_cur)
 
         def ahead_d(d, v, write, wd, c, bh, cand_cur, tag, k, quiet, wr_eq):
             """``ahead`` for the fill-stage gathers, whose next-beat candidate
@@ -380,11 +390,12 @@ class Gather(wiring.Component):
                 return bh == Mux(c, ds[k + 1], ds[k])
             at_adv = Mux(write, adv(wd), v & adv(d))
             at_cur = Mux(write, wr_eq, v & (tag == cand_cur))
-            return ~quiet & Mux(self.take, at_adv, at_cur)
+            return ~quiet & at_adv, ~quiet & at_cur
 
         def unit_hit(ent, k, cand_cur, uc):
             """The next value of a hit register of entry ``ent`` = (tag, valid, written now,
-            differences) for the word ``w0 + k``; ``uc``: the unit's (next-beat sums) or,
+            differences) for the word ``w0 + k``, as (if the beat is taken, if not; see
+            :func:`by_take`); ``uc``: the unit's (next-beat sums) or,
             with the fill stage, (written word's differences, carry, ``bh``, quiet, its
             ``wr_w0`` / ``wr_w1``)."""
             tag, v, write, d = ent
@@ -470,8 +481,9 @@ class Gather(wiring.Component):
                 # (the no-take side from the address registers, as the hits: equal to the sums
                 # once the offsets settle; before, a wrong flag costs a fill or a read, never
                 # a wrong word, the hits being from the tags)
-                m.d.sync += [wr_w0.eq(Mux(self.take, if_tag == sum_adv[lb:], if_tag == w0)),
-                             wr_w1.eq(Mux(self.take, if_tag == sa_n, if_tag == nxt))]
+                m.d.sync += [wr_w0.eq(by_take((if_tag == sum_adv[lb:], if_tag == w0),
+                                              f"nwr_w0_{u}")),
+                             wr_w1.eq(by_take((if_tag == sa_n, if_tag == nxt), f"nwr_w1_{u}"))]
                 ha0, hb0 = Mux(pf_a, wr_w0, hit_a0), Mux(pf_b, wr_w0, hit_b0)
                 ha1, hb1 = Mux(pf_a, wr_w1, hit_a1), Mux(pf_b, wr_w1, hit_b1)
             else:
@@ -521,14 +533,16 @@ class Gather(wiring.Component):
                     uc = (sa_w, sa_n)
                 ent_a = (tag_a, v_a, hw_a, d_a if self.fill_stage else None)
                 ent_b = (tag_b, v_b, hw_b, d_b if self.fill_stage else None)
-                nb0 = unit_hit(ent_b, 0, sc_w, uc)
-                m.d.sync += [hit_a0.eq(unit_hit(ent_a, 0, sc_w, uc)), hit_b0.eq(nb0)]
+                nb0 = by_take(unit_hit(ent_b, 0, sc_w, uc), f"nhit_b{u}")
+                m.d.sync += [hit_a0.eq(by_take(unit_hit(ent_a, 0, sc_w, uc), f"nhit_a{u}")),
+                             hit_b0.eq(nb0)]
             else:
                 m.d.comb += [hit_a0.eq(v_a & (tag_a == w0)), hit_b0.eq(v_b & (tag_b == w0))]
             if reg_hits and straddle:
                 cur_n = nxt if self.fill_stage else sc_n
-                nb1 = unit_hit(ent_b, 1, cur_n, uc)
-                m.d.sync += [hit_a1.eq(unit_hit(ent_a, 1, cur_n, uc)), hit_b1.eq(nb1)]
+                nb1 = by_take(unit_hit(ent_b, 1, cur_n, uc), f"nb_next{u}")
+                m.d.sync += [hit_a1.eq(by_take(unit_hit(ent_a, 1, cur_n, uc), f"na_next{u}")),
+                             hit_b1.eq(nb1)]
             else:
                 m.d.comb += [hit_a1.eq(v_a & (tag_a == nxt)), hit_b1.eq(v_b & (tag_b == nxt))]
             # the byte select's "entry B holds w0 / w0 + 1": with the fill stage a copy of the
@@ -548,7 +562,7 @@ class Gather(wiring.Component):
                 mask = Signal(name=f"mask{i}", reset_less=True)
                 m_adv = (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv)
                 m_cur = (grp < self.glim) & (off >= self.klo) & (off < self.khi)
-                m.d.sync += mask.eq(Mux(self.take, m_adv, m_cur))
+                m.d.sync += mask.eq(by_take((m_adv, m_cur), f"nmask{i}"))
                 if o == 0:
                     n0.append(mask)
                     n0_adv.append(m_adv)
@@ -559,7 +573,7 @@ class Gather(wiring.Component):
                     # registered like ``addr`` (timing: no compare in the take loop)
                     s_adv = sum_adv[:lb] >= wb - o
                     s_cur = sum_cur[:lb] >= wb - o
-                    m.d.sync += span.eq(Mux(self.take, s_adv, s_cur))
+                    m.d.sync += span.eq(by_take((s_adv, s_cur), f"nspan{i}"))
                     n0.append(mask & ~span)
                     n1.append(mask & span)
                     n0_adv.append(m_adv & ~s_adv)
@@ -582,9 +596,11 @@ class Gather(wiring.Component):
                     terms.append((n1_adv, n1_cur, cur_n))
                 for k, (need_adv, need_cur, cand_cur) in enumerate(terms):
                     r_ok = Signal(name=f"rok{k}_{u}")
-                    m.d.sync += r_ok.eq(
-                        ~Mux(self.take, Cat(need_adv).any(), Cat(need_cur).any())
-                        | unit_hit(ent_a, k, cand_cur, uc) | unit_hit(ent_b, k, cand_cur, uc))
+                    (ha_adv, ha_cur), (hb_adv, hb_cur) = (unit_hit(ent_a, k, cand_cur, uc),
+                                                          unit_hit(ent_b, k, cand_cur, uc))
+                    m.d.sync += r_ok.eq(by_take((~Cat(need_adv).any() | ha_adv | hb_adv,
+                                                 ~Cat(need_cur).any() | ha_cur | hb_cur),
+                                                f"nok{k}_{u}"))
                     oks.append(r_ok)
             else:
                 oks.append((~need0 | have0) & (~need1 | have1))
