@@ -1014,7 +1014,8 @@ class GemmUnit(wiring.Component):
             advanced values, and the take only selects between two compares made before it."""
             f = Signal(name=name)
             fire = fire_of[id(regs[0])]
-            m.d.sync += f.eq(Mux(fire, cond(*(advanced[id(r)] for r in regs)), cond(*regs)))
+            m.d.sync += f.eq(late_select(m, platform, fire, cond(*(advanced[id(r)] for r in regs)),
+                                         cond(*regs), f"{name}_next"))
             return f
 
         for lp in (aw_, ww_):
