@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from tritium.config import AcceleratorConfig
 
 __all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
-           "ReadSlice", "acc_latency", "acc_memory", "kept_register", "late_select",
+           "ReadSlice", "acc_latency", "acc_memory", "kept_lut", "kept_register", "late_select",
            "registered_product", "rr_arbiter", "spad_latency",
            "spad_memory"]
 
@@ -256,18 +256,35 @@ def kept_register(m: Module, platform, src, name: str, reset: bool = False,
     return q
 
 
-#: INIT of an ECP5 ``LUT4`` that gives ``A ? B : C`` (``Z = INIT[{D, C, B, A}]``; A is the
-#: LUT's fastest input)
-_LUT4_SELECT = sum(1 << i for i in range(16) if ((i >> 1) & 1 if i & 1 else (i >> 2) & 1))
+def kept_lut(m: Module, platform, fn, ins: list, name: str) -> Signal:
+    """``fn`` of up to four 1-bit ``ins`` (written with ``&``, ``|``, ``^``, ``~``), as one
+    LUT: on the ECP5 an instantiated ``LUT4`` (INIT from ``fn`` evaluated on 0/1), which
+    synthesis (abc) neither folds into the logic of its inputs nor chains behind another LUT;
+    elsewhere, and in simulation, the plain expression. abc maps as if every input arrived
+    at once and trades depth for area on paths it thinks short: for an enable that a late
+    signal (a take) drives across the die, this keeps it one LUT after its inputs."""
+    if not 1 <= len(ins) <= 4:
+        raise ValueError(f"{name}: a LUT4 has 1 to 4 inputs, not {len(ins)}")
+    out = Signal(name=name)
+    if getattr(platform, "family", None) != "ecp5":
+        m.d.comb += out.eq(fn(*ins))
+        return out
+    init = sum(1 << i for i in range(16)
+               if fn(*((i >> j) & 1 for j in range(len(ins)))) & 1)
+    pins = [Signal(name=f"{name}_{'abcd'[j]}") for j in range(len(ins))]
+    m.d.comb += [pin.eq(v) for pin, v in zip(pins, ins)]
+    pins += [Const(0, 1)] * (4 - len(pins))
+    m.submodules[f"{name}_lut"] = Instance(
+        "LUT4", p_INIT=Const(init, 16),
+        i_A=pins[0], i_B=pins[1], i_C=pins[2], i_D=pins[3], o_Z=out)
+    return out
 
 
 def late_select(m: Module, platform, sel, a, b, name: str) -> Signal:
-    """``sel ? a : b``, with ``sel`` kept on the last LUT: on the ECP5 one instantiated
-    ``LUT4`` per bit, which synthesis (abc) does not fold into the logic of ``a`` and ``b``
-    (abc maps as if every input arrived at once, and put a late ``sel`` in front of a wide
-    function's deepest LUTs); elsewhere, and in simulation, a plain multiplexer. For a
-    register's next value that a late signal (a take) only chooses between two candidates
-    computed before it."""
+    """``sel ? a : b``, with ``sel`` kept on the last LUT (:func:`kept_lut` per bit, ``sel``
+    on the LUT's fastest input): for a register's next value that a late signal (a take)
+    only chooses between two candidates computed before it (abc had put such a ``sel`` in
+    front of a wide function's deepest LUTs)."""
     a, b = Value.cast(a), Value.cast(b)
     out = Signal(max(len(a), len(b)), name=name)
     if getattr(platform, "family", None) != "ecp5":
@@ -276,10 +293,9 @@ def late_select(m: Module, platform, sel, a, b, name: str) -> Signal:
     sel_s = Signal(name=f"{name}_sel")
     a_s, b_s = Signal(len(out), name=f"{name}_a"), Signal(len(out), name=f"{name}_b")
     m.d.comb += [sel_s.eq(sel), a_s.eq(a), b_s.eq(b)]
-    for i in range(len(out)):
-        m.submodules[f"{name}_lut{i}"] = Instance(
-            "LUT4", p_INIT=Const(_LUT4_SELECT, 16),
-            i_A=sel_s, i_B=a_s[i], i_C=b_s[i], i_D=0, o_Z=out[i])
+    m.d.comb += out.eq(Cat(
+        kept_lut(m, platform, lambda s_, x, y: (s_ & x) | (~s_ & y), [sel_s, a_s[i], b_s[i]],
+                 f"{name}_{i}") for i in range(len(out))))
     return out
 
 

@@ -52,6 +52,7 @@ from .scratchpad import (
     ReadSlice,
     acc_latency,
     acc_memory,
+    kept_lut,
     kept_register,
     late_select,
     spad_latency,
@@ -940,8 +941,11 @@ class GemmUnit(wiring.Component):
         prime_wait = Signal()
         a_step = Signal()  # the A walker moves: a beat is taken, or prime
         w_step = Signal()
+        a_load = Signal()  # the A walker's registers load: setup, or a step
+        w_load = Signal()
         primed_next = Mux(setup, 0, primed | prime)
-        m.d.comb += [a_step.eq(a_fire | prime), w_step.eq(w_fire | prime)]
+        # (a_fire, a_step, a_load, ...: one LUT each after the gather's valid and R's room,
+        # set below with ``kept_lut``)
         m.d.sync += prime.eq(run & prime_wait & ~setup)
         with m.If(setup):
             m.d.sync += [primed.eq(0), prime_wait.eq(1)]
@@ -995,16 +999,19 @@ class GemmUnit(wiring.Component):
         # feed registers.
         advanced = {}  # id(register) -> its value after a step (combinational)
         fire_of = {}  # id(register) -> the step (a_step / w_step) that moves it
-        for reg, fire in ((acur, a_step), (akhi, a_step), (aoff, a_step),
-                          *((r, a_step) for r in aw_.regs()),
-                          (wcur, w_step), (wkhi, w_step), (wsub, w_step), (plane, w_step),
-                          *((r, w_step) for r in ww_.regs())):
+        load_of = {}  # id(register) -> its load enable (a_load / w_load: setup or the step)
+        loaded = []  # (register, its value when it loads): walker registers, present copies
+        for reg, fire, load in ((acur, a_step, a_load), (akhi, a_step, a_load),
+                                (aoff, a_step, a_load), *((r, a_step, a_load) for r in aw_.regs()),
+                                (wcur, w_step, w_load), (wkhi, w_step, w_load),
+                                (wsub, w_step, w_load), (plane, w_step, w_load),
+                                *((r, w_step, w_load) for r in ww_.regs())):
             adv = Signal.like(reg, name=f"{reg.name}_adv")
             m.d.comb += adv.eq(reg)
-            with m.If(fire):
-                m.d.sync += reg.eq(adv)
+            loaded.append((reg, adv))
             advanced[id(reg)] = adv
             fire_of[id(reg)] = fire
+            load_of[id(reg)] = load
 
         def flag(name, cond, *regs):
             """A register holding ``cond(*regs)`` of the walker registers (all moved by the
@@ -1075,14 +1082,14 @@ class GemmUnit(wiring.Component):
             the walker's value when it steps (a beat is taken, or prime)."""
             p = Signal.like(reg, name=f"{reg.name}_p")
             start_stmts.append(p.eq(start_of(reg)))
-            with m.If(fire_of[id(reg)]):
-                m.d.sync += p.eq(reg)
+            loaded.append((p, reg))
+            load_of[id(p)] = load_of[id(reg)]
             return p
 
         def next_value(reg):
             """Walker register ``reg``'s change: (whether it changes in this cycle, to what):
             its start value in the setup cycle, its advanced value when its walker steps."""
-            return setup | fire_of[id(reg)], Mux(setup, start_of(reg), advanced[id(reg)])
+            return load_of[id(reg)], Mux(setup, start_of(reg), advanced[id(reg)])
 
         m.d.comb += [ag.take.eq(a_fire), wg.take.eq(w_fire)]
         for gat, reg in ((ag, acur), (wg, wcur)):
@@ -1207,9 +1214,9 @@ class GemmUnit(wiring.Component):
         # gather's valid enables only the valid bits. A beat reaches the engine a cycle later
         # than without R.
         # (after the engines' sections: the LUT engine's replaces ``wgt_in``, sets ``wgt_post``)
-        for fire, gat, in_, st, nm, post in (
-                (a_fire, ag, act_in, eng.act, "act", None),
-                (w_fire, wg, wgt_in, eng.wgt, "wgt", wgt_post)):
+        for fire, step, load, gat, in_, st, nm, post in (
+                (a_fire, a_step, a_load, ag, act_in, eng.act, "act", None),
+                (w_fire, w_step, w_load, wg, wgt_in, eng.wgt, "wgt", wgt_post)):
             r_v = Signal(name=f"{nm}_r_v")
             r_p = Signal(len(in_) if post else st.payload.shape(), name=f"{nm}_r")
             sk_v = Signal(name=f"{nm}_skid_v")
@@ -1223,7 +1230,14 @@ class GemmUnit(wiring.Component):
             r_v_next = Mux(full, 1, fire)
             sk_v_next = ~e_free & (sk_v | r_v)
             m.d.sync += room.eq(~(r_v_next & sk_v_next) & primed_next)
-            m.d.comb += fire.eq(gat.valid & room)
+            m.d.comb += [
+                fire.eq(kept_lut(m, platform, lambda v, r: v & r, [gat.valid, room],
+                                 f"{nm}_fire")),
+                step.eq(kept_lut(m, platform, lambda p, v, r: p | (v & r),
+                                 [prime, gat.valid, room], f"{nm}_step")),
+                load.eq(kept_lut(m, platform, lambda s_, p, v, r: s_ | p | (v & r),
+                                 [setup, prime, gat.valid, room], f"{nm}_load")),
+            ]
             # R and S load from registers only (timing: the engine's ``ready``, which couples
             # the A and W inputs, reaches E and the valid bits, not R's or S's payload); while
             # both are full R waits, and moves on in the cycle after S has gone to E
@@ -1380,8 +1394,17 @@ class GemmUnit(wiring.Component):
         m.d.comb += dfifo.r_en.eq(beat_end & last_beat)
 
         # ------------------------------------------------------------------ sequencing
+        # The walker registers and their present copies load on their walker's load enable
+        # alone (setup, or a step), with the start value in setup (timing: the enable is the
+        # one LUT ``kept_lut`` makes, not an OR of setup behind the step's LUT)
+        loaded_ids = {id(r) for r, _ in loaded}
+        for reg, value in loaded:
+            start = [st.rhs for st in start_stmts if st.lhs is reg]  # (none: it holds)
+            with m.If(load_of[id(reg)]):
+                m.d.sync += reg.eq(Mux(setup, start[0] if start else reg, value))
         with m.If(setup):
-            m.d.sync += [setup.eq(0), run.eq(1), *start_stmts]
+            m.d.sync += [setup.eq(0), run.eq(1),
+                         *(st for st in start_stmts if id(st.lhs) not in loaded_ids)]
         fin = Signal()
         m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~x_v & ~wq.r_rdy & ~setup)
         with m.If(fin):

@@ -212,19 +212,22 @@ class _Ecp5:
 
 def test_late_select_lut4_is_a_multiplexer(tmp_path):
     """``late_select``'s ECP5 form (instantiated ``LUT4`` cells, INIT from the helper) is
-    ``sel ? a : b``: yosys proves it equal to a multiplexer with the cells' own Verilog models
+    ``sel ? a : b``, and ``kept_lut``'s is its function: yosys proves it equal to a multiplexer with the cells' own Verilog models
     (the simulations run the plain form, so this is the check of the one on the board)."""
     from amaranth.back import rtlil
     from amaranth.hdl import Module, Mux, Signal
     from tritium.fpga.synth import _yosys
 
-    from tritium.rtl.scratchpad import late_select
+    from tritium.rtl.scratchpad import kept_lut, late_select
 
     m = Module()
     sel, a, b, ok = Signal(name="sel"), Signal(5, name="a"), Signal(5, name="b"), Signal(name="ok")
     y = late_select(m, _Ecp5(), sel, a, b, "ls")
-    m.d.comb += ok.eq(y == Mux(sel, a, b))
-    (tmp_path / "t.il").write_text(rtlil.convert(m, ports=[sel, a, b, ok], name="top"))
+    # a 4-input kept_lut (the GEMM units' load enables: setup | prime | valid & room)
+    x = Signal(4, name="x")
+    z = kept_lut(m, _Ecp5(), lambda s_, p, v, r: s_ | p | (v & r), list(x), "kl")
+    m.d.comb += ok.eq((y == Mux(sel, a, b)) & (z == (x[0] | x[1] | (x[2] & x[3]))))
+    (tmp_path / "t.il").write_text(rtlil.convert(m, ports=[sel, a, b, x, ok], name="top"))
     script = ("read_verilog +/ecp5/common_sim.vh; read_rtlil t.il; hierarchy -top top; "
               "proc; flatten; opt_clean; sat -prove ok 1 -verify")
     import subprocess
