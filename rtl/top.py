@@ -410,8 +410,16 @@ class Gather(wiring.Component):
             straddle = len(lanes) > 1  # a grouped unit: its bytes may run into w0 + 1
             uq = (kept_register(m, platform, quiet_next, f"quiet{u}", reset=True)
                   if self.fill_stage else None)
-            loff = Signal(ab, name=f"loff{u}", reset_less=True)
-            m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
+            # a unit whose offset is 0 for any strides (group 0, offset 0) uses constants:
+            # registers with a constant input and another initial value are merged by
+            # synthesis across the whole design (on the ECP5-85F one such flip-flop fed
+            # units of two GEMM units through a 12 ns net)
+            zero_off = grp == 0 and uoff == 0
+            if zero_off:
+                loff = Const(0, ab)
+            else:
+                loff = Signal(ab, name=f"loff{u}", reset_less=True)
+                m.d.sync += loff.eq(goffs[grp] + ooffs[uoff])
             addr = Signal(ab, name=f"addr{u}", reset_less=True)  # registered: base + loff of this cycle
             addr_d = Signal(ab, name=f"addr_d{u}")
             sum_cur = Signal(ab, name=f"sum_cur{u}")  # this beat's address, the next beat's
@@ -430,8 +438,11 @@ class Gather(wiring.Component):
             if reg_hits and (straddle or self.fill_stage):
                 # timing: from a second registered offset (loff + one word), not by a + 1
                 # (one carry chain from the base register, not two in a row)
-                loffn = Signal(ab, name=f"loffn{u}", reset_less=True)
-                m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
+                if zero_off:
+                    loffn = Const(wb, ab)
+                else:
+                    loffn = Signal(ab, name=f"loffn{u}", reset_less=True)
+                    m.d.sync += loffn.eq(goffs[grp] + ooffs[uoff] + wb)
                 m.d.comb += [sa_n.eq((badv + loffn)[lb:]),
                              sc_n.eq((self.base + loffn)[lb:])]
             else:
@@ -560,10 +571,17 @@ class Gather(wiring.Component):
             for o, i in enumerate(lanes):
                 off = uoff + o
                 # registered like the address: this beat's mask or, on take, the next one's
-                mask = Signal(name=f"mask{i}", reset_less=True)
+                # (with the fill stage a register of its own: a GEMM unit's constant limits
+                # make some masks constant, and synthesis merges such registers across the
+                # design, see ``zero_off``)
                 m_adv = (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv)
                 m_cur = (grp < self.glim) & (off >= self.klo) & (off < self.khi)
-                m.d.sync += mask.eq(by_take((m_adv, m_cur), f"nmask{i}"))
+                if self.fill_stage:
+                    mask = kept_register(m, platform, by_take((m_adv, m_cur), f"nmask{i}"),
+                                         f"mask{i}")
+                else:
+                    mask = Signal(name=f"mask{i}", reset_less=True)
+                    m.d.sync += mask.eq(by_take((m_adv, m_cur), f"nmask{i}"))
                 if o == 0:
                     n0.append(mask)
                     n0_adv.append(m_adv)
