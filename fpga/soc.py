@@ -20,7 +20,7 @@ from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
 from tritium.rtl.dma import axi_signature
-from tritium.rtl.scratchpad import MemPortSignature
+from tritium.rtl.scratchpad import MemPortSignature, kept_register
 from tritium.rtl.top import TritiumTop, delayed
 
 from tritium.config import AcceleratorConfig
@@ -231,16 +231,16 @@ class SocRam(wiring.Component):
                 wp = mem.write_port(granularity=8) if sw >= 8 else mem.write_port()
                 rp = mem.read_port(transparent_for=(wp,))
                 # the slice's copies of the input registers: loaded only when the bank is
-                # addressed (distinct registers: synthesis does not merge them into one)
-                b_ra = Signal(local, name=f"ra{sfx}")
-                b_wa = Signal(local, name=f"wa{sfx}")
+                # addressed; the address copies are kept registers (plain ones with the same
+                # input and enable were merged by synthesis into one per bank: stop 28's seed
+                # 2 had the write address reach a slice's block RAM through a 17 ns net)
+                b_ra = kept_register(m, platform, ra[:local], f"ra{sfx}", en=rsel)
+                b_wa = kept_register(m, platform, wa[:local], f"wa{sfx}", en=wsel)
                 b_wd = Signal(sw, name=f"wd{sfx}")
                 lo_b, hi_b = j * sw // 8, max(j * sw // 8 + 1, (j + 1) * sw // 8)
                 b_we = Signal(hi_b - lo_b, name=f"we{sfx}")
-                with m.If(rsel):
-                    m.d.sync += b_ra.eq(ra[:local])
                 with m.If(wsel):
-                    m.d.sync += [b_wa.eq(wa[:local]), b_wd.eq(wd[j * sw:(j + 1) * sw])]
+                    m.d.sync += b_wd.eq(wd[j * sw:(j + 1) * sw])
                 m.d.sync += [b_we.eq(Mux(wsel, we[lo_b:hi_b], 0)),
                              out[j * sw:(j + 1) * sw].eq(rp.data)]
                 m.d.comb += [rp.addr.eq(b_ra), wp.addr.eq(b_wa), wp.data.eq(b_wd),
