@@ -1089,9 +1089,12 @@ class GemmUnit(wiring.Component):
             with m.If(ww_.last):
                 take_w(w_done.eq(1))
 
-        def start_of(reg):
-            """Walker register ``reg``'s value at an instruction's start (set in setup)."""
+        def start_of(reg, hold=False):
+            """Walker register ``reg``'s value at an instruction's start (set in setup);
+            with ``hold``, ``reg`` itself where it has none (it holds)."""
             start = [st.rhs for st in start_stmts if st.lhs is reg]
+            if hold and not start:
+                return reg
             assert len(start) == 1, reg
             return start[0]
 
@@ -1417,9 +1420,8 @@ class GemmUnit(wiring.Component):
         # one LUT ``kept_lut`` makes, not an OR of setup behind the step's LUT)
         loaded_ids = {id(r) for r, _ in loaded}
         for reg, value in loaded:
-            start = [st.rhs for st in start_stmts if st.lhs is reg]  # (none: it holds)
             with m.If(load_of[id(reg)]):
-                m.d.sync += reg.eq(Mux(setup, start[0] if start else reg, value))
+                m.d.sync += reg.eq(Mux(setup, start_of(reg, hold=True), value))
         with m.If(setup):
             m.d.sync += [setup.eq(0), run.eq(1),
                          *(st for st in start_stmts if id(st.lhs) not in loaded_ids)]
