@@ -576,12 +576,12 @@ class Gather(wiring.Component):
                 # design, see ``zero_off``)
                 m_adv = (grp < self.glim_adv) & (off >= self.klo_adv) & (off < self.khi_adv)
                 m_cur = (grp < self.glim) & (off >= self.klo) & (off < self.khi)
+                mask_next = by_take((m_adv, m_cur), f"nmask{i}")
                 if self.fill_stage:
-                    mask = kept_register(m, platform, by_take((m_adv, m_cur), f"nmask{i}"),
-                                         f"mask{i}")
+                    mask = kept_register(m, platform, mask_next, f"mask{i}")
                 else:
                     mask = Signal(name=f"mask{i}", reset_less=True)
-                    m.d.sync += mask.eq(by_take((m_adv, m_cur), f"nmask{i}"))
+                    m.d.sync += mask.eq(mask_next)
                 if o == 0:
                     n0.append(mask)
                     n0_adv.append(m_adv)
