@@ -67,7 +67,8 @@ class SocRam(wiring.Component):
     cycle after the last beat. One burst of each direction at a time. The bridge port is
     acknowledged in any cycle in which the AXI side does not use the memory's read (resp.
     write) port; its read data comes :attr:`latency` cycles after the acknowledgement
-    (``rvalid``).
+    (``rvalid``). With several banks, a read and a write of one word acknowledged in the same
+    cycle return the old word (the block RAMs are not transparent; no request orders them).
 
     The memory's address, write data and byte enables are registered right before it, and
     its read data right after it: on the ECP5 the memory is 128 block RAMs spread over the
@@ -229,7 +230,15 @@ class SocRam(wiring.Component):
                 m.submodules[f"ram_bank{sfx}"] = mem
                 # (a slice narrower than a byte: one enable, its byte's)
                 wp = mem.write_port(granularity=8) if sw >= 8 else mem.write_port()
-                rp = mem.read_port(transparent_for=(wp,))
+                # not transparent: reads and writes reach the block RAM two cycles after
+                # their acknowledgement (a read's ``issue`` or the bridge port's, a W beat or
+                # the port's), so a read acknowledged after a write sees it; only a read and
+                # a write of one word acknowledged in the same cycle (no order between them:
+                # AXI's read and write channels, or AXI and the bridge) get the old word
+                # (the controller orders a load after a store it overlaps). Transparency
+                # would cost each slice a bypass (its two address copies compared, a
+                # multiplexer after the block RAM): 3,100 LUT4 over 128 slices on base
+                rp = mem.read_port(transparent_for=())
                 # the slice's copies of the input registers: loaded only when the bank is
                 # addressed; the address copies are kept registers (plain ones with the same
                 # input and enable were merged by synthesis into one per bank: stop 28's seed
