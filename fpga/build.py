@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE
+from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE, YOSYS_COLLISION_FREE_BLOCK
 
 from tritium.config import AcceleratorConfig, load_config
 
@@ -368,10 +368,11 @@ def _run(cmd: list[str], cwd: Path, step: str, log: Path, *, follow=None,
 def after_read(family: str) -> str:
     """Yosys commands run right after reading the design, per FPGA family: on iCE40 the
     memories marked collision-free get no read/write collision logic around their block RAMs
-    (:data:`~tritium.rtl.scratchpad.YOSYS_COLLISION_FREE`; they decide ``tiny``'s fit). ECP5
-    keeps yosys's default (its LUT RAM mapping of such a memory drops the cells' source
-    locations from critical-path reports, and ``base`` has room)."""
-    return YOSYS_COLLISION_FREE if family == "ice40" else ""
+    (:data:`~tritium.rtl.scratchpad.YOSYS_COLLISION_FREE`; they decide ``tiny``'s fit). On
+    the ECP5 only those that are block RAMs (``YOSYS_COLLISION_FREE_BLOCK``: the device
+    memory's slices; a LUT RAM mapped without the logic drops its cells' source locations
+    from critical-path reports)."""
+    return YOSYS_COLLISION_FREE if family == "ice40" else YOSYS_COLLISION_FREE_BLOCK
 
 
 def hierarchy_breakdown(build_dir: str | Path, family: str, depth: int = 7,

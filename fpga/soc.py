@@ -20,7 +20,7 @@ from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from tritium.rtl.axi import RESP_DECERR, RESP_OKAY
 from tritium.rtl.dma import axi_signature
-from tritium.rtl.scratchpad import MemPortSignature, kept_register
+from tritium.rtl.scratchpad import COLLISION_FREE, MemPortSignature, kept_register
 from tritium.rtl.top import TritiumTop, delayed
 
 from tritium.config import AcceleratorConfig
@@ -67,8 +67,9 @@ class SocRam(wiring.Component):
     cycle after the last beat. One burst of each direction at a time. The bridge port is
     acknowledged in any cycle in which the AXI side does not use the memory's read (resp.
     write) port; its read data comes :attr:`latency` cycles after the acknowledgement
-    (``rvalid``). With several banks, a read and a write of one word acknowledged in the same
-    cycle return the old word (the block RAMs are not transparent; no request orders them).
+    (``rvalid``). With several banks, a read acknowledged in the same cycle as a write of
+    its word returns an undefined word on the FPGA (the old one in simulation): no request
+    orders the two, and the block RAMs have no collision logic.
 
     The memory's address, write data and byte enables are registered right before it, and
     its read data right after it: on the ECP5 the memory is 128 block RAMs spread over the
@@ -225,19 +226,21 @@ class SocRam(wiring.Component):
             out = Signal(8 * bb, name=f"out{i}")  # the bank's output register
             for j in range(ns):
                 # (the simulated device server's back door: ram_bank<i>, or its slices)
-                mem = memory.Memory(shape=sw, depth=self.words // nb, init=[])
+                mem = memory.Memory(shape=sw, depth=self.words // nb, init=[],
+                                    attrs={COLLISION_FREE: 1, "ram_style": "block"})
                 sfx = f"{i}_s{j}" if ns > 1 else f"{i}"
                 m.submodules[f"ram_bank{sfx}"] = mem
                 # (a slice narrower than a byte: one enable, its byte's)
                 wp = mem.write_port(granularity=8) if sw >= 8 else mem.write_port()
-                # not transparent: reads and writes reach the block RAM two cycles after
-                # their acknowledgement (a read's ``issue`` or the bridge port's, a W beat or
-                # the port's), so a read acknowledged after a write sees it; only a read and
-                # a write of one word acknowledged in the same cycle (no order between them:
-                # AXI's read and write channels, or AXI and the bridge) get the old word
-                # (the controller orders a load after a store it overlaps). Transparency
-                # would cost each slice a bypass (its two address copies compared, a
-                # multiplexer after the block RAM): 3,100 LUT4 over 128 slices on base
+                # no collision logic (COLLISION_FREE, not transparent): reads and writes
+                # reach the block RAM two cycles after their acknowledgement (a read's
+                # ``issue`` or the bridge port's, a W beat or the port's), so a read
+                # acknowledged after a write sees it; only a read and a write of one word
+                # acknowledged in the same cycle (no order between them: AXI's read and
+                # write channels, or AXI and the bridge; the controller orders a load after
+                # a store it overlaps) read an undefined word (the old one in simulation).
+                # Collision logic cost each slice its two address copies compared and a
+                # multiplexer after the block RAM (~3,100 LUT4 and ~2,000 FF over base's 128)
                 rp = mem.read_port(transparent_for=())
                 # the slice's copies of the input registers: loaded only when the bank is
                 # addressed; the address copies are kept registers (plain ones with the same

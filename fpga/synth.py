@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE
+from tritium.rtl.scratchpad import YOSYS_COLLISION_FREE, YOSYS_COLLISION_FREE_BLOCK
 
 from tritium.config import AcceleratorConfig, load_config
 
@@ -273,7 +273,7 @@ def synth_unit(
     # Relative paths from the synthesis directory: YoWASP's WASI sandbox may not reach every
     # absolute path (e.g. /tmp), but always preopens the working directory and its parents.
     script = (
-        f"read_verilog ../{vfile.name}; {YOSYS_COLLISION_FREE if target == 'ice40' else ''}; "
+        f"read_verilog ../{vfile.name}; {YOSYS_COLLISION_FREE if target == 'ice40' else YOSYS_COLLISION_FREE_BLOCK}; "
         f"{TARGETS[target]} -top {top} -json {netlist.name}; stat"
     )
     t0 = time.monotonic()

@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from tritium.config import AcceleratorConfig
 
-__all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "BankedMemory", "MemPortSignature",
+__all__ = ["COLLISION_FREE", "YOSYS_COLLISION_FREE", "YOSYS_COLLISION_FREE_BLOCK", "BankedMemory", "MemPortSignature",
            "ReadSlice", "acc_latency", "acc_memory", "kept_lut", "kept_register", "late_select",
            "registered_product", "rr_arbiter", "spad_latency",
            "spad_memory"]
@@ -49,6 +49,12 @@ COLLISION_FREE = "tritium_collision_free"
 #: don't-care (``RD_COLLISION_X_MASK``), which simulation never exercises.
 YOSYS_COLLISION_FREE = (f"proc; memory_collect; "
                         f"setparam -set RD_COLLISION_X_MASK 1'1 a:{COLLISION_FREE}")
+#: The same for the block RAM memories alone (those also marked ``ram_style = "block"``): the
+#: ECP5 flows' choice, where the collision logic of the device memory's 128 block RAMs cost
+#: thousands of flip-flops and LUTs and a LUT RAM mapped without it loses its cells' source
+#: locations in critical-path reports.
+YOSYS_COLLISION_FREE_BLOCK = (f"proc; memory_collect; setparam -set RD_COLLISION_X_MASK 1'1 "
+                              f"a:{COLLISION_FREE} a:ram_style=block %i")
 
 
 class MemPortSignature(wiring.Signature):
