@@ -458,6 +458,7 @@ def build_board(
     synth_opts: str | None = None,
     clock_mhz: float | None = None,
     slack_map: bool = False,
+    congestion_map: bool = False,
 ) -> dict[str, Any]:
     """Build the bitstream of one board and report resources and Fmax.
 
@@ -503,6 +504,12 @@ def build_board(
         Have nextpnr write the routed delays (``routed.sdf``) and count the endpoints below 0
         by design block and by the blocks their worst paths run between
         (:func:`tritium.fpga.slack.analyse`): ``slack_map`` in the result.
+    congestion_map
+        Have nextpnr's router2 write its congestion heatmaps and summarise the last
+        iteration's overused wires by design block and by region of the die
+        (:func:`tritium.fpga.congestion.analyse`): ``congestion_map`` in the result, routed
+        or not (what a router that does not converge is stuck on). Only the last iteration's
+        heatmaps are kept. Boards whose nextpnr runs router1 (the iCE40) write none.
 
     Returns
     -------
@@ -513,7 +520,7 @@ def build_board(
         ``resources`` (``{name: {used, total, pct}}``: lut, ff, dsp, bram, spram/lc on iCE40),
         ``fits``, ``overflow``, ``bitstream``, ``dir``, ``times`` (seconds per step, total),
         ``breakdown`` (when asked or when it does not fit), ``slack_map`` (when asked and
-        routed), ``error`` (when P&R failed).
+        routed), ``congestion_map`` (when asked and written), ``error`` (when P&R failed).
     """
     from tritium.fpga.boards import DEFAULT_BAUD, BoardTop, board, default_core
 
@@ -540,6 +547,11 @@ def build_board(
                     *([] if placer == "heap" else ["--placer", placer]),
                     *([] if route else ["--no-route"]),
                     *(["--sdf", "routed.sdf"] if slack_map and route else [])]
+        from tritium.fpga.congestion import HEATMAP_PREFIX
+
+        heatmaps = congestion_map and route and "router2" in spec.nextpnr_device
+        if heatmaps:
+            pnr_opts += ["--router2-heatmap", HEATMAP_PREFIX]
         pack = pack and route
         key = _digest(il, plan.files[f"{NAME}.ys"], " ".join(pnr_opts), str(pack))
         bdir = Path(out_root) if out_root else _out_root()
@@ -554,6 +566,8 @@ def build_board(
                 return cached
         bdir.mkdir(parents=True, exist_ok=True)
         plan.extract(bdir)
+        if heatmaps:
+            (bdir / HEATMAP_PREFIX).parent.mkdir(exist_ok=True)
 
         prog.start("synth")
         synth_log = bdir / "synth.log"
@@ -626,6 +640,12 @@ def build_board(
             from tritium.fpga.slack import analyse, parse_sdf
 
             smap = analyse(parse_sdf(sdf.read_text()), 1000.0 / top.pll_cfg.fout_mhz)
+        cmap = None
+        if heatmaps:
+            from tritium.fpga.congestion import analyse as congestion, prune
+
+            cmap = congestion(bdir, log_text=pnr_text)
+            prune(bdir)
         want_breakdown = (not fits) if breakdown is None else breakdown
         rows = None
         if want_breakdown:
@@ -681,6 +701,8 @@ def build_board(
         result["breakdown"] = rows
     if smap is not None:
         result["slack_map"] = smap
+    if cmap is not None:
+        result["congestion_map"] = cmap
     if error is not None:
         result["error"] = error
     result_file.write_text(json.dumps(result, indent=1) + "\n")
@@ -850,6 +872,10 @@ def format_report(r: dict[str, Any]) -> str:
                      "their worst paths run between:")
         lines += [f"  {n:>7,}  {b}" for b, n in sm["failing_by_block"][:8]]
         lines += [f"  {n:>7,}  {a} -> {b}" for a, b, n in sm["failing_by_path"][:8]]
+    if r.get("congestion_map"):
+        from tritium.fpga.congestion import format_map
+
+        lines += format_map(r["congestion_map"])
     lines.append(f"uart:      {r['uart']['baud']} baud (divisor {r['uart']['divisor']})")
     lines.append("resources: " + ("fits" if r["fits"] else "DOES NOT FIT"))
     for k, v in r["resources"].items():
@@ -895,6 +921,7 @@ def cli_build_board(args) -> int:
               "force": bool(getattr(args, "force", False)),
               "route": not getattr(args, "place_only", False),
               "slack_map": bool(getattr(args, "slack_map", False)),
+              "congestion_map": bool(getattr(args, "congestion_map", False)),
               "breakdown": True if getattr(args, "breakdown", False) else None}
     if len(seeds) > 1:
         sw = build_board_seeds(spec.name, cfg, seeds=seeds, jobs=getattr(args, "jobs", None),

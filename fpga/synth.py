@@ -431,6 +431,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slack-map", action="store_true",
                    help="--board: count the timing endpoints below 0 by design block, and by "
                    "the blocks their worst paths run between (nextpnr's routed delays, SDF)")
+    p.add_argument("--congestion-map", action="store_true",
+                   help="--board (ECP5): sum the router's overused wires of its last iteration "
+                   "by design block and by region of the die (nextpnr router2 heatmaps; "
+                   "routed or not)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--force", action="store_true", help="ignore cached results")
 
