@@ -916,6 +916,9 @@ def cli_build_board(args) -> int:
 
         core = EchoCore
     seeds = parse_seeds(args.seed)
+    if getattr(args, "congestion_map", False) and "router2" not in spec.nextpnr_device:
+        print(f"note: --congestion-map needs nextpnr's router2; the {spec.name} build runs "
+              "router1, which writes no heatmaps", file=sys.stderr)
     kw = {"placer": getattr(args, "placer", None), "baud": getattr(args, "baud", None),
               "clock_mhz": getattr(args, "clock", None), "core": core,
               "force": bool(getattr(args, "force", False)),

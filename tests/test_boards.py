@@ -285,6 +285,36 @@ def test_seed_sweep_keeps_the_fastest_routed_build(monkeypatch, capsys):
     assert "seeds are N, A-B" in capsys.readouterr().err
 
 
+def test_congestion_map_option(monkeypatch, capsys):
+    """--congestion-map reaches build_board; the report prints the map; a board whose nextpnr
+    runs router1 (no heatmaps) gets a note saying so."""
+    from tritium.fpga import build as fb
+    from tritium.host.cli import main
+
+    seen = {}
+    fake = _fake_build({1: 60.0})
+
+    def build(board_name, cfg=None, **kw):
+        seen[board_name] = kw.get("congestion_map")
+        r = fake(board_name, cfg, **kw)
+        r["congestion_map"] = {"iteration": 27, "overused_wires": 969, "overuse": 1942,
+                               "nets": 1281, "by_block": [["soc.core.ram", 343]],
+                               "worst_nets": [], "region": 8, "die": [128, 97],
+                               "regions": [[16, 64, 170]], "in_regions": 0.67}
+        return r
+
+    monkeypatch.setattr(fb, "build_board", build)
+    assert main(["build", "--board", "ulx3s", "--congestion-map"]) == 0
+    cap = capsys.readouterr()
+    assert seen["ulx3s"] is True and "note:" not in cap.err
+    assert "router iteration 27: 969 overused wires" in cap.out
+    assert "343  soc.core.ram" in cap.out and "x 16-23, y 64-71" in cap.out
+    assert main(["build", "--board", "icebreaker", "--congestion-map"]) == 0
+    assert "runs router1" in capsys.readouterr().err
+    assert main(["build", "--board", "ulx3s"]) == 0
+    assert seen["ulx3s"] is False
+
+
 def test_board_cores():
     """Board tops hold the SoC; on the iCE40 its device memory is the SPRAM (SingleSocRam)."""
     from amaranth.back import rtlil
