@@ -76,13 +76,19 @@ def analyse(bdir: str | Path, prefix: str = HEATMAP_PREFIX, iteration: int | Non
     its = iterations(bdir, prefix)
     if not its:
         return None
-    it = its[-1] if iteration is None else iteration
+    if iteration is None:
+        # the last iteration whose four files are all there (a router stopped mid-write
+        # leaves the newest one partial)
+        whole = [i for i in its if all(_path(bdir, prefix, k, i).is_file() for k in _KINDS)]
+        it = whole[-1] if whole else its[-1]
+    else:
+        it = iteration
     if it not in its:
         raise ValueError(f"iteration={it}; {bdir} holds iterations {its[0]}..{its[-1]}")
     nets: Counter = Counter()
     with open(_path(bdir, prefix, "congestion_by_net", it), newline="") as f:
         for row in csv.reader(f):
-            if len(row) >= 2 and row[1].strip():
+            if len(row) >= 2 and row[1].strip().isdigit():
                 nets[row[0]] += int(row[1])
     blocks: Counter = Counter()
     for n, v in nets.items():
@@ -94,7 +100,7 @@ def analyse(bdir: str | Path, prefix: str = HEATMAP_PREFIX, iteration: int | Non
     if coord.is_file():
         with open(coord, newline="") as f:
             for x, line in enumerate(csv.reader(f)):
-                vals = [int(v) for v in line if v.strip()]
+                vals = [int(v) if v.strip().isdigit() else 0 for v in line if v.strip()]
                 cols, rows = x + 1, max(rows, len(vals))
                 for y, v in enumerate(vals):
                     if v:
@@ -116,14 +122,15 @@ def analyse(bdir: str | Path, prefix: str = HEATMAP_PREFIX, iteration: int | Non
 
 
 def prune(bdir: str | Path, prefix: str = HEATMAP_PREFIX, keep: int | None = None) -> int:
-    """Delete every iteration's heatmaps but ``keep``'s (default: the last); returns the
-    number of files deleted (a routed base design writes four files per iteration, ~1 MB
-    in its first iterations)."""
+    """Delete every iteration's heatmaps but ``keep``'s (default: the one :func:`analyse`
+    reads, the last whole one); returns the number of files deleted (a base build writes
+    four files per iteration, ~1 MB in its first iterations)."""
     bdir = Path(bdir)
     its = iterations(bdir, prefix)
     if not its:
         return 0
-    keep = its[-1] if keep is None else keep
+    if keep is None:
+        keep = analyse(bdir, prefix)["iteration"]
     gone = 0
     for it in its:
         if it == keep:
