@@ -642,7 +642,8 @@ def build_board(
             smap = analyse(parse_sdf(sdf.read_text()), 1000.0 / top.pll_cfg.fout_mhz)
         cmap = None
         if heatmaps:
-            from tritium.fpga.congestion import analyse as congestion, prune
+            from tritium.fpga.congestion import analyse as congestion
+            from tritium.fpga.congestion import prune
 
             cmap = congestion(bdir, log_text=pnr_text)
             prune(bdir)

@@ -23,6 +23,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tritium.fpga.slack import hierarchy_of
+
 __all__ = ["HEATMAP_PREFIX", "analyse", "iterations", "net_block", "prune"]
 
 #: ``--router2-heatmap`` prefix inside a build directory (the folder is created by the build)
@@ -33,10 +35,9 @@ _KINDS = ("congestion_by_net", "congestion_by_coordinate", "congestion_by_wirety
 
 
 def net_block(net: str, depth: int = 6) -> str:
-    """The design block of a net: its name's hierarchy (dotted, before the last part), at most
-    ``depth`` levels; ``(top)`` for a net of the top level."""
-    parts = net.split(".")
-    return ".".join(parts[:-1][:depth]) if len(parts) > 1 else "(top)"
+    """The design block of a net: its name's hierarchy, at most ``depth`` levels (as the slack
+    map names a cell's block)."""
+    return hierarchy_of(net, depth)
 
 
 def _path(bdir: Path, prefix: str, kind: str, it: int) -> Path:
@@ -147,10 +148,10 @@ def format_map(cm: dict, lines_each: int = 8) -> list[str]:
     """Report lines of an :func:`analyse` result."""
     wires = (f"{cm['overused_wires']:,} overused wires, "
              if cm.get("overused_wires") is not None else "")
-    out = [f"congestion: router iteration {cm['iteration']}: {wires}overuse {cm['overuse']:,} "
-           f"on {cm['nets']:,} nets; by block, and the most congested "
-           f"{cm['region']}x{cm['region']}-tile squares of the {cm['die'][0]}x{cm['die'][1]} "
-           "die (x, y):"]
+    out = [(f"congestion: router iteration {cm['iteration']}: {wires}overuse "
+            f"{cm['overuse']:,} on {cm['nets']:,} nets; by block, and the most congested "
+            f"{cm['region']}x{cm['region']}-tile squares of the {cm['die'][0]}x{cm['die'][1]} "
+            "die (x, y):")]
     out += [f"  {v:>7,}  {b}" for b, v in cm["by_block"][:lines_each]]
     out += [f"  {v:>7,}  x {x}-{x + cm['region'] - 1}, y {y}-{y + cm['region'] - 1}"
             for x, y, v in cm["regions"][:lines_each]]

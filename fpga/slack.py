@@ -94,11 +94,16 @@ def parse_sdf(text: str) -> SdfTiming:
     return t
 
 
+def hierarchy_of(name: str, depth: int) -> str:
+    """The design block of a cell or net name: its dotted hierarchy before the last part, at
+    most ``depth`` levels; ``(top)`` for a name of the top level."""
+    parts = name.split(".")
+    return ".".join(parts[:-1][:depth]) if len(parts) > 1 else "(top)"
+
+
 def block_of(pin: str, depth: int) -> str:
     """The design block of an ``instance/pin``: its hierarchy, at most ``depth`` levels."""
-    cell = pin.rsplit("/", 1)[0]
-    parts = cell.split(".")
-    return ".".join(parts[:-1][:depth]) if len(parts) > 1 else "(top)"
+    return hierarchy_of(pin.rsplit("/", 1)[0], depth)
 
 
 def analyse(t: SdfTiming, period_ns: float, depth: int = 6, top: int = 25,

