@@ -646,7 +646,7 @@ def build_board(
             from tritium.fpga.congestion import prune
 
             cmap = congestion(bdir, log_text=pnr_text)
-            prune(bdir)
+            prune(bdir, keep=cmap["iteration"] if cmap else None)
         want_breakdown = (not fits) if breakdown is None else breakdown
         rows = None
         if want_breakdown:
