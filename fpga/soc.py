@@ -44,6 +44,12 @@ BANK_BYTES = 64 * 1024
 #: used). Slices of 2 bits: one DP16KD (8 K x 2) each, its address copy beside it.
 SLICE_BITS = 2
 
+#: Slices of a bank that share one kept copy of its read and write address registers (a
+#: divisor of :func:`ram_slices`). One copy per slice (stop 28's cut of the 17 ns net, dc0936d:
+#: 3,328 flip-flops on ``base``) left every later full build unroutable; one copy per bank is
+#: what synthesis made of plain copies (one long net per bank).
+ADDRESS_COPY_SLICES = 8
+
 
 def ram_slices(cfg: AcceleratorConfig) -> int:
     """Slices of each :class:`SocRam` bank (see :data:`SLICE_BITS`): one with fewer than two
@@ -243,11 +249,14 @@ class SocRam(wiring.Component):
                 # multiplexer after the block RAM (~3,100 LUT4 and ~2,000 FF over base's 128)
                 rp = mem.read_port(transparent_for=())
                 # the slice's copies of the input registers: loaded only when the bank is
-                # addressed; the address copies are kept registers (plain ones with the same
-                # input and enable were merged by synthesis into one per bank: stop 28's seed
-                # 2 had the write address reach a slice's block RAM through a 17 ns net)
-                b_ra = kept_register(m, platform, ra[:local], f"ra{sfx}", en=rsel)
-                b_wa = kept_register(m, platform, wa[:local], f"wa{sfx}", en=wsel)
+                # addressed; the address copies are kept registers shared by
+                # ADDRESS_COPY_SLICES slices (plain ones with the same input and enable were
+                # merged by synthesis into one per bank: stop 28's seed 2 had the write
+                # address reach a slice's block RAM through a 17 ns net)
+                if j % ADDRESS_COPY_SLICES == 0:
+                    csfx = f"{i}_c{j // ADDRESS_COPY_SLICES}" if ns > 1 else f"{i}"
+                    b_ra = kept_register(m, platform, ra[:local], f"ra{csfx}", en=rsel)
+                    b_wa = kept_register(m, platform, wa[:local], f"wa{csfx}", en=wsel)
                 b_wd = Signal(sw, name=f"wd{sfx}")
                 lo_b, hi_b = j * sw // 8, max(j * sw // 8 + 1, (j + 1) * sw // 8)
                 b_we = Signal(hi_b - lo_b, name=f"we{sfx}")
