@@ -114,8 +114,9 @@ class Gather(wiring.Component):
     own unit. A unit keeps the word it uses and, when the port has nothing more urgent to do
     and the unit does not straddle, prefetches the following word, so a walker that steps
     through rows of A/W finds the next word there when it crosses a word boundary. Missing
-    words are read first, one per cycle; every unit that needs a returned word takes it (units
-    reading the same word share one read). A straddling group holds both its words and so
+    words are read first, one per cycle; every unit that needs a returned word takes it. A
+    unit keeps the words of its own reads in flight (two slots) and does not ask for one of
+    them again; two units that miss the same word may each ask for it. A straddling group holds both its words and so
     cannot prefetch: rows that start off a word boundary take about three cycles per beat.
 
     Timing: every unit's address is a register. ``base`` is the beat's base address and
@@ -278,15 +279,6 @@ class Gather(wiring.Component):
         rq_a = Signal(aw, reset_less=True)
         flushed = Signal()  # the masks were registered from the limits of before the flush
         m.d.sync += flushed.eq(self.flush)
-        # reads acknowledged 1 .. latency-1 cycles ago (in flight; tagged: at least that long)
-        acked = []
-        prev_v, prev_a = port.ack, rq_a
-        for d in range(self.latency - 1):
-            dv = Signal(name=f"acked_v{d}")
-            da = Signal(aw, name=f"acked_a{d}", reset_less=True)
-            m.d.sync += [dv.eq(prev_v & ~self.flush), da.eq(prev_a)]
-            acked.append((dv, da))
-            prev_v, prev_a = dv, da
         if self.tagged:
             # the answer names its word and the flush epoch it was asked in: words read
             # before a flush (however late they answer) are not taken
@@ -298,7 +290,12 @@ class Gather(wiring.Component):
             stale = self.flush
         else:
             ret = port.rvalid
-            # the last stage of the delay line: the read acknowledged ``latency`` cycles ago
+            # the word of the read acknowledged ``latency`` cycles ago (a delay line)
+            prev_a = rq_a
+            for d in range(self.latency - 1):
+                da = Signal(aw, name=f"acked_a{d}", reset_less=True)
+                m.d.sync += da.eq(prev_a)
+                prev_a = da
             m.d.sync += if_tag.eq(prev_a)
             if self.latency == 2:
                 # a read acknowledged in the cycle before a flush arrives after it: not taken
@@ -306,14 +303,26 @@ class Gather(wiring.Component):
             else:
                 stale = self.flush
 
-        def inflight(word):
-            """``word`` is being read: returning now, acknowledged (the nominal latency; a
-            tagged read that waits longer may be asked for twice, which costs a cycle of the
-            port, never a wrong word) or requested."""
-            busy = (ret & (if_tag == word)) | (rq_v & (rq_a == word))
-            for dv, da in acked:
-                busy = busy | (dv & (da == word))
-            return busy
+        def unit_reads(u):
+            """Cache unit ``u``'s reads in flight: two slots (valid, word), slot 0 loaded
+            when the request register takes the unit's miss of ``w0``, slot 1 its miss or
+            prefetch of ``w0 + 1``; a slot clears when its word returns (or at a flush). A
+            unit asks for a word only when no slot of its own holds it, so it does not ask
+            again while its read is on the way (however late a tagged answer comes); a word
+            another unit has asked for may be asked for again, which costs a cycle of the
+            port, never a wrong word (timing: on the ECP5-85F comparing every unit's words
+            with the request register and each acknowledged read's word fanned those
+            registers out to two compares per unit, the LUT weight gather's 16 units the
+            router's most congested nets). Returns the slots and ``holds(word)``."""
+            slots = [(Signal(name=f"pv{k}_{u}"), Signal(aw, name=f"pa{k}_{u}", reset_less=True))
+                     for k in range(2)]
+            for pv, pa in slots:
+                with m.If(self.flush | (ret & (if_tag == pa))):
+                    m.d.sync += pv.eq(0)
+
+            def holds(word):
+                return (slots[0][0] & (slots[0][1] == word)) | (slots[1][0] & (slots[1][1] == word))
+            return slots, holds
 
         # registered address terms: per group, per offset, then per unit
         goffs = [Signal(ab, name=f"goff{j}", reset_less=True)
@@ -328,6 +337,7 @@ class Gather(wiring.Component):
         else:
             ooffs = [Const(j, ab) for j in range(min(g, self.lanes))]
         oks, misses, miss_as, prefs, pref_as = [], [], [], [], []
+        miss_slots, pref_slots = [], []  # the unit's read slot each candidate loads
         units = self.units()
         # (the GEMM units' staged gathers always: their one-unit activation gathers' compare
         # fed ``take`` and the walkers' registers on the ECP5-85F)
@@ -623,14 +633,19 @@ class Gather(wiring.Component):
                     oks.append(r_ok)
             else:
                 oks.append((~need0 | have0) & (~need1 | have1))
-            # demand misses (w0 first), then the prefetch of the next word
-            misses.append(need0 & ~hv0 & ~inflight(w0))
+            # demand misses (w0 first), then the prefetch of the next word, each unless a
+            # read of the unit's own asks for it already
+            slots, asked = unit_reads(u)
+            misses.append(need0 & ~hv0 & ~asked(w0))
             miss_as.append(w0)
+            miss_slots.append(slots[0])
             if n1:
-                misses.append(need1 & ~hv1 & ~inflight(nxt))
+                misses.append(need1 & ~hv1 & ~asked(nxt))
                 miss_as.append(nxt)
-            prefs.append(need0 & hv0 & ~need1 & ~hv1 & ~inflight(nxt))
+                miss_slots.append(slots[1])
+            prefs.append(need0 & hv0 & ~need1 & ~hv1 & ~asked(nxt))
             pref_as.append(nxt)
+            pref_slots.append(slots[1])
             with m.If(self.flush):
                 m.d.sync += [v_a.eq(0), v_b.eq(0)]
             with m.If(wr_a):
@@ -706,9 +721,16 @@ class Gather(wiring.Component):
         with m.Elif(~rq_v | port.ack):
             m.d.sync += [rq_v.eq(self.req & (any_miss | any_pref)),
                          rq_a.eq(Mux(any_miss, miss_a, pref_a))]
+        # the candidate the request register takes (one-hot): its unit's read slot loads
+        miss_take = Cat(first_onehot(miss_f)) & load.replicate(len(miss_f))
+        pref_take = Cat(first_onehot(pref_f)) & (load & ~any_miss).replicate(len(pref_f))
+        for takes, slots, vals in ((miss_take, miss_slots, miss_v),
+                                   (pref_take, pref_slots, pref_v)):
+            for k, ((pv, pa), v_) in enumerate(zip(slots, vals)):
+                with m.If(takes[k]):  # (after the slot's clear: a new read of the word wins)
+                    m.d.sync += [pv.eq(1), pa.eq(v_)]
         if miss_ch is not None:
-            m.d.sync += [miss_ch.eq(Cat(first_onehot(miss_f)) & load.replicate(len(miss_f))),
-                         pref_ch.eq(Cat(first_onehot(pref_f)) & (load & ~any_miss).replicate(len(pref_f)))]
+            m.d.sync += [miss_ch.eq(miss_take), pref_ch.eq(pref_take)]
         m.d.comb += [
             port.we.eq(0),
             port.addr.eq(rq_a),
