@@ -2,7 +2,7 @@
 
 * cocotb on Verilator (the regression of record, ``slow``): seeded random tiles with random
   valid/ready stalls on every stream, and an exact no-stall cycle count (tests/cocotb/tb_lut.py);
-  configs ``base`` (g=4, 8 lanes, bits 1..4) and ``g2l3`` (g=2, 3 lanes).
+  configs ``base`` (g=4, 4 lanes, bits 1..4) and ``g2l3`` (g=2, 3 lanes).
 * Amaranth's simulator (quick): group sizes 1 and 8, which the Verilator configs do not cover.
 * yosys ``synth_ecp5`` (``slow``): no multiplier cells.
 """
