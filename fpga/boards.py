@@ -288,6 +288,11 @@ class BoardSpec:
         return calc(self.clk_mhz, fout_mhz)
 
     @property
+    def router2(self) -> bool:
+        """nextpnr routes this board with router2 (which alone writes congestion heatmaps)."""
+        return "router2" in self.nextpnr_device
+
+    @property
     def default_config(self) -> AcceleratorConfig:
         return preset(self.preset)
 

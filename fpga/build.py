@@ -549,7 +549,7 @@ def build_board(
                     *(["--sdf", "routed.sdf"] if slack_map and route else [])]
         from tritium.fpga.congestion import HEATMAP_PREFIX
 
-        heatmaps = congestion_map and route and "router2" in spec.nextpnr_device
+        heatmaps = congestion_map and route and spec.router2
         if heatmaps:
             pnr_opts += ["--router2-heatmap", HEATMAP_PREFIX]
         pack = pack and route
@@ -917,7 +917,7 @@ def cli_build_board(args) -> int:
 
         core = EchoCore
     seeds = parse_seeds(args.seed)
-    if getattr(args, "congestion_map", False) and "router2" not in spec.nextpnr_device:
+    if getattr(args, "congestion_map", False) and not spec.router2:
         print(f"note: --congestion-map needs nextpnr's router2; the {spec.name} build runs "
               "router1, which writes no heatmaps", file=sys.stderr)
     kw = {"placer": getattr(args, "placer", None), "baud": getattr(args, "baud", None),
