@@ -44,11 +44,12 @@ BANK_BYTES = 64 * 1024
 #: used). Slices of 2 bits: one DP16KD (8 K x 2) each, its address copy beside it.
 SLICE_BITS = 2
 
-#: Slices of a bank that share one kept copy of its read and write address registers (a
-#: divisor of :func:`ram_slices`). One copy per slice (stop 28's cut of the 17 ns net, dc0936d:
-#: 3,328 flip-flops on ``base``) left every later full build unroutable; one copy per bank is
-#: what synthesis made of plain copies (one long net per bank).
-ADDRESS_COPY_SLICES = 8
+#: Slices (of the word) that share one kept copy of the read and write address registers; a
+#: copy serves those slices of every bank (whose outputs the bank select joins). One copy per
+#: slice (dc0936d: 3,328 flip-flops on ``base``) left every full build of stops 28-30
+#: unroutable; one per 8 slices of a bank routed at 57.89 MHz, one per 2 slice columns across
+#: the banks at 59.03 (stop 31, seed 2; docs/fpga.md).
+ADDRESS_COPY_SLICES = 2
 
 
 def ram_slices(cfg: AcceleratorConfig) -> int:
@@ -225,6 +226,12 @@ class SocRam(wiring.Component):
         local = self.abits - bbits  # word address bits within a bank
         ns = ram_slices(cfg)
         sw = 8 * bb // ns  # bits per slice
+        # sliced banks: the address copies serve the same slices of every bank (the slices
+        # whose outputs the bank select joins), loaded every cycle (a bank's writes are
+        # enabled by its byte enables alone)
+        col_copies = [(kept_register(m, platform, ra[:local], f"ra_c{g}"),
+                       kept_register(m, platform, wa[:local], f"wa_c{g}"))
+                      for g in range(-(-ns // ADDRESS_COPY_SLICES))] if ns > 1 else []
         outs = []
         for i in range(nb):
             rsel = ra[local:] == i
@@ -253,10 +260,11 @@ class SocRam(wiring.Component):
                 # ADDRESS_COPY_SLICES slices (plain ones with the same input and enable were
                 # merged by synthesis into one per bank: stop 28's seed 2 had the write
                 # address reach a slice's block RAM through a 17 ns net)
-                if j % ADDRESS_COPY_SLICES == 0:
-                    csfx = f"{i}_c{j // ADDRESS_COPY_SLICES}" if ns > 1 else f"{i}"
-                    b_ra = kept_register(m, platform, ra[:local], f"ra{csfx}", en=rsel)
-                    b_wa = kept_register(m, platform, wa[:local], f"wa{csfx}", en=wsel)
+                if ns > 1:
+                    b_ra, b_wa = col_copies[j // ADDRESS_COPY_SLICES]
+                else:
+                    b_ra = kept_register(m, platform, ra[:local], f"ra{i}", en=rsel)
+                    b_wa = kept_register(m, platform, wa[:local], f"wa{i}", en=wsel)
                 b_wd = Signal(sw, name=f"wd{sfx}")
                 lo_b, hi_b = j * sw // 8, max(j * sw // 8 + 1, (j + 1) * sw // 8)
                 b_we = Signal(hi_b - lo_b, name=f"we{sfx}")
