@@ -255,11 +255,10 @@ class SocRam(wiring.Component):
                 # Collision logic cost each slice its two address copies compared and a
                 # multiplexer after the block RAM (~3,100 LUT4 and ~2,000 FF over base's 128)
                 rp = mem.read_port(transparent_for=())
-                # the slice's copies of the input registers: loaded only when the bank is
-                # addressed; the address copies are kept registers shared by
-                # ADDRESS_COPY_SLICES slices (plain ones with the same input and enable were
-                # merged by synthesis into one per bank: stop 28's seed 2 had the write
-                # address reach a slice's block RAM through a 17 ns net)
+                # the slice's input registers: write data and enables loaded only when the
+                # bank is addressed; the address from kept copies (see ``col_copies``; plain
+                # copies with the same input were merged by synthesis into one: stop 28's
+                # seed 2 had the write address reach a slice's block RAM through a 17 ns net)
                 if ns > 1:
                     b_ra, b_wa = col_copies[j // ADDRESS_COPY_SLICES]
                 else:
