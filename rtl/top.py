@@ -116,8 +116,9 @@ class Gather(wiring.Component):
     through rows of A/W finds the next word there when it crosses a word boundary. Missing
     words are read first, one per cycle; every unit that needs a returned word takes it. A
     unit keeps the words of its own reads in flight (two slots) and does not ask for one of
-    them again; two units that miss the same word may each ask for it. A straddling group holds both its words and so
-    cannot prefetch: rows that start off a word boundary take about three cycles per beat.
+    them again; two units that miss the same word may each ask for it. A straddling group
+    holds both its words and so cannot prefetch: rows that start off a word boundary take
+    about three cycles per beat.
 
     Timing: every unit's address is a register. ``base`` is the beat's base address and
     ``base_adv`` the next beat's, the one the walker moves to when the beat is taken
@@ -321,7 +322,7 @@ class Gather(wiring.Component):
                     m.d.sync += pv.eq(0)
 
             def holds(word):
-                return (slots[0][0] & (slots[0][1] == word)) | (slots[1][0] & (slots[1][1] == word))
+                return Cat(*(pv & (pa == word) for pv, pa in slots)).any()
             return slots, holds
 
         # registered address terms: per group, per offset, then per unit
