@@ -1692,10 +1692,22 @@ class ComputeUnit(wiring.Component):
             gemms[e] = gu
         sp_lat = spad_latency(cfg)
         ac_lat = acc_latency(cfg)
+        # each unit's ``busy`` as it will be next cycle (it starts with the command's
+        # acceptance and ends with ``done``)
+        busy_next = {e: (gu.cmd.valid & gu.cmd.ready) | (gu.busy & ~gu.done)
+                     for e, gu in gemms.items()}
         for name, mem, attr, lat in (("act", sp, "act_port", sp_lat),
                                      ("wgt", sp, "wgt_port", sp_lat),
                                      ("wbr", ac, "wb_rd", ac_lat), ("wbw", ac, "wb_wr", 1)):
-            clients = {e: (getattr(gu, attr), gu.busy) for e, gu in gemms.items()}
+            # a shared port's selects: per port a register of its own equal to each unit's
+            # ``busy`` (timing: on the ECP5-85F a unit's ``setup`` register, ORed into
+            # ``busy``, reached every shared port's multiplexers and arbiters through one
+            # 5.7 ns net)
+            clients = {e: (getattr(gu, attr),
+                           gu.busy if len(gemms) == 1 else
+                           kept_register(m, platform, busy_next[e], f"{name}_sel_{e}",
+                                         reset=True))
+                       for e, gu in gemms.items()}
             port = mem[name]
             ct = max(c.signature.tag_bits for c, _ in clients.values())
             answers = ready = None
