@@ -519,8 +519,12 @@ class Gather(wiring.Component):
                 # before a word can return after a flush (``SETTLE``)
                 nd = 3 if straddle else 2
                 lh = loff[lb:]
-                cy = Signal(name=f"cy{u}")
-                m.d.comb += cy.eq((badv[:lb] + loff[:lb]) >= wb)
+                # ``cy`` is a register of its own, loaded with the carry of the value ``badv``
+                # takes (and this cycle's ``loff``, equal to the next one's once the offsets
+                # have settled: a cycle before ``quiet`` drops; timing: on the ECP5-85F the
+                # carry's adder sat between the walker copy and every compare of the hits)
+                badv_d = Mux(self.base_adv_load, self.base_adv_next[:lb], badv[:lb])
+                cy = kept_register(m, platform, (badv_d + loff[:lb]) >= wb, f"cy{u}")
                 wd = [Signal(aw, name=f"wr_d{j}_{u}", reset_less=True) for j in range(nd)]
                 d_a = [Signal(aw, name=f"d{j}_a{u}", reset_less=True) for j in range(nd)]
                 d_b = [Signal(aw, name=f"d{j}_b{u}", reset_less=True) for j in range(nd)]

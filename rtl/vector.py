@@ -17,7 +17,7 @@ from amaranth.utils import ceil_log2
 from tritium import isa
 from tritium.config import AcceleratorConfig
 
-from .scratchpad import registered_product
+from .scratchpad import kept_register, registered_product
 
 __all__ = ["VECTOR_OPS", "VectorUnit", "VectorUnitBase", "cmd_layout", "pack_cmd", "vector_unit_members"]
 
@@ -777,7 +777,6 @@ class VectorUnit(VectorUnitBase):
             port_ready.eq(Mux(o_acc, self.ac_wr.ready, self.sp_wr.ready)),
             o_ready.eq(~k_v),
             s4_ready.eq(~s4_v | o_ready),
-            recirc.eq(s3_v & s3_pend),
             s3_out.eq(s3_v & ~s3_pend & s4_ready),
             # P moves on when S3 is free or frees up (its element leaves, or recirculates: then
             # the two swap). P takes nothing while S3 recirculates, and takes an element behind
@@ -958,9 +957,16 @@ class VectorUnit(VectorUnitBase):
                          mk_ctl.eq(in_ctl)]
         mul_x = Signal(signed(32))
         mul_y = Signal(signed(32))
+        # ``recirc`` (= s3_v & s3_pend) as registers of their own, loaded with the value it
+        # takes (an element with a second multiply to come enters S3): one for the control,
+        # one for the multiplier's operand selects (timing: on the ECP5-85F S3's flags reached
+        # the DSPs' inputs through two LUTs and a 6 ns net)
+        recirc_next = p_leave & p_pend
+        recirc_mul = kept_register(m, platform, recirc_next, "recirc_mul", reset=True)
         m.d.comb += [
-            mul_x.eq(Mux(recirc, s3_prod[:32].as_signed(), m_x)),
-            mul_y.eq(Mux(recirc, qreg, m_y)),
+            recirc.eq(kept_register(m, platform, recirc_next, "recirc_ctl", reset=True)),
+            mul_x.eq(Mux(recirc_mul, s3_prod[:32].as_signed(), m_x)),
+            mul_y.eq(Mux(recirc_mul, qreg, m_y)),
         ]
         xl, xh = mul_x[:16], mul_x[16:].as_signed()
         yl, yh = mul_y[:16], mul_y[16:].as_signed()
