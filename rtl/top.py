@@ -523,8 +523,11 @@ class Gather(wiring.Component):
                 # takes (and this cycle's ``loff``, equal to the next one's once the offsets
                 # have settled: a cycle before ``quiet`` drops; timing: on the ECP5-85F the
                 # carry's adder sat between the walker copy and every compare of the hits)
-                badv_d = Mux(self.base_adv_load, self.base_adv_next[:lb], badv[:lb])
-                cy = kept_register(m, platform, (badv_d + loff[:lb]) >= wb, f"cy{u}")
+                # (the load enable on the last LUT: ``late_select``, as in the take loop)
+                cy = kept_register(m, platform, late_select(
+                    m, platform, self.base_adv_load,
+                    (self.base_adv_next[:lb] + loff[:lb]) >= wb, (badv[:lb] + loff[:lb]) >= wb,
+                    f"ncy{u}"), f"cy{u}")
                 wd = [Signal(aw, name=f"wr_d{j}_{u}", reset_less=True) for j in range(nd)]
                 d_a = [Signal(aw, name=f"d{j}_a{u}", reset_less=True) for j in range(nd)]
                 d_b = [Signal(aw, name=f"d{j}_b{u}", reset_less=True) for j in range(nd)]
@@ -1003,20 +1006,21 @@ class GemmUnit(wiring.Component):
         # (LUT engine: R holds the weight gather's raw beat, ``wgt_in`` then, and ``wgt_post``
         # forms the engine's beat from it; set below)
         wgt_post = None
-        # a_done / w_done: the walker has moved past the last beat (it is presented);
-        # a_taken / w_taken: that beat has been taken too
-        a_taken = Signal()
-        w_taken = Signal()
+        # a_done / w_done: the walker has moved past the last beat (it is presented).
+        # The gathers' ``req``: running, and the last beat not taken yet; registers loaded
+        # with the value they take (timing: on the ECP5-85F a LUT of ``run`` and a "last beat
+        # taken" register, and its net, sat in the take loop in front of the gather's ``valid``)
+        fin = Signal()  # the instruction ends (set below)
+        a_req = Signal()
+        w_req = Signal()
         with m.If(setup):
-            m.d.sync += [a_taken.eq(0), w_taken.eq(0)]
-        with m.If(a_fire & a_done):
-            m.d.sync += a_taken.eq(1)
-        with m.If(w_fire & w_done):
-            m.d.sync += w_taken.eq(1)
-        m.d.comb += [
-            ag.req.eq(run & ~a_taken),
-            wg.req.eq(run & ~w_taken),
-        ]
+            m.d.sync += [a_req.eq(1), w_req.eq(1)]
+        with m.Else():
+            with m.If(fin | (a_fire & a_done)):
+                m.d.sync += a_req.eq(0)
+            with m.If(fin | (w_fire & w_done)):
+                m.d.sync += w_req.eq(0)
+        m.d.comb += [ag.req.eq(a_req), wg.req.eq(w_req)]
         abase = Signal(24)
         aoff = Signal(17)  # beat offset along k (kk, j*T or q*g)
         wbase = Signal(24)
@@ -1452,7 +1456,6 @@ class GemmUnit(wiring.Component):
         with m.If(setup):
             m.d.sync += [setup.eq(0), run.eq(1),
                          *(st for st in start_stmts if id(st.lhs) not in loaded_ids)]
-        fin = Signal()
         m.d.comb += fin.eq(run & ci_done & ~dfifo.r_rdy & ~x_v & ~wq.r_rdy & ~setup)
         with m.If(fin):
             m.d.sync += run.eq(0)
