@@ -907,8 +907,6 @@ class VectorUnit(VectorUnitBase):
             ridx = Mux(s1_first, 0, red_i)
             with m.If(s1_red):
                 m.d.sync += red_i.eq(ridx + 1)
-            with m.If(s1_red & ~s1_red2 & (s1_first | (rv > rmax))):
-                m.d.sync += [rmax.eq(rv), best_i.eq(ridx)]
         with m.Elif(inject):  # row-end ACC write (VQUANT m, VARGMAX index) as an element
             m.d.sync += [
                 s2_v.eq(1),
@@ -926,6 +924,13 @@ class VectorUnit(VectorUnitBase):
             ]
         with m.Elif(s2_leave):
             m.d.sync += s2_v.eq(0)
+
+        # the row max (and VARGMAX's index of it) from the reduction element in S1, also in the
+        # cycles it waits there: a max is idempotent, so an element that waits writes the same
+        # values again (timing: S1's ``leave``, behind the ready chain of S2 and the spare,
+        # is not in the registers' enable; on the ECP5-85F that was a failing path)
+        with m.If(s1_v & s1_red & ~s1_red2 & (s1_first | (rv > rmax))):
+            m.d.sync += [rmax.eq(rv), best_i.eq(ridx)]
         # reductions at S2
         with m.If(s2_leave & ~s2_main), m.If(is_[Op.VRMS] | s2_red2):
             m.d.sync += rsum.eq(Mux(s2_first, 0, rsum)
