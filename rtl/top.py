@@ -521,9 +521,9 @@ class Gather(wiring.Component):
                 lh = loff[lb:]
                 # ``cy`` is a register of its own, loaded with the carry of the value ``badv``
                 # takes (and this cycle's ``loff``, equal to the next one's once the offsets
-                # have settled: a cycle before ``quiet`` drops; timing: on the ECP5-85F the
+                # have settled: a cycle before ``quiet`` drops), the load enable on the last
+                # LUT (``late_select``, as in the take loop; timing: on the ECP5-85F the
                 # carry's adder sat between the walker copy and every compare of the hits)
-                # (the load enable on the last LUT: ``late_select``, as in the take loop)
                 cy = kept_register(m, platform, late_select(
                     m, platform, self.base_adv_load,
                     (self.base_adv_next[:lb] + loff[:lb]) >= wb, (badv[:lb] + loff[:lb]) >= wb,
