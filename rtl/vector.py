@@ -884,6 +884,11 @@ class VectorUnit(VectorUnitBase):
             cls.eq(Mux(out_acc_op, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))),
         ]
 
+        # reductions at S1: the element's value (VQUANT |x|) and its index in the row (in every
+        # cycle, not under ``s1_leave``: the row max below reads them while the element waits)
+        rv = Signal(signed(9))
+        m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (a8 < 0), -a8, a8))
+        ridx = Mux(s1_first, 0, red_i)
         with m.If(s1_leave):
             m.d.sync += [
                 s2_v.eq(1),
@@ -901,10 +906,6 @@ class VectorUnit(VectorUnitBase):
                 s2_cls.eq(cls),
                 s2_rms.eq(is_[Op.VRMS]),
             ]
-            # reductions at S1
-            rv = Signal(signed(9))
-            m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (a8 < 0), -a8, a8))
-            ridx = Mux(s1_first, 0, red_i)
             with m.If(s1_red):
                 m.d.sync += red_i.eq(ridx + 1)
         with m.Elif(inject):  # row-end ACC write (VQUANT m, VARGMAX index) as an element
