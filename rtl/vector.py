@@ -839,8 +839,14 @@ class VectorUnit(VectorUnitBase):
         ]
 
         # S1 load
+        # the reduction value of the element (VQUANT |x|, else x: the low byte of S1's A), loaded
+        # with S1 (timing: on the ECP5-85F the negation sat between S1's A and the row-max
+        # compare, a failing path)
+        s1_rv = Signal(signed(9))
+        ld_a8 = Mux(tag.k == 0, rdata, slot0)[:8].as_signed()
         with m.If(pop & elem):
             m.d.sync += [
+                s1_rv.eq(Mux(is_[Op.VQUANT] & (ld_a8 < 0), -ld_a8, ld_a8)),
                 s1_v.eq(1),
                 s1_red.eq(tag.kind == _RED),
                 s1_red2.eq(tag.red2),
@@ -884,10 +890,9 @@ class VectorUnit(VectorUnitBase):
             cls.eq(Mux(out_acc_op, _CLS_I32, Mux(is_[Op.VQUANT], _CLS_Q127, _CLS_I8))),
         ]
 
-        # reductions at S1: the element's value (VQUANT |x|) and its index in the row (in every
+        # reductions at S1: the element's value (``s1_rv``) and its index in the row (in every
         # cycle, not under ``s1_leave``: the row max below reads them while the element waits)
-        rv = Signal(signed(9))
-        m.d.comb += rv.eq(Mux(is_[Op.VQUANT] & (a8 < 0), -a8, a8))
+        rv = s1_rv
         ridx = Mux(s1_first, 0, red_i)
         with m.If(s1_leave):
             m.d.sync += [
