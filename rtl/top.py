@@ -729,9 +729,15 @@ class Gather(wiring.Component):
         with m.Elif(~rq_v | port.ack):
             m.d.sync += [rq_v.eq(self.req & (any_miss | any_pref)),
                          rq_a.eq(Mux(any_miss, miss_a, pref_a))]
-        # the candidate the request register takes (one-hot): its unit's read slot loads
-        miss_take = Cat(first_onehot(miss_f)) & load.replicate(len(miss_f))
-        pref_take = Cat(first_onehot(pref_f)) & (load & ~any_miss).replicate(len(pref_f))
+        # the candidate the request register takes (one-hot): its unit's read slot loads.
+        # ``load`` (behind the port's ``ack``) on each slot enable's last LUT (``kept_lut``;
+        # timing: on the ECP5-85F abc put it in front of the first-flag prefix chain)
+        miss_cand = first_onehot(miss_f)
+        pref_cand = [c & ~any_miss for c in first_onehot(pref_f)]
+        miss_take = Cat(kept_lut(m, platform, lambda c, l_: c & l_, [c, load], f"miss_take{k}")
+                        for k, c in enumerate(miss_cand))
+        pref_take = Cat(kept_lut(m, platform, lambda c, l_: c & l_, [c, load], f"pref_take{k}")
+                        for k, c in enumerate(pref_cand))
         for takes, slots, vals in ((miss_take, miss_slots, miss_v),
                                    (pref_take, pref_slots, pref_v)):
             for k, ((pv, pa), v_) in enumerate(zip(slots, vals)):
