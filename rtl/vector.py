@@ -172,24 +172,28 @@ def _rshift_sat(m: Module, v, sh, w_out: int) -> Signal:
     return out
 
 
-def _requant_shift(m: Module, prod, ts):
+def _requant_shamt(ts):
+    """(``ts == 0``, the shift of :func:`_requant_shift`: ``ts - 1``, or 0 for ``ts == 0``)."""
+    return ts == 0, Mux(ts == 0, 0, ts - 1)[:6]
+
+
+def _requant_shift(m: Module, prod, tz, shamt):
     """First half of the output stage: for ``ts >= 1`` (rounding shift), ``p >> (ts - 1)``
     saturated to ``_Q_BITS`` bits (sign-extended to 32); for ``ts == 0``, the int32 saturation
-    of the 64-bit product ``prod``.
+    of the 64-bit product ``prod``. ``tz`` and ``shamt`` are :func:`_requant_shamt` of ``ts``
+    (the caller registers them, so no subtraction sits in front of the shifter).
 
     Rounding shifts by ts >= 1 ((p + 2^(ts-1)) >> ts) are done as ((p >> (ts-1)) + 1) >> 1
     (:func:`_requant_clamp`); p >> (ts-1) only matters saturated to _Q_BITS (the result is
     clamped to int8 later).
     """
-    shamt = Signal(6)
-    m.d.comb += shamt.eq(Mux(ts == 0, 0, ts - 1))
     q = _rshift_sat(m, prod, shamt, _Q_BITS)
     sign = prod[-1]
     hi33 = prod[31:]
     sat32 = Signal(signed(32))
     m.d.comb += sat32.eq(Mux((hi33 == 0) | (hi33 == (1 << 33) - 1), prod[:32],
                              Mux(sign, -(2**31), 2**31 - 1)))
-    return Mux(ts == 0, sat32, q)
+    return Mux(tz, sat32, q)
 
 
 def _requant_clamp(m: Module, val, rnd, off21, cls):
@@ -737,7 +741,11 @@ class VectorUnit(VectorUnitBase):
         s3_pend = Signal()  # VRMS: second multiply (by M0) still to do
         s3_prod = Signal(signed(64))
         s3_ctl = Signal(_ELEM_CTL)
-        s3_ts, s3_off, s3_cls, s3_re = s3_ctl.ts, s3_ctl.off, s3_ctl.cls, s3_ctl.re
+        s3_off, s3_cls, s3_re = s3_ctl.off, s3_ctl.cls, s3_ctl.re
+        # _requant_shamt of S3's ts, loaded with s3_ctl (timing: on the ECP5-85F the ts - 1
+        # carry chain sat in front of the 64-bit shifter, a failing path)
+        s3_tz = Signal()
+        s3_sh = Signal(6)
         # S4: shifted, saturated to 36 bits
         s4_v = Signal()
         s4_val = Signal(signed(32))
@@ -1011,17 +1019,18 @@ class VectorUnit(VectorUnitBase):
                 s3_pend.eq(p_pend),
                 s3_prod.eq(prod),
                 s3_ctl.eq(p_ctl),
+                Cat(s3_tz, s3_sh).eq(Cat(*_requant_shamt(p_ctl.ts))),
             ]
         with m.Elif(s3_out | recirc):
             m.d.sync += s3_v.eq(0)
 
         # ---------------------------------------------------------------- S3 -> S4: shift
-        val = _requant_shift(m, s3_prod, s3_ts)
+        val = _requant_shift(m, s3_prod, s3_tz, s3_sh)
         with m.If(s4_ready):
             m.d.sync += [
                 s4_v.eq(s3_v & ~s3_pend),
                 s4_val.eq(val),
-                s4_rnd.eq(s3_ts != 0),
+                s4_rnd.eq(~s3_tz),
                 s4_off.eq(Cat(Const(1, 1), s3_off).as_signed()),
                 s4_cls.eq(s3_cls),
                 s4_re.eq(s3_re),
