@@ -308,12 +308,18 @@ class Uart(wiring.Component):
             full = Signal()
             thru = Signal()  # the word read in the previous cycle was written then
             m.d.sync += thru.eq(wr.en & (wr.addr == rd.addr))
+            # The write happens in the cycle after the receiver offers the byte (a register:
+            # timing, on the ECP5-85F the receiver sits by its pin and the FIFO's block RAM
+            # and pointer elsewhere). The shift register still holds the byte then (see above);
+            # a read in between only frees room, and the next byte is a frame away.
+            wen = Signal()
+            m.d.sync += wen.eq(urx.data.valid & ~full)
             m.d.comb += [
                 full.eq((w[:k] == r[:k]) & (w[k] != r[k])),
                 urx.data.ready.eq(~full),
                 wr.addr.eq(w[:k]),
                 wr.data.eq(urx.data.payload),
-                wr.en.eq(urx.data.valid & ~full),
+                wr.en.eq(wen),
                 self.rx.valid.eq(w != r),
                 r_next.eq(r + (self.rx.valid & self.rx.ready)),
                 rd.addr.eq(r_next[:k]),

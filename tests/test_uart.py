@@ -102,9 +102,10 @@ def line_segments(frames: list[list[int]], div: int, rate_err: float = 0.0) -> l
     return segs
 
 
-def _drive_rx(dut, segments, *, stall_prob=0.0, seed=0, tail=200):
+def _drive_rx(dut, segments, *, stall_prob=0.0, seed=0, tail=200, ready_from=None):
     """Drive (level, clocks) ``segments`` into ``dut.rxd``; collect the bytes of the receive
-    stream (with random ``ready`` stalls) and count the error pulses."""
+    stream (with random ``ready`` stalls; ready from clock ``ready_from`` on, if given) and
+    count the error pulses."""
     rng = random.Random(seed)
     got: list[int] = []
     errs = {"frame_err": 0, "overrun": 0}
@@ -120,6 +121,7 @@ def _drive_rx(dut, segments, *, stall_prob=0.0, seed=0, tail=200):
         await ctx.tick().repeat(tail)
 
     async def sink(ctx):
+        clocks = 0
         async for _clk, _rst, valid, ready, payload, fe, ov in ctx.tick().sample(
             stream.valid, stream.ready, stream.payload, dut.frame_err, dut.overrun
         ):
@@ -127,7 +129,9 @@ def _drive_rx(dut, segments, *, stall_prob=0.0, seed=0, tail=200):
                 got.append(payload)
             errs["frame_err"] += fe
             errs["overrun"] += ov
-            ctx.set(stream.ready, rng.random() >= stall_prob)
+            clocks += 1
+            ctx.set(stream.ready, (ready_from is not None and clocks >= ready_from)
+                    or rng.random() >= stall_prob)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -179,6 +183,18 @@ def test_uart_fifo_absorbs_stalls():
                           stall_prob=0.9, seed=3, tail=2000)
     assert got == data
     assert errs["overrun"] == 0
+
+
+def test_uart_fifo_full_drops_later_bytes():
+    """A full receive FIFO keeps its bytes; each later byte is dropped with an overrun pulse
+    (the shortest frame spacing: bytes back to back at the smallest divisor)."""
+    div = 4
+    data = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77]
+    segs = line_segments([frame_bits(b) for b in data], div)
+    got, errs = _drive_rx(Uart(div, rx_fifo=4), segs, stall_prob=1.0,
+                          ready_from=20 + sum(c for _, c in segs) + 10, tail=100)
+    assert got == data[:4]
+    assert errs == {"frame_err": 0, "overrun": 3}
 
 
 def test_uart_loopback():
