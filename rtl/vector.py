@@ -630,7 +630,6 @@ class VectorUnit(VectorUnitBase):
         rsum = Signal(32)  # row sum: VRMS sum of squares, VSOFTMAX sum of exp
         rmax = Signal(signed(9))  # row max: VQUANT max |x|, VSOFTMAX max x, VARGMAX max x
         best_i = Signal(16)  # VARGMAX: first index of the max
-        mx = rmax[:8].as_signed()
         tab_lo = Signal(8)
         slot0 = Signal(signed(32))
         slot1 = Signal(signed(32))
@@ -868,11 +867,23 @@ class VectorUnit(VectorUnitBase):
 
         # ---------------------------------------------------------------- S1 -> S2
         a8 = s1_a[:8].as_signed()
+        # The table is read as an element enters S1, its word registered (``t_q``) as the
+        # element leaves S1 for S2 (timing: the block RAM's clock-to-out and its route have a
+        # cycle of their own; on the ECP5-85F the table -> ``rsum`` adder / ``m_x`` paths
+        # failed). The index is the arriving element's: VACT x ^ 0x80, VSOFTMAX x - max + 128
+        # (clamped at 0) with the row max as it is after this cycle (the reduction element
+        # leaving S1 may still raise it; see the row max below). No cycle moves.
+        upd_max = Signal()  # the reduction element in S1 sets the row max (and VARGMAX's index)
+        m.d.comb += upd_max.eq(s1_v & s1_red & ~s1_red2 & (s1_first | (s1_rv > rmax)))
+        mx_next = Mux(upd_max, s1_rv, rmax)[:8].as_signed()
         tidx = Signal(8)
         d_sm = Signal(signed(10))
-        m.d.comb += d_sm.eq(a8 - mx + 128)
-        m.d.comb += tidx.eq(Mux(is_[Op.VACT], s1_a[:8] ^ 0x80, Mux(d_sm < 0, 0, d_sm[:8])))
-        m.d.comb += [t_rd.addr.eq(tidx), t_rd.en.eq(s1_leave)]
+        m.d.comb += d_sm.eq(ld_a8 - mx_next + 128)
+        m.d.comb += tidx.eq(Mux(is_[Op.VACT], ld_a8[:8] ^ 0x80, Mux(d_sm < 0, 0, d_sm[:8])))
+        m.d.comb += [t_rd.addr.eq(tidx), t_rd.en.eq(pop & elem)]
+        t_q = Signal(16)
+        with m.If(s1_leave):
+            m.d.sync += t_q.eq(t_rd.data)
         b8 = s1_b[:8].as_signed()
         c8 = s1_c[:8].as_signed()
         # S2's small product: x*x, x*g, a*b, or VGATE's max(f, 0) * (h - c), loaded with S2 (on
@@ -943,19 +954,19 @@ class VectorUnit(VectorUnitBase):
         # cycles it waits there: a max is idempotent, so an element that waits writes the same
         # values again (timing: S1's ``leave``, behind the ready chain of S2 and the spare,
         # is not in the registers' enable; on the ECP5-85F that was a failing path)
-        with m.If(s1_v & s1_red & ~s1_red2 & (s1_first | (rv > rmax))):
+        with m.If(upd_max):
             m.d.sync += [rmax.eq(rv), best_i.eq(ridx)]
         # reductions at S2
         with m.If(s2_leave & ~s2_main), m.If(is_[Op.VRMS] | s2_red2):
             m.d.sync += rsum.eq(Mux(s2_first, 0, rsum)
-                                + Mux(is_[Op.VRMS], s2_sp[:15], t_rd.data))
+                                + Mux(is_[Op.VRMS], s2_sp[:15], t_q))
 
         # ---------------------------------------------------------------- S2 -> M -> P -> S3
         # Three register stages: the operands (the table read and the X select end at M), the
         # partial products (P), their sum (S3). A VRMS element leaves S3 once more through P for
         # its second multiply (by M0).
         tab = Signal(signed(17))  # VACT entries are stored sign-extended, exp entries unsigned
-        m.d.comb += tab.eq(Cat(t_rd.data, is_[Op.VACT] & t_rd.data[15]))
+        m.d.comb += tab.eq(Cat(t_q, is_[Op.VACT] & t_q[15]))
         offer = Signal()  # S2 hands a main element over (to M, or to the spare MK)
         in_x = Signal(signed(32))
         in_ctl = Signal(_ELEM_CTL)
