@@ -850,7 +850,8 @@ class VectorUnit(VectorUnitBase):
         # with S1 (timing: on the ECP5-85F the negation sat between S1's A and the row-max
         # compare, a failing path)
         s1_rv = Signal(signed(9))
-        ld_a8 = Mux(tag.k == 0, rdata, slot0)[:8].as_signed()
+        ld_a = Mux(tag.k == 0, rdata, slot0)  # S1's A as it loads
+        ld_a8 = ld_a[:8].as_signed()
         with m.If(pop & elem):
             m.d.sync += [
                 s1_rv.eq(Mux(is_[Op.VQUANT] & (ld_a8 < 0), -ld_a8, ld_a8)),
@@ -858,7 +859,7 @@ class VectorUnit(VectorUnitBase):
                 s1_red.eq(tag.kind == _RED),
                 s1_red2.eq(tag.red2),
                 s1_first.eq(tag.first),
-                s1_a.eq(Mux(tag.k == 0, rdata, slot0)),
+                s1_a.eq(ld_a),
                 s1_b.eq(Mux(tag.k == 1, rdata, Mux(tag.k == 2, slot1, preg))),
                 s1_c.eq(rdata),
             ]
