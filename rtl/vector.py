@@ -873,14 +873,21 @@ class VectorUnit(VectorUnitBase):
         # cycle of their own; on the ECP5-85F the table -> ``rsum`` adder / ``m_x`` paths
         # failed). The index is the arriving element's: VACT x ^ 0x80, VSOFTMAX x - max + 128
         # (clamped at 0) with the row max as it is after this cycle (the reduction element
-        # leaving S1 may still raise it; see the row max below). No cycle moves.
+        # leaving S1 may still raise it; see the row max below). No cycle moves. Both indices,
+        # from S1's element and from the row max register, are formed side by side and the
+        # row-max compare only selects between them (timing: on the ECP5-85F the compare,
+        # then the subtraction sat in front of the table's address, a failing path).
         upd_max = Signal()  # the reduction element in S1 sets the row max (and VARGMAX's index)
         m.d.comb += upd_max.eq(s1_v & s1_red & ~s1_red2 & (s1_first | (s1_rv > rmax)))
-        mx_next = Mux(upd_max, s1_rv, rmax)[:8].as_signed()
+
+        def sm_index(mx, name):
+            d = Signal(signed(10), name=f"d_sm_{name}")
+            m.d.comb += d.eq(ld_a8 - mx[:8].as_signed() + 128)
+            return Mux(d < 0, 0, d[:8])
+
         tidx = Signal(8)
-        d_sm = Signal(signed(10))
-        m.d.comb += d_sm.eq(ld_a8 - mx_next + 128)
-        m.d.comb += tidx.eq(Mux(is_[Op.VACT], ld_a8[:8] ^ 0x80, Mux(d_sm < 0, 0, d_sm[:8])))
+        m.d.comb += tidx.eq(Mux(is_[Op.VACT], ld_a8[:8] ^ 0x80,
+                                Mux(upd_max, sm_index(s1_rv, "s1"), sm_index(rmax, "rmax"))))
         m.d.comb += [t_rd.addr.eq(tidx), t_rd.en.eq(pop & elem)]
         t_q = Signal(16)
         with m.If(s1_leave):
