@@ -212,8 +212,12 @@ class CsrBlock(wiring.Component):
             wr.addr.eq(f_slot),
             wr.data.eq(f_sum[:32]),
             wr.en.eq(f_v),
-            carry.eq(f_v & (f_slot == 0) & f_sum[32]),
         ]
+        # (a register: the low word's flush writes in the cycle slot 1 is read, so the carry
+        # reaches CYCLES_HI's pre-counter after that read either way and its word in the next
+        # round, as a combinational carry would; timing: on the ECP5-85F the flush adder's
+        # carry into the pre-counter's adder was a failing path)
+        m.d.sync += carry.eq(f_v & (f_slot == 0) & f_sum[32] & ~clear)
         m.d.sync += [ptr.eq(Mux(ptr == ns - 1, 0, ptr + 1)), f_v.eq(~clear), f_slot.eq(ptr),
                      f_pre.eq(Array(pre)[ptr])]
         for j in range(ns):
