@@ -744,12 +744,19 @@ class Gather(wiring.Component):
         # the candidate the request register takes (one-hot): its unit's read slot loads.
         # ``load`` (behind the port's ``ack``) on each slot enable's last LUT (``kept_lut``;
         # timing: on the ECP5-85F abc put it in front of the first-flag prefix chain)
+        # With the fill stage ``req`` is low in a flush cycle (see ``valid`` below), so each
+        # enable is ``load``'s terms in its own LUT, ``c & req & (~rq_v | ack)`` (timing: on
+        # the ECP5-85F ``load``'s LUT and its net to every slot were in a failing path from
+        # the shared port's ``ready`` and the unit's ``req``).
+        def take(c, name):
+            if self.fill_stage:
+                return kept_lut(m, platform, lambda c_, r, v, a: c_ & r & (~v | a),
+                                [c, self.req, rq_v, port.ack], name)
+            return kept_lut(m, platform, lambda c_, l_: c_ & l_, [c, load], name)
         miss_cand = first_onehot(miss_f)
         pref_cand = [c & ~any_miss for c in first_onehot(pref_f)]
-        miss_take = Cat(kept_lut(m, platform, lambda c, l_: c & l_, [c, load], f"miss_take{k}")
-                        for k, c in enumerate(miss_cand))
-        pref_take = Cat(kept_lut(m, platform, lambda c, l_: c & l_, [c, load], f"pref_take{k}")
-                        for k, c in enumerate(pref_cand))
+        miss_take = Cat(take(c, f"miss_take{k}") for k, c in enumerate(miss_cand))
+        pref_take = Cat(take(c, f"pref_take{k}") for k, c in enumerate(pref_cand))
         for takes, slots, vals in ((miss_take, miss_slots, miss_v),
                                    (pref_take, pref_slots, pref_v)):
             for k, ((pv, pa), v_) in enumerate(zip(slots, vals)):
