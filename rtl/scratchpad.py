@@ -206,11 +206,19 @@ class ReadSlice(wiring.Component):
         c, p = self.client, self.mem
         aw = len(p.addr)
         m.submodules.q = q = fifo.SyncFIFO(width=aw + self.tag_bits, depth=2)
+        # the FIFO's "not full" as a register of its own, loaded with the value ``w_rdy``
+        # takes next (timing: the clients' ``ack`` and slot enables read a flip-flop, not a
+        # compare of the FIFO's level; on the ECP5-85F that LUT and its net were in a failing
+        # path into two gathers)
+        not_full = Signal(init=1)
+        took = c.en & not_full
+        gave = q.r_en & q.r_rdy
+        m.d.sync += not_full.eq(~(((q.level == 2) & ~gave) | ((q.level == 1) & took & ~gave)))
         m.d.comb += [
             q.w_data.eq(Cat(c.addr, c.tag)),
             q.w_en.eq(c.en),
-            c.ack.eq(c.en & q.w_rdy),
-            self.ready.eq(q.w_rdy),
+            c.ack.eq(took),
+            self.ready.eq(not_full),
             p.en.eq(q.r_rdy),
             p.we.eq(0),
             p.addr.eq(q.r_data[:aw]),

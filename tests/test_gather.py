@@ -195,7 +195,13 @@ def test_gather_random_beats(shape, latency):
         port = wiring.flipped(rs.mem)
 
         async def owner_copies(ctx):
-            async for _ in ctx.tick():
+            level = 0  # the slice's requests: acknowledged to the client, not yet to memory
+            async for _, _, took, m_en, m_ack in ctx.tick().sample(c.ack, rs.mem.en,
+                                                                   rs.mem.ack):
+                level += took - (m_en & m_ack)
+                assert 0 <= level <= 2
+                # the slice's ``ready`` register is its FIFO's "not full"
+                assert ctx.get(rs.ready) == (level < 2), level
                 assert ctx.get(rs.owner_rvalid[0]) == ctx.get(c.rvalid)
                 if ctx.get(c.rvalid):
                     assert ctx.get(rs.owner_rtag[0]) == ctx.get(c.rtag)
