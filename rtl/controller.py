@@ -1237,6 +1237,16 @@ class Controller(wiring.Component):
                          err_code.eq(0), err_pc.eq(0)]
             m.next = "FETCH"
 
+        # (queues) DISPATCH enqueues: the checked word is neither faulty nor one of the
+        # controller's own opcodes (``to_queue``, registered in CHECK from the checker's
+        # registered outputs), nothing waits or faults, its queue has room; one flat AND of
+        # registers (timing: on the ECP5-85F the checker's code -> DISPATCH's priority chain
+        # -> ``enq`` -> the queue slots failed)
+        to_queue = Signal()
+        fsm_dispatch = Signal()
+        if D:
+            m.d.comb += enq.eq(fsm_dispatch & to_queue & ~err_pend & ~queue_full & ~self.reset
+                               & ~wd_hit)
         with m.FSM(name="ctrl") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -1287,6 +1297,10 @@ class Controller(wiring.Component):
                 # stable) and registered for DISPATCH: no opcode decode in front of its pc
                 m.d.sync += [is_halt.eq(opc == Op.HALT), is_fence.eq(opc == Op.FENCE),
                              is_jump.eq(opc == Op.JUMP)]
+                if D:  # (as DISPATCH's decisions before the enqueue read them)
+                    m.d.sync += to_queue.eq((chk.code == 0) & (opc != Op.HALT)
+                                            & (opc != Op.FENCE) & (opc != Op.JUMP)
+                                            & (chk.queue != 3))
                 with m.If(chk.done):
                     m.next = "DISPATCH"
                 run_guard()
@@ -1315,7 +1329,7 @@ class Controller(wiring.Component):
                     m.next = "FETCH"
                 with m.Elif(~queue_full):
                     if D:
-                        m.d.comb += [enq.eq(~self.reset & ~wd_hit), self.retire.eq(1)]
+                        m.d.comb += self.retire.eq(1)
                         with m.If(chk.serial):
                             m.next = "SERIAL"
                         with m.Else():
@@ -1363,6 +1377,7 @@ class Controller(wiring.Component):
                             m.d.sync += [err_code.eq(ErrorCode.WATCHDOG), err_pc.eq(pc)]
                         m.next = "ERROR"
 
+        m.d.comb += fsm_dispatch.eq(fsm.ongoing("DISPATCH"))
         is_running = Signal()
         m.d.comb += is_running.eq(
             Cat(fsm.ongoing(st) for st in
